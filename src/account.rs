@@ -1,0 +1,181 @@
+//! What an account is: its non-secret settings, its secrets' kinds, and its lifecycle state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::oauth::provider::Endpoints;
+use crate::oauth::{ClientAuth, Outcome, RejectionKind};
+
+/// The lifecycle state of an account. Every change of state is recorded as an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountState {
+    /// The last upstream call succeeded; tokens are being handed out.
+    Active,
+    /// The last upstream call failed for a passing reason (5xx, timeout, refused connection).
+    /// A cached access token is still served while it is valid; the account is retried.
+    Degraded,
+    /// The provider rejected the refresh token or assertion (`invalid_grant`). Nothing but a new
+    /// authorization (`vault login`) helps; the vault stops calling upstream for this account.
+    ReauthRequired,
+    /// The provider rejected the client (`invalid_client`) or the request's configuration
+    /// (`invalid_request`, `invalid_scope`, `unsupported_grant_type`, …).
+    ClientError,
+}
+
+impl AccountState {
+    /// The one place where the outcome of an upstream call decides the account's next state.
+    pub fn after(outcome: &Outcome) -> AccountState {
+        match outcome {
+            Outcome::Refreshed(_) => AccountState::Active,
+            Outcome::Transient(_) => AccountState::Degraded,
+            Outcome::Permanent(rejection) => match rejection.kind {
+                RejectionKind::InvalidGrant => AccountState::ReauthRequired,
+                RejectionKind::InvalidClient | RejectionKind::Configuration => {
+                    AccountState::ClientError
+                }
+            },
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountState::Active => "active",
+            AccountState::Degraded => "degraded",
+            AccountState::ReauthRequired => "reauth_required",
+            AccountState::ClientError => "client_error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AccountState> {
+        [
+            AccountState::Active,
+            AccountState::Degraded,
+            AccountState::ReauthRequired,
+            AccountState::ClientError,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// How an account obtains access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// A refresh token from a user's authorization (browser, device or imported).
+    RefreshToken,
+    /// A Google service-account key signing RFC 7523 JWT assertions.
+    ServiceAccount,
+    /// The client's own credentials (`client_credentials`).
+    ClientCredentials,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::RefreshToken => "refresh_token",
+            GrantKind::ServiceAccount => "service_account",
+            GrantKind::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// How the user authorized a refresh-token account, so `vault login` can do it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginMethod {
+    Browser,
+    Device,
+}
+
+/// An account's settings. None of these is secret; they are stored as JSON in plaintext.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountConfig {
+    pub grant: GrantKind,
+    pub endpoints: Endpoints,
+    pub client_id: Option<String>,
+    pub client_auth: ClientAuth,
+    pub scopes: Vec<String>,
+    pub login: LoginMethod,
+    /// Service accounts: the key's client_email and key id, and the user to impersonate.
+    pub service_account_email: Option<String>,
+    pub key_id: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// The kinds of sealed secret an account can hold. The kind is part of each blob's AAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    ClientSecret,
+    RefreshToken,
+    ServiceAccountKey,
+    AccessToken,
+}
+
+impl SecretKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::ClientSecret => "client_secret",
+            SecretKind::RefreshToken => "refresh_token",
+            SecretKind::ServiceAccountKey => "service_account_key",
+            SecretKind::AccessToken => "access_token",
+        }
+    }
+}
+
+/// An account as stored: settings plus what the vault knows of its tokens (never their values).
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+    pub config: AccountConfig,
+    pub state: AccountState,
+    pub created_at: i64,
+    pub last_refresh_at: Option<i64>,
+    pub last_validated_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub access_expires_at: Option<i64>,
+    pub refresh_expires_at: Option<i64>,
+}
+
+/// Account names become file names (locks) and socket paths: keep them to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "account name {name:?} is not allowed: use 1-64 letters, digits, '-', '_', '.', '@', not starting with '.'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in [
+            AccountState::Active,
+            AccountState::Degraded,
+            AccountState::ReauthRequired,
+            AccountState::ClientError,
+        ] {
+            assert_eq!(AccountState::parse(state.as_str()), Some(state));
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("work-gmail").is_ok());
+        assert!(validate_name("me@example.com").is_ok());
+        assert!(validate_name("../etc").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a b").is_err());
+    }
+}

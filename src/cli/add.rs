@@ -1,0 +1,255 @@
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::{Context, block_on, when};
+use crate::enroll::{self, BrowserOptions, Flow, NewAccount, NewCredentials};
+use crate::error::Error;
+use crate::oauth::provider::ProviderChoice;
+use crate::oauth::{Client, ClientAuth, token};
+use crate::secret::SecretString;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Provider {
+    Google,
+    Microsoft,
+}
+
+#[derive(Args)]
+pub(super) struct BrowserArgs {
+    /// Port for the loopback redirect on 127.0.0.1 (default: a free random port)
+    #[arg(long, default_value_t = 0)]
+    redirect_port: u16,
+    /// Seconds to wait for the browser (or device approval) before giving up
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    timeout: u64,
+}
+
+impl BrowserArgs {
+    fn options(&self) -> BrowserOptions {
+        BrowserOptions {
+            redirect_port: self.redirect_port,
+            timeout: Duration::from_secs(self.timeout),
+        }
+    }
+}
+
+#[derive(Args)]
+pub(super) struct AddArgs {
+    /// A name for the account: letters, digits, '-', '_', '.', '@'
+    name: String,
+
+    /// A known provider
+    #[arg(long, value_enum, conflicts_with_all = ["issuer", "token_url"])]
+    provider: Option<Provider>,
+    /// Microsoft tenant (id or domain; common, organizations, consumers)
+    #[arg(long, default_value = "common")]
+    tenant: String,
+    /// Any OIDC / RFC 8414 server: endpoints are discovered from its metadata
+    #[arg(long, value_name = "URL", conflicts_with = "token_url")]
+    issuer: Option<String>,
+    /// Explicit authorization endpoint (with --token-url)
+    #[arg(long, value_name = "URL", requires = "token_url")]
+    auth_url: Option<String>,
+    /// Explicit token endpoint
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
+    /// Explicit device authorization endpoint (with --token-url)
+    #[arg(long, value_name = "URL", requires = "token_url")]
+    device_url: Option<String>,
+
+    /// The OAuth client id
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Read the client secret from this file (never give a secret as an argument)
+    #[arg(long, value_name = "PATH")]
+    client_secret_file: Option<PathBuf>,
+    /// Read the client secret from standard input
+    #[arg(long, conflicts_with = "client_secret_file")]
+    client_secret_stdin: bool,
+    /// The client has no secret (PKCE only); do not prompt for one
+    #[arg(long, conflicts_with_all = ["client_secret_file", "client_secret_stdin"])]
+    public_client: bool,
+    /// How the client secret is sent to the token endpoint
+    #[arg(long, value_enum, default_value = "basic")]
+    client_auth: ClientAuth,
+
+    /// Scopes to ask for (repeat the flag, or separate with spaces)
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+
+    /// Device authorization (RFC 8628) instead of a browser on this machine
+    #[arg(long)]
+    device: bool,
+    /// Import an existing refresh token read from standard input (proven by one refresh)
+    #[arg(long, conflicts_with_all = ["device", "client_secret_stdin"])]
+    refresh_token_stdin: bool,
+    /// The client's own credentials (client_credentials grant)
+    #[arg(long, conflicts_with_all = ["device", "refresh_token_stdin"])]
+    client_credentials: bool,
+    /// A Google service-account JSON key file
+    #[arg(long, value_name = "KEY.json", conflicts_with_all = ["device", "refresh_token_stdin", "client_credentials", "provider", "issuer", "client_id"])]
+    service_account: Option<PathBuf>,
+    /// Service accounts: the user to impersonate (domain-wide delegation)
+    #[arg(long, requires = "service_account")]
+    subject: Option<String>,
+
+    #[command(flatten)]
+    browser: BrowserArgs,
+}
+
+#[derive(Args)]
+pub(super) struct LoginArgs {
+    name: String,
+    #[command(flatten)]
+    browser: BrowserArgs,
+}
+
+pub(super) fn run_add(context: &Context, args: AddArgs) -> Result<(), Error> {
+    let mut store = context.open()?;
+    let new = new_account(args)?;
+    let http = token::http_client();
+    let added = block_on(enroll::add_account(&mut store, &http, new))??;
+    let account = &added.account;
+    println!(
+        "Added account {} ({}, {}). Access token valid until {}.\nGet a token with: vault token {}",
+        account.name,
+        account.config.grant.as_str(),
+        account.config.endpoints.provider,
+        when(added.token.expires_at),
+        account.name
+    );
+    Ok(())
+}
+
+pub(super) fn run_login(context: &Context, args: LoginArgs) -> Result<(), Error> {
+    let mut store = context.open()?;
+    let http = token::http_client();
+    let token = block_on(enroll::login(
+        &mut store,
+        &http,
+        &args.name,
+        args.browser.options(),
+    ))??;
+    println!(
+        "Account {} is authorized again. Access token valid until {}.",
+        args.name,
+        when(token.expires_at)
+    );
+    Ok(())
+}
+
+fn new_account(args: AddArgs) -> Result<NewAccount, Error> {
+    let scopes: Vec<String> = args
+        .scopes
+        .iter()
+        .flat_map(|scope| scope.split_whitespace())
+        .map(str::to_owned)
+        .collect();
+    if let Some(path) = &args.service_account {
+        let key_json = read_secret_file(path, "service-account key")?;
+        return Ok(NewAccount {
+            name: args.name,
+            scopes,
+            credentials: NewCredentials::ServiceAccount {
+                key_json,
+                subject: args.subject,
+            },
+        });
+    }
+    let provider = provider_choice(&args)?;
+    let client_id = args.client_id.clone().ok_or_else(|| {
+        Error::Input(
+            "--client-id is required (the OAuth client's id from the provider's console)".into(),
+        )
+    })?;
+    let secret = client_secret(&args, &client_id)?;
+    let flow = if args.device {
+        Flow::Device
+    } else if args.refresh_token_stdin {
+        Flow::ImportRefreshToken(read_stdin_secret("refresh token")?)
+    } else if args.client_credentials {
+        Flow::ClientCredentials
+    } else {
+        Flow::Browser(args.browser.options())
+    };
+    Ok(NewAccount {
+        name: args.name,
+        scopes,
+        credentials: NewCredentials::OAuth {
+            provider,
+            client: Client {
+                id: client_id,
+                secret,
+                auth: args.client_auth,
+            },
+            flow,
+        },
+    })
+}
+
+fn provider_choice(args: &AddArgs) -> Result<ProviderChoice, Error> {
+    match (args.provider, &args.issuer, &args.token_url) {
+        (Some(Provider::Google), _, _) => Ok(ProviderChoice::Google),
+        (Some(Provider::Microsoft), _, _) => Ok(ProviderChoice::Microsoft { tenant: args.tenant.clone() }),
+        (None, Some(issuer), _) => Ok(ProviderChoice::Issuer(issuer.clone())),
+        (None, None, Some(token_url)) => Ok(ProviderChoice::Explicit {
+            token_url: token_url.clone(),
+            auth_url: args.auth_url.clone(),
+            device_url: args.device_url.clone(),
+        }),
+        (None, None, None) => Err(Error::Input(
+            "name the provider: --provider google|microsoft, --issuer URL, or --auth-url URL --token-url URL".into(),
+        )),
+    }
+}
+
+/// The client secret from a file, stdin or a prompt; never from an argument (argv is public).
+fn client_secret(args: &AddArgs, client_id: &str) -> Result<Option<SecretString>, Error> {
+    let secret = if args.public_client {
+        None
+    } else if let Some(path) = &args.client_secret_file {
+        Some(read_secret_file(path, "client secret")?)
+    } else if args.client_secret_stdin {
+        Some(read_stdin_secret("client secret")?)
+    } else if std::io::stdin().is_terminal() {
+        let prompt = format!("Client secret for {client_id} (empty for a public client): ");
+        let typed = rpassword::prompt_password(prompt)
+            .map_err(|err| Error::Input(format!("cannot read the client secret: {err}")))?;
+        Some(SecretString::from(typed).trimmed())
+    } else {
+        None
+    };
+    Ok(secret.filter(|secret| !secret.is_empty()))
+}
+
+fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, Error> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        Error::Input(format!(
+            "cannot read the {what} file {}: {err}",
+            path.display()
+        ))
+    })?;
+    let secret = SecretString::from(text).trimmed();
+    if secret.is_empty() {
+        return Err(Error::Input(format!(
+            "the {what} file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(secret)
+}
+
+fn read_stdin_secret(what: &str) -> Result<SecretString, Error> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).map_err(|err| {
+        Error::Input(format!("cannot read the {what} from standard input: {err}"))
+    })?;
+    let secret = SecretString::from(text).trimmed();
+    if secret.is_empty() {
+        return Err(Error::Input(format!("no {what} on standard input")));
+    }
+    Ok(secret)
+}

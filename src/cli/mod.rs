@@ -1,0 +1,119 @@
+//! The `vault` command line: argument parsing and output only; the work is in the library.
+
+mod accounts;
+mod add;
+mod init;
+mod token;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Error;
+use crate::keys::{self, KeySource};
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "vault",
+    version,
+    about = "tokenvault: keeps OAuth client secrets, refresh tokens and service-account keys encrypted, and hands out short-lived access tokens",
+    after_help = "Exit codes: 0 ok, 1 error, 2 bad arguments, 3 re-authorization needed (vault login), 4 client or configuration rejected by the provider, 5 provider unavailable (try later), 6 master key missing or wrong."
+)]
+pub struct Cli {
+    /// The vault directory [default: $XDG_DATA_HOME/tokenvault]
+    #[arg(long = "vault", global = true, env = "VAULT_DIR", value_name = "DIR")]
+    vault_dir: Option<PathBuf>,
+    /// Master key file (base64 of 32 bytes, mode 0600) instead of the OS keyring. VAULT_MASTER_KEY
+    /// in the environment overrides both.
+    #[arg(long, global = true, env = "VAULT_KEY_FILE", value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new vault (master key in the OS keyring, else a key file)
+    Init,
+    /// Add an account; it is stored only after the provider proves its credentials
+    AddAccount(add::AddArgs),
+    /// Authorize an account again (after its refresh token was revoked or expired)
+    Login(add::LoginArgs),
+    /// List the accounts
+    List,
+    /// Show accounts' states, token expiry, last refresh and last error
+    Status {
+        /// One account (default: all)
+        name: Option<String>,
+    },
+    /// Print a valid access token for an account (refreshing it if needed)
+    Token(token::TokenArgs),
+    /// Remove an account and its secrets
+    Remove { name: String },
+}
+
+pub fn run(cli: Cli) -> Result<(), Error> {
+    let context = Context {
+        dir: cli.vault_dir.unwrap_or_else(default_vault_dir),
+        key_file: cli.key_file,
+    };
+    match cli.command {
+        Command::Init => init::run(&context),
+        Command::AddAccount(args) => add::run_add(&context, args),
+        Command::Login(args) => add::run_login(&context, args),
+        Command::List => accounts::list(&context),
+        Command::Status { name } => accounts::status(&context, name.as_deref()),
+        Command::Token(args) => token::run(&context, args),
+        Command::Remove { name } => accounts::remove(&context, &name),
+    }
+}
+
+/// What every command needs to find and open the vault.
+struct Context {
+    dir: PathBuf,
+    key_file: Option<PathBuf>,
+}
+
+impl Context {
+    /// The master key source the user named, if any; `VAULT_MASTER_KEY` wins.
+    fn key_override(&self) -> Option<KeySource> {
+        if keys::env_key_present() {
+            Some(KeySource::Env)
+        } else {
+            self.key_file.clone().map(KeySource::File)
+        }
+    }
+
+    fn open(&self) -> Result<Store, Error> {
+        Ok(Store::open(&self.dir, self.key_override())?)
+    }
+}
+
+fn default_vault_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "tokenvault")
+        .map(|dirs| dirs.data_dir().to_owned())
+        .unwrap_or_else(|| PathBuf::from(".tokenvault"))
+}
+
+/// A single-threaded runtime for the commands that talk to a provider.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Input(format!("cannot start the async runtime: {err}")))?;
+    Ok(runtime.block_on(future))
+}
+
+/// "2026-11-24T13:00:00Z (in 59m 12s)" / "(3m ago)".
+fn when(unix: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    let delta = unix - crate::clock::now_unix();
+    let span = humantime::format_duration(std::time::Duration::from_secs(delta.unsigned_abs()));
+    let relative = if delta >= 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    };
+    format!("{} ({relative})", humantime::format_rfc3339_seconds(at))
+}

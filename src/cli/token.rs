@@ -1,0 +1,46 @@
+use std::io::Write;
+
+use clap::Args;
+
+use super::{Context, block_on};
+use crate::clock::now_unix;
+use crate::error::Error;
+use crate::oauth::token::http_client;
+use crate::refresh;
+
+#[derive(Args)]
+pub(super) struct TokenArgs {
+    name: String,
+    /// The token must stay valid at least this many seconds, else it is refreshed first
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    min_valid: u32,
+    /// Print {"access_token","token_type","expires_in","expires_at"} instead of the bare token
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(context: &Context, args: TokenArgs) -> Result<(), Error> {
+    let mut store = context.open()?;
+    let http = http_client();
+    let token = block_on(refresh::access_token(
+        &mut store,
+        &http,
+        &args.name,
+        i64::from(args.min_valid),
+    ))??;
+    let output = if args.json {
+        serde_json::json!({
+            "access_token": token.access_token.expose(),
+            "token_type": "Bearer",
+            "expires_in": (token.expires_at - now_unix()).max(0),
+            "expires_at": token.expires_at,
+        })
+        .to_string()
+    } else {
+        token.access_token.expose().clone()
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{output}")
+        .and_then(|()| stdout.flush())
+        .map_err(|err| Error::Input(format!("cannot write the token: {err}")))
+}

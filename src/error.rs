@@ -1,0 +1,61 @@
+//! The errors a user sees, one message each, and the exit code each maps to.
+
+use thiserror::Error;
+
+use crate::keys::KeyError;
+use crate::oauth::OAuthError;
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("account {account:?} was not added: {source}")]
+    NotAdded { account: String, source: OAuthError },
+    #[error("account {account:?} was not re-authorized: {source}")]
+    LoginFailed { account: String, source: OAuthError },
+    #[error(
+        "account {account:?} must be authorized again: the provider rejected its {credential} ({reason}). Likely causes: access was revoked by the user or an admin; the token expired (unused for 6 months, or after 7 days for a Google app in \"Testing\" status); a password change; too many refresh tokens issued for this client (the oldest die); reuse of a refresh token that had been rotated. Next: {next}"
+    )]
+    ReauthRequired {
+        account: String,
+        credential: &'static str,
+        reason: String,
+        next: String,
+    },
+    #[error(
+        "the provider rejected the client of account {account:?} ({reason}): the client secret or client id is wrong, rotated or deleted. Fix the client, then: vault remove {account} && vault add-account {account} …"
+    )]
+    ClientRejected { account: String, reason: String },
+    #[error(
+        "the provider refused the requests of account {account:?} as misconfigured ({reason}): check its scopes, the client's type and the grant it allows. Then: vault remove {account} && vault add-account {account} …"
+    )]
+    Misconfigured { account: String, reason: String },
+    #[error(
+        "no valid access token for account {account:?} right now: {reason}. The account is kept; try again later: vault token {account}"
+    )]
+    Unavailable { account: String, reason: String },
+    #[error("{0}")]
+    Input(String),
+}
+
+impl Error {
+    /// Exit codes scripts can act on (documented in README.md).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::ReauthRequired { .. } => 3,
+            Error::ClientRejected { .. } | Error::Misconfigured { .. } => 4,
+            Error::Unavailable { .. } => 5,
+            Error::Key(_)
+            | Error::Store(StoreError::Key(_))
+            | Error::Store(StoreError::WrongMasterKey(_)) => 6,
+            Error::NotAdded { source, .. } | Error::LoginFailed { source, .. } => match source {
+                OAuthError::Unavailable(_) => 5,
+                _ => 1,
+            },
+            _ => 1,
+        }
+    }
+}

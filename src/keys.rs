@@ -1,0 +1,278 @@
+//! Where the master key comes from: the OS keyring (default), a key file, or `VAULT_MASTER_KEY`.
+//!
+//! The master key only wraps the vault's data key (see `store`), so changing where the master key
+//! lives never re-encrypts the secrets themselves.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use thiserror::Error;
+
+use crate::crypto::{self, KEY_LEN};
+use crate::secret::{Secret, SecretString};
+
+pub const MASTER_KEY_ENV: &str = "VAULT_MASTER_KEY";
+const KEYRING_SERVICE: &str = "tokenvault";
+
+pub type MasterKey = Secret<[u8; KEY_LEN]>;
+
+/// Where a vault's master key lives; recorded in the vault (it is not secret) so later commands
+/// find the key without flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The OS keyring (Secret Service, Keychain, Credential Manager), one entry per vault.
+    Keyring,
+    /// A 0600 file holding the base64 of 32 random bytes.
+    File(PathBuf),
+    /// The `VAULT_MASTER_KEY` environment variable.
+    Env,
+}
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error(
+        "no OS keyring is available ({0}). Use a key file instead: `vault --key-file ~/.config/tokenvault/master.key init` (created 0600), or set VAULT_MASTER_KEY to the output of `head -c 32 /dev/urandom | base64`"
+    )]
+    NoKeyring(String),
+    #[error(
+        "the OS keyring has no master key for this vault (service \"tokenvault\", user \"{0}\"). Give the key this vault was created with: --key-file PATH or VAULT_MASTER_KEY"
+    )]
+    KeyringEntryMissing(String),
+    #[error(
+        "key file {0} does not exist. Give the key file this vault was created with (--key-file or VAULT_KEY_FILE), or set VAULT_MASTER_KEY"
+    )]
+    KeyFileMissing(PathBuf),
+    #[error(
+        "key file {path} can be read by group or others (mode {mode:o}); refusing to use it. Run: chmod 600 {path}"
+    )]
+    KeyFileInsecure { path: PathBuf, mode: u32 },
+    #[error("key file {0} belongs to another user; refusing to use it. Use a key file of your own")]
+    KeyFileNotOwned(PathBuf),
+    #[error("key file {0} is not a tokenvault master key (expected the base64 of 32 bytes)")]
+    KeyFileMalformed(PathBuf),
+    #[error(
+        "VAULT_MASTER_KEY is not the base64 of 32 bytes. Generate one with: head -c 32 /dev/urandom | base64"
+    )]
+    EnvMalformed,
+    #[error(
+        "VAULT_MASTER_KEY is not set, but this vault's master key was given through it. Set it"
+    )]
+    EnvMissing,
+    #[error("cannot use key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Random(#[from] crypto::CryptoError),
+}
+
+impl KeySource {
+    /// The form recorded in the vault's metadata.
+    pub fn to_record(&self) -> String {
+        match self {
+            KeySource::Keyring => "keyring".to_owned(),
+            KeySource::File(path) => format!("file:{}", path.display()),
+            KeySource::Env => "env".to_owned(),
+        }
+    }
+
+    pub fn from_record(record: &str) -> KeySource {
+        match record.strip_prefix("file:") {
+            Some(path) => KeySource::File(PathBuf::from(path)),
+            None if record == "env" => KeySource::Env,
+            None => KeySource::Keyring,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Keyring => "the OS keyring".to_owned(),
+            KeySource::File(path) => format!("key file {}", path.display()),
+            KeySource::Env => "VAULT_MASTER_KEY".to_owned(),
+        }
+    }
+
+    /// Loads the master key of the vault `vault_id` from this source.
+    pub fn load(&self, vault_id: &str) -> Result<MasterKey, KeyError> {
+        match self {
+            KeySource::Keyring => load_from_keyring(vault_id),
+            KeySource::File(path) => load_key_file(path),
+            KeySource::Env => load_from_env(),
+        }
+    }
+
+    /// Loads the key from this source, creating it first where the source is empty (a new key file
+    /// or keyring entry). Used by `vault init`.
+    pub fn load_or_create(&self, vault_id: &str) -> Result<MasterKey, KeyError> {
+        match self {
+            KeySource::Keyring => create_in_keyring(vault_id),
+            KeySource::File(path) if path.exists() => load_key_file(path),
+            KeySource::File(path) => create_key_file(path),
+            KeySource::Env => load_from_env(),
+        }
+    }
+}
+
+/// The source named by the environment, if any: `VAULT_MASTER_KEY` wins over everything.
+pub fn env_key_present() -> bool {
+    std::env::var_os(MASTER_KEY_ENV).is_some()
+}
+
+fn decode_key(text: &str) -> Option<MasterKey> {
+    let bytes = Secret::new(STANDARD.decode(text.trim()).ok()?);
+    let array: [u8; KEY_LEN] = bytes.expose().as_slice().try_into().ok()?;
+    Some(Secret::new(array))
+}
+
+fn encode_key(key: &MasterKey) -> SecretString {
+    SecretString::from(STANDARD.encode(key.expose()))
+}
+
+fn load_from_env() -> Result<MasterKey, KeyError> {
+    let value = std::env::var(MASTER_KEY_ENV).map_err(|_| KeyError::EnvMissing)?;
+    let value = SecretString::from(value);
+    decode_key(value.expose()).ok_or(KeyError::EnvMalformed)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn load_key_file(path: &Path) -> Result<MasterKey, KeyError> {
+    let meta = match fs::metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyError::KeyFileMissing(path.to_owned()));
+        }
+        other => other.map_err(io_error(path))?,
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::KeyFileInsecure {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(KeyError::KeyFileNotOwned(path.to_owned()));
+    }
+    let text = SecretString::from(fs::read_to_string(path).map_err(io_error(path))?);
+    decode_key(text.expose()).ok_or_else(|| KeyError::KeyFileMalformed(path.to_owned()))
+}
+
+fn create_key_file(path: &Path) -> Result<MasterKey, KeyError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        crate::files::create_private_dir(dir).map_err(io_error(path))?;
+    }
+    let key = crypto::random_bytes::<KEY_LEN>()?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error(path))?;
+    let encoded = encode_key(&key);
+    file.write_all(encoded.expose().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(path))?;
+    Ok(key)
+}
+
+fn keyring_entry(vault_id: &str) -> Result<keyring::Entry, KeyError> {
+    keyring::Entry::new(KEYRING_SERVICE, vault_id).map_err(keyring_unavailable)
+}
+
+/// Keyring errors are reduced to their kind: some variants carry the stored bytes, which must not
+/// reach a message.
+fn keyring_unavailable(err: keyring::Error) -> KeyError {
+    use keyring::Error as K;
+    let reason = match err {
+        K::PlatformFailure(inner) | K::NoStorageAccess(inner) => inner.to_string(),
+        K::NoDefaultStore => "no Secret Service / keychain on this system".to_owned(),
+        _ => "the keyring refused the request".to_owned(),
+    };
+    KeyError::NoKeyring(reason)
+}
+
+fn load_from_keyring(vault_id: &str) -> Result<MasterKey, KeyError> {
+    match keyring_entry(vault_id)?.get_password() {
+        Ok(text) => {
+            let text = SecretString::from(text);
+            decode_key(text.expose()).ok_or(KeyError::KeyringEntryMissing(vault_id.to_owned()))
+        }
+        Err(keyring::Error::NoEntry) => Err(KeyError::KeyringEntryMissing(vault_id.to_owned())),
+        Err(err) => Err(keyring_unavailable(err)),
+    }
+}
+
+fn create_in_keyring(vault_id: &str) -> Result<MasterKey, KeyError> {
+    let key = crypto::random_bytes::<KEY_LEN>()?;
+    keyring_entry(vault_id)?
+        .set_password(encode_key(&key).expose())
+        .map_err(keyring_unavailable)?;
+    Ok(key)
+}
+
+/// Removes the keyring entry of a vault whose creation failed, so no orphan is left behind.
+pub fn forget_keyring_entry(vault_id: &str) {
+    if let Ok(entry) = keyring_entry(vault_id) {
+        let _ = entry.delete_credential();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_created_private_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/master.key");
+        let created = KeySource::File(path.clone()).load_or_create("v").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = KeySource::File(path).load("v").unwrap();
+        assert_eq!(created.expose(), loaded.expose());
+    }
+
+    #[test]
+    fn readable_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        KeySource::File(path.clone()).load_or_create("v").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = KeySource::File(path).load("v").unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn malformed_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        fs::write(&path, "not a key").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            KeySource::File(path).load("v"),
+            Err(KeyError::KeyFileMalformed(_))
+        ));
+    }
+
+    #[test]
+    fn source_record_round_trips() {
+        for source in [
+            KeySource::Keyring,
+            KeySource::Env,
+            KeySource::File("/k/m.key".into()),
+        ] {
+            assert_eq!(KeySource::from_record(&source.to_record()), source);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! tokenvault: a local credential vault with OAuth 2.0 token lifecycle management.
+//!
+//! The `vault` binary is a thin command line over this library.
+
+pub mod account;
+pub mod cli;
+pub mod clock;
+pub mod crypto;
+pub mod enroll;
+pub mod error;
+pub mod files;
+pub mod keys;
+pub mod oauth;
+pub mod refresh;
+pub mod secret;
+pub mod store;
+
+pub use error::Error;

@@ -1,0 +1,243 @@
+//! Where a provider's endpoints are and what it needs to hand out a refresh token.
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::OAuthError;
+
+/// What the authorization request must carry for the provider to issue a refresh token.
+/// Without it, real servers answer 200 with no refresh token at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflineAccess {
+    /// Google: `access_type=offline` and `prompt=consent`.
+    AccessTypeOffline,
+    /// OIDC servers and Microsoft: scope `offline_access` and `prompt=consent`.
+    OfflineAccessScope,
+    /// An explicitly configured server: nothing is added.
+    AsConfigured,
+}
+
+impl OfflineAccess {
+    /// Extra authorization-request parameters, and the scopes with what this style requires.
+    pub fn apply(self, scopes: &[String]) -> (Vec<(&'static str, &'static str)>, Vec<String>) {
+        let mut scopes = scopes.to_vec();
+        match self {
+            OfflineAccess::AccessTypeOffline => (
+                vec![("access_type", "offline"), ("prompt", "consent")],
+                scopes,
+            ),
+            OfflineAccess::OfflineAccessScope => {
+                if !scopes.iter().any(|scope| scope == "offline_access") {
+                    scopes.push("offline_access".to_owned());
+                }
+                (vec![("prompt", "consent")], scopes)
+            }
+            OfflineAccess::AsConfigured => (Vec::new(), scopes),
+        }
+    }
+
+    /// What to tell a user whose code exchange came back without a refresh token.
+    pub fn missing_refresh_token_hint(self) -> &'static str {
+        match self {
+            OfflineAccess::AccessTypeOffline => {
+                "tokenvault asked for access_type=offline and prompt=consent; check that the OAuth client is of type \"Desktop app\" and that consent was given"
+            }
+            OfflineAccess::OfflineAccessScope => {
+                "tokenvault asked for the offline_access scope and prompt=consent; allow offline_access for this client on the authorization server"
+            }
+            OfflineAccess::AsConfigured => {
+                "ask for offline access: add the scope the server needs (often --scope offline_access), or use --provider google / --issuer URL so tokenvault adds it"
+            }
+        }
+    }
+}
+
+/// A provider's endpoints as stored with each account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// `google`, `microsoft`, `oidc` (discovered) or `custom`.
+    pub provider: String,
+    pub token_url: String,
+    pub auth_url: Option<String>,
+    pub device_url: Option<String>,
+    /// Expected `iss` on the redirect (RFC 9207), when known.
+    pub issuer: Option<String>,
+    pub offline: OfflineAccess,
+}
+
+/// How the user named the provider on the command line.
+pub enum ProviderChoice {
+    Google,
+    Microsoft {
+        tenant: String,
+    },
+    Issuer(String),
+    Explicit {
+        token_url: String,
+        auth_url: Option<String>,
+        device_url: Option<String>,
+    },
+}
+
+impl ProviderChoice {
+    /// Turns the choice into endpoints, fetching discovery metadata for `--issuer`.
+    pub async fn resolve(self, http: &reqwest::Client) -> Result<Endpoints, OAuthError> {
+        match self {
+            ProviderChoice::Google => Ok(Endpoints {
+                provider: "google".into(),
+                token_url: "https://oauth2.googleapis.com/token".into(),
+                auth_url: Some("https://accounts.google.com/o/oauth2/v2/auth".into()),
+                device_url: Some("https://oauth2.googleapis.com/device/code".into()),
+                issuer: Some("https://accounts.google.com".into()),
+                offline: OfflineAccess::AccessTypeOffline,
+            }),
+            ProviderChoice::Microsoft { tenant } => {
+                let base = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
+                Ok(Endpoints {
+                    provider: "microsoft".into(),
+                    token_url: format!("{base}/token"),
+                    auth_url: Some(format!("{base}/authorize")),
+                    device_url: Some(format!("{base}/devicecode")),
+                    // Multi-tenant issuers are templated ({tenantid}); iss cannot be pinned.
+                    issuer: None,
+                    offline: OfflineAccess::OfflineAccessScope,
+                })
+            }
+            ProviderChoice::Issuer(issuer) => discover(http, &issuer).await,
+            ProviderChoice::Explicit {
+                token_url,
+                auth_url,
+                device_url,
+            } => {
+                for url in [Some(&token_url), auth_url.as_ref(), device_url.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    check_endpoint_url(url)?;
+                }
+                Ok(Endpoints {
+                    provider: "custom".into(),
+                    token_url,
+                    auth_url,
+                    device_url,
+                    issuer: None,
+                    offline: OfflineAccess::AsConfigured,
+                })
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    token_endpoint: String,
+    authorization_endpoint: Option<String>,
+    device_authorization_endpoint: Option<String>,
+}
+
+/// OIDC discovery, falling back to RFC 8414 authorization-server metadata.
+async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Endpoints, OAuthError> {
+    let base = check_endpoint_url(issuer)?;
+    let trimmed = issuer.trim_end_matches('/');
+    let candidates = [
+        format!("{trimmed}/.well-known/openid-configuration"),
+        format!(
+            "{}://{}/.well-known/oauth-authorization-server{}",
+            base.scheme(),
+            base.host_str().unwrap_or_default(),
+            base.path().trim_end_matches('/')
+        ),
+    ];
+    let mut last_problem = String::new();
+    for candidate in candidates {
+        match fetch_metadata(http, &candidate).await {
+            Ok(metadata) => return endpoints_from_metadata(issuer, metadata),
+            Err(problem) => last_problem = format!("{candidate}: {problem}"),
+        }
+    }
+    Err(OAuthError::Provider(format!(
+        "cannot discover the endpoints of issuer {issuer} ({last_problem}). Check the URL, or give --auth-url and --token-url"
+    )))
+}
+
+async fn fetch_metadata(http: &reqwest::Client, url: &str) -> Result<Metadata, String> {
+    let response = http.get(url).send().await.map_err(|err| {
+        if err.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            "unreachable".to_owned()
+        }
+    })?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status().as_u16()));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|_| "the answer was cut short".to_owned())?;
+    serde_json::from_slice(&body).map_err(|_| "not discovery metadata JSON".to_owned())
+}
+
+fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints, OAuthError> {
+    // RFC 8414 §3.3: the metadata must name the issuer that was asked for.
+    if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        return Err(OAuthError::Provider(format!(
+            "the discovery document of {issuer} names issuer {:?}; refusing mismatched metadata",
+            metadata.issuer
+        )));
+    }
+    check_endpoint_url(&metadata.token_endpoint)?;
+    Ok(Endpoints {
+        provider: "oidc".into(),
+        token_url: metadata.token_endpoint,
+        auth_url: metadata.authorization_endpoint,
+        device_url: metadata.device_authorization_endpoint,
+        issuer: Some(metadata.issuer),
+        offline: OfflineAccess::OfflineAccessScope,
+    })
+}
+
+/// Endpoint URLs must be https, except on loopback (local test servers, development).
+pub fn check_endpoint_url(text: &str) -> Result<Url, OAuthError> {
+    let url = Url::parse(text)
+        .map_err(|err| OAuthError::Provider(format!("{text:?} is not a URL ({err})")))?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err(OAuthError::Provider(format!(
+            "{text} must be an https URL (plain http is allowed only on 127.0.0.1 / localhost)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_access_scope_is_added_once() {
+        let (extra, scopes) = OfflineAccess::OfflineAccessScope.apply(&["openid".into()]);
+        assert_eq!(scopes, ["openid", "offline_access"]);
+        assert_eq!(extra, [("prompt", "consent")]);
+        let (_, again) = OfflineAccess::OfflineAccessScope.apply(&scopes);
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn google_asks_for_offline_and_consent() {
+        let (extra, _) = OfflineAccess::AccessTypeOffline.apply(&[]);
+        assert!(extra.contains(&("access_type", "offline")));
+        assert!(extra.contains(&("prompt", "consent")));
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        assert!(check_endpoint_url("http://127.0.0.1:8080/token").is_ok());
+        assert!(check_endpoint_url("https://example.com/token").is_ok());
+        assert!(check_endpoint_url("http://example.com/token").is_err());
+        assert!(check_endpoint_url("not a url").is_err());
+    }
+}

@@ -1,0 +1,361 @@
+//! Requests to a token endpoint, and the classification of its answers.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+use url::form_urlencoded;
+
+use super::{Client, ClientAuth, Outcome, Rejection, RejectionKind, TokenGrant, Transient};
+use crate::secret::{Secret, SecretString};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP client for OAuth endpoints: rustls, timeouts, no redirects (a token endpoint that
+/// redirects is misconfigured, and following it could send credentials elsewhere).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// What a token endpoint said, before classification.
+#[derive(Debug)]
+pub enum TokenAnswer {
+    Granted(TokenGrant),
+    /// An OAuth error body (RFC 6749 §5.2).
+    Refused(ErrorAnswer),
+    /// No HTTP answer at all: refused connection, DNS, TLS, timeout.
+    Unreachable(String),
+    /// An HTTP answer that is not OAuth JSON (an HTML page, garbage, a 5xx from a proxy).
+    Unexpected {
+        status: u16,
+        content_type: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ErrorAnswer {
+    #[serde(skip)]
+    pub status: u16,
+    pub error: String,
+    pub error_description: Option<String>,
+    pub error_subtype: Option<String>,
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+struct GrantBody {
+    access_token: SecretString,
+    #[serde(default, deserialize_with = "number_or_string")]
+    expires_in: Option<u64>,
+    scope: Option<String>,
+    refresh_token: Option<SecretString>,
+    #[serde(default, deserialize_with = "number_or_string")]
+    refresh_token_expires_in: Option<u64>,
+}
+
+/// Some providers send `expires_in` as a string ("3599").
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lifetime {
+        Number(u64),
+        Text(String),
+    }
+    Ok(match Option::<Lifetime>::deserialize(d)? {
+        Some(Lifetime::Number(n)) => Some(n),
+        Some(Lifetime::Text(text)) => text.trim().parse().ok(),
+        None => None,
+    })
+}
+
+/// POSTs `params` to `url`, authenticating as `client` (if any) in exactly one way.
+pub async fn request(
+    http: &reqwest::Client,
+    url: &str,
+    client: Option<&Client>,
+    params: &[(&str, &str)],
+) -> TokenAnswer {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.extend_pairs(params);
+    let mut builder = http
+        .post(url)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(client) = client {
+        match (&client.secret, client.auth) {
+            (Some(secret), ClientAuth::Basic) => {
+                builder = builder.header(AUTHORIZATION, basic_auth(&client.id, secret));
+            }
+            (Some(secret), ClientAuth::Post) => {
+                form.append_pair("client_id", &client.id);
+                form.append_pair("client_secret", secret.expose());
+            }
+            (None, _) => {
+                form.append_pair("client_id", &client.id);
+            }
+        }
+    }
+    // The body holds credentials; once handed to the HTTP stack it cannot be zeroized (SECURITY.md).
+    let response = match builder.body(form.finish()).send().await {
+        Ok(response) => response,
+        Err(err) => return TokenAnswer::Unreachable(describe_transport_error(&err)),
+    };
+    read_answer(response).await
+}
+
+/// The refresh-token grant (RFC 6749 §6).
+pub async fn refresh_token_grant(
+    http: &reqwest::Client,
+    token_url: &str,
+    client: Option<&Client>,
+    refresh_token: &SecretString,
+) -> Outcome {
+    let params = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose().as_str()),
+    ];
+    request(http, token_url, client, &params).await.classify()
+}
+
+/// The client-credentials grant (RFC 6749 §4.4).
+pub async fn client_credentials_grant(
+    http: &reqwest::Client,
+    token_url: &str,
+    client: &Client,
+    scopes: &[String],
+) -> Outcome {
+    let scope = super::scope_string(scopes);
+    let mut params = vec![("grant_type", "client_credentials")];
+    if !scope.is_empty() {
+        params.push(("scope", &scope));
+    }
+    request(http, token_url, Some(client), &params)
+        .await
+        .classify()
+}
+
+/// RFC 6749 §2.3.1: id and secret are form-urlencoded before they are joined and base64-encoded.
+fn basic_auth(id: &str, secret: &SecretString) -> HeaderValue {
+    let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let pair = Secret::new(format!("{}:{}", encode(id), encode(secret.expose())));
+    let header = Secret::new(format!("Basic {}", STANDARD.encode(pair.expose())));
+    let mut value = HeaderValue::from_str(header.expose()).unwrap_or(HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}
+
+/// Transport errors are described without their URL's query or any body.
+fn describe_transport_error(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "the token endpoint did not answer in time".to_owned()
+    } else if err.is_connect() {
+        "cannot connect to the token endpoint".to_owned()
+    } else {
+        "the connection to the token endpoint failed".to_owned()
+    }
+}
+
+async fn read_answer(response: reqwest::Response) -> TokenAnswer {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("no content type")
+        .to_owned();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = match response.bytes().await {
+        Ok(bytes) => Secret::new(bytes.to_vec()),
+        Err(err) => return TokenAnswer::Unreachable(describe_transport_error(&err)),
+    };
+    if (200..300).contains(&status) {
+        return match serde_json::from_slice::<GrantBody>(body.expose()) {
+            Ok(grant) => TokenAnswer::Granted(TokenGrant {
+                access_token: grant.access_token,
+                expires_in: grant.expires_in,
+                scope: grant.scope,
+                refresh_token: grant.refresh_token.filter(|token| !token.is_empty()),
+                refresh_token_expires_in: grant.refresh_token_expires_in,
+            }),
+            Err(_) => TokenAnswer::Unexpected {
+                status,
+                content_type,
+            },
+        };
+    }
+    match serde_json::from_slice::<ErrorAnswer>(body.expose()) {
+        Ok(mut answer) => {
+            answer.status = status;
+            answer.retry_after = retry_after;
+            TokenAnswer::Refused(answer)
+        }
+        Err(_) if status >= 500 || status == 429 => TokenAnswer::Refused(ErrorAnswer {
+            status,
+            error: format!("HTTP {status}"),
+            error_description: None,
+            error_subtype: None,
+            retry_after,
+        }),
+        Err(_) => TokenAnswer::Unexpected {
+            status,
+            content_type,
+        },
+    }
+}
+
+impl TokenAnswer {
+    /// Sorts an answer into refreshed / transient / permanent, as real providers behave.
+    pub fn classify(self) -> Outcome {
+        match self {
+            TokenAnswer::Granted(grant) => Outcome::Refreshed(grant),
+            TokenAnswer::Unreachable(reason) => Outcome::Transient(Transient {
+                reason,
+                retry_after: None,
+            }),
+            TokenAnswer::Unexpected {
+                status,
+                content_type,
+            } => Outcome::Transient(Transient {
+                reason: format!(
+                    "the token endpoint answered HTTP {status} with {content_type}, not OAuth JSON (is the token URL right? a proxy or captive portal?)"
+                ),
+                retry_after: None,
+            }),
+            TokenAnswer::Refused(answer) => answer.classify(),
+        }
+    }
+}
+
+impl ErrorAnswer {
+    fn classify(self) -> Outcome {
+        let transient = self.status >= 500
+            || self.status == 429
+            || matches!(
+                self.error.as_str(),
+                "temporarily_unavailable" | "server_error"
+            );
+        if transient {
+            let mut reason = format!("the provider is unavailable (HTTP {}", self.status);
+            if !self.error.starts_with("HTTP") {
+                reason.push_str(&format!(", {}", self.error));
+            }
+            reason.push(')');
+            return Outcome::Transient(Transient {
+                reason,
+                retry_after: self.retry_after,
+            });
+        }
+        let kind = match self.error.as_str() {
+            "invalid_grant" => RejectionKind::InvalidGrant,
+            "invalid_client" => RejectionKind::InvalidClient,
+            _ if self.status == 401 => RejectionKind::InvalidClient,
+            _ => RejectionKind::Configuration,
+        };
+        Outcome::Permanent(Rejection {
+            kind,
+            error: self.error,
+            description: self.error_description,
+            subtype: self.error_subtype,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, error: &str) -> Outcome {
+        TokenAnswer::Refused(ErrorAnswer {
+            status,
+            error: error.to_owned(),
+            error_description: None,
+            error_subtype: None,
+            retry_after: None,
+        })
+        .classify()
+    }
+
+    fn rejection_kind(outcome: Outcome) -> Option<RejectionKind> {
+        match outcome {
+            Outcome::Permanent(rejection) => Some(rejection.kind),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn classification_follows_real_providers() {
+        assert_eq!(
+            rejection_kind(refused(400, "invalid_grant")),
+            Some(RejectionKind::InvalidGrant)
+        );
+        assert_eq!(
+            rejection_kind(refused(401, "invalid_client")),
+            Some(RejectionKind::InvalidClient)
+        );
+        assert_eq!(
+            rejection_kind(refused(400, "invalid_client")),
+            Some(RejectionKind::InvalidClient)
+        );
+        assert_eq!(
+            rejection_kind(refused(401, "unauthorized")),
+            Some(RejectionKind::InvalidClient)
+        );
+        for config in [
+            "invalid_request",
+            "invalid_scope",
+            "unsupported_grant_type",
+            "unauthorized_client",
+        ] {
+            assert_eq!(
+                rejection_kind(refused(400, config)),
+                Some(RejectionKind::Configuration)
+            );
+        }
+        for transient in [
+            refused(503, "HTTP 503"),
+            refused(400, "temporarily_unavailable"),
+            refused(429, "slow down"),
+            refused(500, "server_error"),
+        ] {
+            assert!(matches!(transient, Outcome::Transient(_)));
+        }
+        assert!(matches!(
+            TokenAnswer::Unreachable("x".into()).classify(),
+            Outcome::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn basic_auth_urlencodes_first() {
+        let value = basic_auth("id:1", &SecretString::from("a b+c".to_owned()));
+        let encoded = value
+            .to_str()
+            .unwrap()
+            .strip_prefix("Basic ")
+            .unwrap()
+            .to_owned();
+        let decoded = String::from_utf8(STANDARD.decode(encoded).unwrap()).unwrap();
+        assert_eq!(decoded, "id%3A1:a+b%2Bc");
+    }
+
+    #[test]
+    fn lifetime_as_string_is_accepted() {
+        let body: GrantBody =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":"3599"}"#).unwrap();
+        assert_eq!(body.expires_in, Some(3599));
+    }
+}

@@ -1,0 +1,225 @@
+//! Getting an access token for a stored account: from the sealed cache when it is still valid,
+//! else by one upstream call whose outcome is committed before the token is handed out.
+
+use crate::account::{Account, AccountState, GrantKind, SecretKind};
+use crate::clock::now_unix;
+use crate::error::Error;
+use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
+use crate::oauth::{Client, Outcome, RejectionKind, TokenGrant, token};
+use crate::secret::SecretString;
+use crate::store::{Store, StoreError, TokenUpdate};
+
+/// Assumed lifetime when a provider omits `expires_in` (RFC 6749 makes it optional).
+const DEFAULT_LIFETIME: i64 = 3600;
+
+/// An access token as handed to a caller. Never a refresh token or client secret.
+#[derive(Debug)]
+pub struct AccessToken {
+    pub access_token: SecretString,
+    pub expires_at: i64,
+}
+
+/// Returns an access token valid for at least `min_valid` seconds, refreshing if needed.
+///
+/// Holds the account's lock across the refresh so that two processes never spend the same
+/// (possibly rotating) refresh token, and re-reads the account under the lock: whoever waited
+/// finds the token the other one fetched.
+pub async fn access_token(
+    store: &mut Store,
+    http: &reqwest::Client,
+    name: &str,
+    min_valid: i64,
+) -> Result<AccessToken, Error> {
+    let _lock = store.lock_account(name)?;
+    let account = store.account(name)?;
+    if let Some(cached) = cached_token(store, &account, min_valid)? {
+        return Ok(cached);
+    }
+    if account.state == AccountState::ReauthRequired {
+        return Err(rejected_error(
+            &account,
+            RejectionKind::InvalidGrant,
+            account.last_error.clone().unwrap_or_default(),
+        ));
+    }
+    let outcome = fetch(store, http, &account).await?;
+    match settle(store, &account, outcome, false) {
+        // A transient failure still lets a token that has not yet expired be served.
+        Err(error @ Error::Unavailable { .. }) => match cached_token(store, &account, 1)? {
+            Some(cached) => {
+                eprintln!("warning: {error}; serving the cached token, which is still valid");
+                Ok(cached)
+            }
+            None => Err(error),
+        },
+        other => other,
+    }
+}
+
+fn cached_token(
+    store: &Store,
+    account: &Account,
+    min_valid: i64,
+) -> Result<Option<AccessToken>, Error> {
+    let Some(expires_at) = account.access_expires_at else {
+        return Ok(None);
+    };
+    if expires_at - now_unix() < min_valid {
+        return Ok(None);
+    }
+    Ok(store
+        .secret(account, SecretKind::AccessToken)?
+        .map(|access_token| AccessToken {
+            access_token,
+            expires_at,
+        }))
+}
+
+/// The OAuth client stored with an account.
+pub fn stored_client(store: &Store, account: &Account) -> Result<Option<Client>, Error> {
+    let Some(id) = account.config.client_id.clone() else {
+        return Ok(None);
+    };
+    Ok(Some(Client {
+        id,
+        secret: store.secret(account, SecretKind::ClientSecret)?,
+        auth: account.config.client_auth,
+    }))
+}
+
+fn missing_secret(account: &Account, kind: SecretKind) -> Error {
+    Error::Store(StoreError::BadConfig(
+        account.name.clone(),
+        format!("its {} is missing", kind.as_str()),
+    ))
+}
+
+/// One call to the token endpoint with the account's long-lived credential.
+pub async fn fetch(
+    store: &Store,
+    http: &reqwest::Client,
+    account: &Account,
+) -> Result<Outcome, Error> {
+    let config = &account.config;
+    let token_url = &config.endpoints.token_url;
+    let client = stored_client(store, account)?;
+    let stored = |kind| {
+        store
+            .secret(account, kind)?
+            .ok_or_else(|| missing_secret(account, kind))
+    };
+    Ok(match (config.grant, client) {
+        (GrantKind::RefreshToken, client) => {
+            let refresh_token = stored(SecretKind::RefreshToken)?;
+            token::refresh_token_grant(http, token_url, client.as_ref(), &refresh_token).await
+        }
+        (GrantKind::ServiceAccount, _) => {
+            let key = ServiceAccountKey::parse(&stored(SecretKind::ServiceAccountKey)?)
+                .map_err(|err| Error::Input(err.to_string()))?;
+            jwt_bearer_grant(http, &key, &config.scopes, config.subject.as_deref())
+                .await
+                .map_err(|err| Error::Input(err.to_string()))?
+        }
+        (GrantKind::ClientCredentials, Some(client)) => {
+            token::client_credentials_grant(http, token_url, &client, &config.scopes).await
+        }
+        (GrantKind::ClientCredentials, None) => {
+            return Err(missing_secret(account, SecretKind::ClientSecret));
+        }
+    })
+}
+
+/// What a grant changes in the store, from the moment it was received.
+pub fn token_update(grant: &TokenGrant, validated: bool) -> TokenUpdate<'_> {
+    let now = now_unix();
+    TokenUpdate {
+        access_token: &grant.access_token,
+        access_expires_at: Some(now + grant.expires_in.map_or(DEFAULT_LIFETIME, |s| s as i64)),
+        new_refresh_token: grant.refresh_token.as_ref(),
+        refresh_expires_at: grant.refresh_token_expires_in.map(|s| now + s as i64),
+        validated,
+    }
+}
+
+/// Records an upstream call's outcome on the account. A grant (a rotated refresh token included)
+/// is committed durably before its access token is returned; a failure becomes the account's new
+/// state and the error the user sees.
+pub fn settle(
+    store: &mut Store,
+    account: &Account,
+    outcome: Outcome,
+    validated: bool,
+) -> Result<AccessToken, Error> {
+    let state = AccountState::after(&outcome);
+    let (reason, error) = match outcome {
+        Outcome::Refreshed(grant) => return commit_grant(store, account, &grant, validated),
+        Outcome::Transient(transient) => (
+            transient.reason.clone(),
+            Error::Unavailable {
+                account: account.name.clone(),
+                reason: transient.reason,
+            },
+        ),
+        Outcome::Permanent(rejection) => {
+            let reason = rejection.to_string();
+            (
+                reason.clone(),
+                rejected_error(account, rejection.kind, reason),
+            )
+        }
+    };
+    store.record_failure(account, state, &reason)?;
+    Err(error)
+}
+
+fn commit_grant(
+    store: &mut Store,
+    account: &Account,
+    grant: &TokenGrant,
+    validated: bool,
+) -> Result<AccessToken, Error> {
+    let update = token_update(grant, validated);
+    store.record_tokens(account, &update)?;
+    Ok(AccessToken {
+        access_token: grant.access_token.clone(),
+        expires_at: update.access_expires_at.unwrap_or_default(),
+    })
+}
+
+/// The user-facing error for a rejection, naming the next command that helps.
+fn rejected_error(account: &Account, kind: RejectionKind, reason: String) -> Error {
+    let name = account.name.clone();
+    match kind {
+        RejectionKind::InvalidGrant => {
+            let (credential, next) = match account.config.grant {
+                GrantKind::RefreshToken => ("refresh token", format!("vault login {name}")),
+                GrantKind::ServiceAccount => (
+                    "service-account key",
+                    format!(
+                        "create a new key, then: vault remove {name} && vault add-account {name} --service-account NEW-KEY.json --scope …"
+                    ),
+                ),
+                GrantKind::ClientCredentials => (
+                    "client credentials",
+                    format!(
+                        "vault remove {name} && vault add-account {name} --client-credentials …"
+                    ),
+                ),
+            };
+            Error::ReauthRequired {
+                account: name,
+                credential,
+                reason,
+                next,
+            }
+        }
+        RejectionKind::InvalidClient => Error::ClientRejected {
+            account: name,
+            reason,
+        },
+        RejectionKind::Configuration => Error::Misconfigured {
+            account: name,
+            reason,
+        },
+    }
+}

@@ -1,0 +1,515 @@
+//! The vault's SQLite file: accounts, sealed secrets and events.
+//!
+//! Secrets are sealed with the vault's data key; the data key is stored wrapped (sealed) by the
+//! master key. Every secret's AAD names its account id, its kind and the data key's version, so a
+//! blob copied to another row or kind fails to open.
+
+mod lock;
+mod schema;
+
+pub use lock::AccountLock;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use thiserror::Error;
+
+use crate::account::{Account, AccountConfig, AccountState, SecretKind};
+use crate::crypto::{self, CryptoError, KEY_LEN, Key};
+use crate::keys::{KeyError, KeySource, MasterKey};
+use crate::secret::{Secret, SecretString};
+
+pub const DB_FILE: &str = "vault.db";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("no vault at {0}. Create one with: vault init")]
+    NoVault(PathBuf),
+    #[error("a vault already exists at {0}; nothing was changed")]
+    VaultExists(PathBuf),
+    #[error(
+        "{path} is damaged or is not a tokenvault database ({reason}). Restore it from a backup; tokenvault did not change it"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "the vault at {0} was written by a newer tokenvault (schema {1}); upgrade tokenvault to use it"
+    )]
+    TooNew(PathBuf, i64),
+    #[error(
+        "the master key from {0} does not open this vault. Give the key the vault was created with (--key-file, VAULT_MASTER_KEY or the OS keyring)"
+    )]
+    WrongMasterKey(String),
+    #[error("no account named {0:?}. See the accounts with: vault list")]
+    NoSuchAccount(String),
+    #[error(
+        "an account named {0:?} already exists. Pick another name, or remove it first: vault remove {0}"
+    )]
+    AccountExists(String),
+    #[error(
+        "the secret {kind} of account {account:?} failed to open: it was altered or moved from another row"
+    )]
+    SecretTampered { account: String, kind: &'static str },
+    #[error("the stored settings of account {0:?} are unreadable ({1})")]
+    BadConfig(String, String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("cannot create the vault directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("vault database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// What a successful token call changes on an account.
+pub struct TokenUpdate<'a> {
+    pub access_token: &'a SecretString,
+    pub access_expires_at: Option<i64>,
+    /// Set when the provider rotated the refresh token: it replaces the stored one.
+    pub new_refresh_token: Option<&'a SecretString>,
+    pub refresh_expires_at: Option<i64>,
+    pub validated: bool,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    conn: Connection,
+    data_key: Key,
+    key_version: i64,
+    key_source: KeySource,
+}
+
+fn now() -> i64 {
+    crate::clock::now_unix()
+}
+
+impl Store {
+    pub fn db_path(dir: &Path) -> PathBuf {
+        dir.join(DB_FILE)
+    }
+
+    /// Creates a new vault in `dir`, its master key at `key_source`.
+    pub fn init(dir: &Path, key_source: KeySource) -> Result<Store, StoreError> {
+        let path = Self::db_path(dir);
+        if path.exists() {
+            return Err(StoreError::VaultExists(dir.to_owned()));
+        }
+        create_private_dir(dir)?;
+        let vault_id = hex(crypto::random_bytes::<16>()?.expose());
+        let master = key_source.load_or_create(&vault_id)?;
+        let result = Self::create_db(dir, &vault_id, &master, key_source.clone());
+        if result.is_err() {
+            // Leave nothing half-made: no database without its key, no orphaned keyring entry.
+            let _ = std::fs::remove_file(&path);
+            if key_source == KeySource::Keyring {
+                crate::keys::forget_keyring_entry(&vault_id);
+            }
+        }
+        result
+    }
+
+    fn create_db(
+        dir: &Path,
+        vault_id: &str,
+        master: &MasterKey,
+        key_source: KeySource,
+    ) -> Result<Store, StoreError> {
+        let path = Self::db_path(dir);
+        let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_CREATE)?;
+        schema::migrate(&mut conn, &path, true)?;
+        let data_key = crypto::random_bytes::<KEY_LEN>()?;
+        let key_version = 1;
+        let wrapped = Key::from_bytes(master).seal(
+            data_key.expose(),
+            wrap_aad(vault_id, key_version).as_bytes(),
+        )?;
+        let tx = conn.transaction()?;
+        for (key, value) in [
+            (
+                "vault_id",
+                rusqlite::types::Value::Text(vault_id.to_owned()),
+            ),
+            (
+                "key_source",
+                rusqlite::types::Value::Text(key_source.to_record()),
+            ),
+            ("key_version", rusqlite::types::Value::Integer(key_version)),
+            ("wrapped_data_key", rusqlite::types::Value::Blob(wrapped)),
+        ] {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Store {
+            dir: dir.to_owned(),
+            conn,
+            data_key: Key::from_bytes(&data_key),
+            key_version,
+            key_source,
+        })
+    }
+
+    /// Opens the vault in `dir`. The master key comes from `key_override` when given, else from
+    /// the source recorded at `vault init`.
+    pub fn open(dir: &Path, key_override: Option<KeySource>) -> Result<Store, StoreError> {
+        let path = Self::db_path(dir);
+        if !path.exists() {
+            return Err(StoreError::NoVault(dir.to_owned()));
+        }
+        let mut conn = connect(&path, OpenFlags::empty())?;
+        schema::migrate(&mut conn, &path, false)?;
+        let meta = |key: &str| -> Result<rusqlite::types::Value, StoreError> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .map_err(|err| corrupt(&path, err))
+        };
+        let (vault_id, recorded, key_version, wrapped) = match (
+            meta("vault_id")?,
+            meta("key_source")?,
+            meta("key_version")?,
+            meta("wrapped_data_key")?,
+        ) {
+            (
+                rusqlite::types::Value::Text(id),
+                rusqlite::types::Value::Text(source),
+                rusqlite::types::Value::Integer(version),
+                rusqlite::types::Value::Blob(wrapped),
+            ) => (id, source, version, wrapped),
+            _ => return Err(corrupt(&path, "malformed meta table")),
+        };
+        let key_source = key_override.unwrap_or_else(|| KeySource::from_record(&recorded));
+        let master = key_source.load(&vault_id)?;
+        let data_key = Key::from_bytes(&master)
+            .open(&wrapped, wrap_aad(&vault_id, key_version).as_bytes())
+            .map_err(|_| StoreError::WrongMasterKey(key_source.describe()))?;
+        let data_key: [u8; KEY_LEN] = data_key
+            .expose()
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt(&path, "data key has the wrong length"))?;
+        Ok(Store {
+            dir: dir.to_owned(),
+            conn,
+            data_key: Key::from_bytes(&Secret::new(data_key)),
+            key_version,
+            key_source,
+        })
+    }
+
+    pub fn key_source(&self) -> &KeySource {
+        &self.key_source
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the cross-process lock of account `name` (held until the guard drops).
+    pub fn lock_account(&self, name: &str) -> Result<AccountLock, StoreError> {
+        AccountLock::acquire(&self.dir, name)
+    }
+
+    /// Stores a new account and its secrets in one transaction: all of it or nothing.
+    pub fn insert_account(
+        &mut self,
+        name: &str,
+        config: &AccountConfig,
+        secrets: &[(SecretKind, &SecretString)],
+        tokens: &TokenUpdate<'_>,
+    ) -> Result<(), StoreError> {
+        let config_json = serde_json::to_string(config)
+            .map_err(|err| StoreError::BadConfig(name.into(), err.to_string()))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?1)",
+            [name],
+            |row| row.get(0),
+        )?;
+        if exists {
+            return Err(StoreError::AccountExists(name.to_owned()));
+        }
+        let at = now();
+        tx.execute(
+            "INSERT INTO accounts (name, config, state, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, config_json, AccountState::Active.as_str(), at],
+        )?;
+        let id = tx.last_insert_rowid();
+        for (kind, value) in secrets {
+            put_secret(&tx, &self.data_key, self.key_version, id, *kind, value)?;
+        }
+        apply_token_update(&tx, &self.data_key, self.key_version, id, tokens)?;
+        log_event(&tx, name, "added", Some(config.grant.as_str()))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn account(&self, name: &str) -> Result<Account, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{ACCOUNT_COLUMNS} WHERE name = ?1"),
+                [name],
+                read_account,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchAccount(name.to_owned()))?
+    }
+
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{ACCOUNT_COLUMNS} ORDER BY name"))?;
+        let rows = stmt.query_map([], read_account)?;
+        rows.map(|row| row?).collect()
+    }
+
+    pub fn remove_account(&mut self, name: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM secrets WHERE account_id = (SELECT id FROM accounts WHERE name = ?1)",
+            [name],
+        )?;
+        if tx.execute("DELETE FROM accounts WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NoSuchAccount(name.to_owned()));
+        }
+        log_event(&tx, name, "removed", None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The secret `kind` of `account`, opened; `None` when the account has none of that kind.
+    pub fn secret(
+        &self,
+        account: &Account,
+        kind: SecretKind,
+    ) -> Result<Option<SecretString>, StoreError> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT key_version, sealed FROM secrets WHERE account_id = ?1 AND kind = ?2",
+                params![account.id, kind.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((version, sealed)) = row else {
+            return Ok(None);
+        };
+        let tampered = || StoreError::SecretTampered {
+            account: account.name.clone(),
+            kind: kind.as_str(),
+        };
+        let plain = self
+            .data_key
+            .open(&sealed, secret_aad(account.id, kind, version).as_bytes())
+            .map_err(|_| tampered())?;
+        plain.into_string().map(Some).ok_or_else(tampered)
+    }
+
+    /// Records a successful token call. A rotated refresh token is written in the same durable
+    /// transaction as the access token, before anyone is handed that access token.
+    pub fn record_tokens(
+        &mut self,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply_token_update(&tx, &self.data_key, self.key_version, account.id, update)?;
+        set_state(&tx, account, AccountState::Active, None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a failed token call: the new state and the reason, as one event when it changed.
+    pub fn record_failure(
+        &mut self,
+        account: &Account,
+        state: AccountState,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        set_state(&tx, account, state, Some(reason))?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "SELECT id, name, config, state, created_at, last_refresh_at, \
+     last_validated_at, last_error, access_expires_at, refresh_expires_at FROM accounts";
+
+fn read_account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Account, StoreError>> {
+    let name: String = row.get(1)?;
+    let config: String = row.get(2)?;
+    let state: String = row.get(3)?;
+    let config = match serde_json::from_str::<AccountConfig>(&config) {
+        Ok(config) => config,
+        Err(err) => return Ok(Err(StoreError::BadConfig(name, err.to_string()))),
+    };
+    let Some(state) = AccountState::parse(&state) else {
+        return Ok(Err(StoreError::BadConfig(
+            name,
+            format!("unknown state {state:?}"),
+        )));
+    };
+    Ok(Ok(Account {
+        id: row.get(0)?,
+        name,
+        config,
+        state,
+        created_at: row.get(4)?,
+        last_refresh_at: row.get(5)?,
+        last_validated_at: row.get(6)?,
+        last_error: row.get(7)?,
+        access_expires_at: row.get(8)?,
+        refresh_expires_at: row.get(9)?,
+    }))
+}
+
+fn apply_token_update(
+    tx: &rusqlite::Transaction<'_>,
+    key: &Key,
+    key_version: i64,
+    account_id: i64,
+    update: &TokenUpdate<'_>,
+) -> Result<(), StoreError> {
+    if let Some(refresh) = update.new_refresh_token {
+        put_secret(
+            tx,
+            key,
+            key_version,
+            account_id,
+            SecretKind::RefreshToken,
+            refresh,
+        )?;
+    }
+    put_secret(
+        tx,
+        key,
+        key_version,
+        account_id,
+        SecretKind::AccessToken,
+        update.access_token,
+    )?;
+    let at = now();
+    tx.execute(
+        "UPDATE accounts SET access_expires_at = ?2, last_refresh_at = ?3,
+             refresh_expires_at = COALESCE(?4, refresh_expires_at),
+             last_validated_at = CASE WHEN ?5 THEN ?3 ELSE last_validated_at END
+         WHERE id = ?1",
+        params![
+            account_id,
+            update.access_expires_at,
+            at,
+            update.refresh_expires_at,
+            update.validated
+        ],
+    )?;
+    Ok(())
+}
+
+fn put_secret(
+    tx: &rusqlite::Transaction<'_>,
+    key: &Key,
+    key_version: i64,
+    account_id: i64,
+    kind: SecretKind,
+    value: &SecretString,
+) -> Result<(), StoreError> {
+    let sealed = key.seal(
+        value.expose().as_bytes(),
+        secret_aad(account_id, kind, key_version).as_bytes(),
+    )?;
+    tx.execute(
+        "INSERT INTO secrets (account_id, kind, key_version, sealed, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (account_id, kind) DO UPDATE SET
+             key_version = excluded.key_version, sealed = excluded.sealed, updated_at = excluded.updated_at",
+        params![account_id, kind.as_str(), key_version, sealed, now()],
+    )?;
+    Ok(())
+}
+
+fn set_state(
+    tx: &rusqlite::Transaction<'_>,
+    account: &Account,
+    state: AccountState,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    let previous: String = tx.query_row(
+        "SELECT state FROM accounts WHERE id = ?1",
+        [account.id],
+        |row| row.get(0),
+    )?;
+    tx.execute(
+        "UPDATE accounts SET state = ?2, last_error = ?3 WHERE id = ?1",
+        params![account.id, state.as_str(), reason],
+    )?;
+    if previous != state.as_str() {
+        log_event(tx, &account.name, state.as_str(), reason)?;
+    }
+    Ok(())
+}
+
+fn log_event(
+    tx: &rusqlite::Transaction<'_>,
+    account: &str,
+    event: &str,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO events (at, account, event, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now(), account, event, detail],
+    )?;
+    Ok(())
+}
+
+fn secret_aad(account_id: i64, kind: SecretKind, key_version: i64) -> String {
+    format!(
+        "tokenvault secret|account={account_id}|kind={}|key={key_version}",
+        kind.as_str()
+    )
+}
+
+fn wrap_aad(vault_id: &str, key_version: i64) -> String {
+    format!("tokenvault data key|vault={vault_id}|key={key_version}")
+}
+
+fn connect(path: &Path, extra: OpenFlags) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra;
+    let conn = Connection::open_with_flags(path, flags).map_err(|err| corrupt(path, err))?;
+    // WAL for concurrent readers; FULL so a committed rotated refresh token survives power loss.
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+        .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
+        .map_err(|err| corrupt(path, err))?;
+    Ok(conn)
+}
+
+fn corrupt(path: &Path, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    crate::files::create_private_dir(dir).map_err(|source| StoreError::Dir {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
