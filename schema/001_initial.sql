@@ -4,7 +4,7 @@
 -- Vault-wide settings: vault_id, key_source, key_version, wrapped_data_key (sealed by the master key).
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
-    value BLOB NOT NULL
+    value ANY NOT NULL
 ) STRICT;
 
 CREATE TABLE accounts (

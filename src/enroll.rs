@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::account::{Account, AccountConfig, GrantKind, LoginMethod, SecretKind, validate_name};
 use crate::error::Error;
-use crate::oauth::provider::{Endpoints, OfflineAccess, ProviderChoice};
+use crate::oauth::provider::{EndpointOverrides, Endpoints, OfflineAccess, ProviderChoice};
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, ClientAuth, OAuthError, Outcome, TokenGrant, authcode, device, token};
 use crate::refresh::{self, AccessToken};
@@ -17,6 +17,7 @@ pub enum NewCredentials {
     /// An OAuth client at a provider, proven by one of the flows.
     OAuth {
         provider: ProviderChoice,
+        overrides: EndpointOverrides,
         client: Client,
         flow: Flow,
     },
@@ -81,9 +82,10 @@ pub async fn add_account(
     let proven = match new.credentials {
         NewCredentials::OAuth {
             provider,
+            overrides,
             client,
             flow,
-        } => prove_oauth(http, provider, client, flow, new.scopes).await,
+        } => prove_oauth(http, provider, overrides, client, flow, new.scopes).await,
         NewCredentials::ServiceAccount { key_json, subject } => {
             prove_service_account(http, new.scopes, key_json, subject).await
         }
@@ -113,11 +115,12 @@ pub async fn add_account(
 async fn prove_oauth(
     http: &reqwest::Client,
     provider: ProviderChoice,
+    overrides: EndpointOverrides,
     client: Client,
     flow: Flow,
     scopes: Vec<String>,
 ) -> Result<Proven, OAuthError> {
-    let endpoints = provider.resolve(http).await?;
+    let endpoints = provider.resolve(overrides, http).await?;
     let (grant, grant_kind, login) = match flow {
         Flow::Browser(options) => (
             browser_login(http, &endpoints, &client, &scopes, options).await?,

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use super::{Context, block_on, when};
 use crate::enroll::{self, BrowserOptions, Flow, NewAccount, NewCredentials};
 use crate::error::Error;
-use crate::oauth::provider::ProviderChoice;
+use crate::oauth::provider::{EndpointOverrides, ProviderChoice};
 use crate::oauth::{Client, ClientAuth, token};
 use crate::secret::SecretString;
 
@@ -41,23 +41,23 @@ pub(super) struct AddArgs {
     /// A name for the account: letters, digits, '-', '_', '.', '@'
     name: String,
 
-    /// A known provider
-    #[arg(long, value_enum, conflicts_with_all = ["issuer", "token_url"])]
+    /// A known provider (its endpoints can be replaced with --auth-url/--token-url/--device-url)
+    #[arg(long, value_enum, conflicts_with = "issuer")]
     provider: Option<Provider>,
     /// Microsoft tenant (id or domain; common, organizations, consumers)
     #[arg(long, default_value = "common")]
     tenant: String,
     /// Any OIDC / RFC 8414 server: endpoints are discovered from its metadata
-    #[arg(long, value_name = "URL", conflicts_with = "token_url")]
+    #[arg(long, value_name = "URL")]
     issuer: Option<String>,
-    /// Explicit authorization endpoint (with --token-url)
-    #[arg(long, value_name = "URL", requires = "token_url")]
+    /// Authorization endpoint
+    #[arg(long, value_name = "URL")]
     auth_url: Option<String>,
-    /// Explicit token endpoint
+    /// Token endpoint
     #[arg(long, value_name = "URL")]
     token_url: Option<String>,
-    /// Explicit device authorization endpoint (with --token-url)
-    #[arg(long, value_name = "URL", requires = "token_url")]
+    /// Device authorization endpoint
+    #[arg(long, value_name = "URL")]
     device_url: Option<String>,
 
     /// The OAuth client id
@@ -159,7 +159,19 @@ fn new_account(args: AddArgs) -> Result<NewAccount, Error> {
             },
         });
     }
-    let provider = provider_choice(&args)?;
+    let provider = match (args.provider, &args.issuer) {
+        (Some(Provider::Google), _) => ProviderChoice::Google,
+        (Some(Provider::Microsoft), _) => ProviderChoice::Microsoft {
+            tenant: args.tenant.clone(),
+        },
+        (None, Some(issuer)) => ProviderChoice::Issuer(issuer.clone()),
+        (None, None) => ProviderChoice::Custom,
+    };
+    let overrides = EndpointOverrides {
+        auth_url: args.auth_url.clone(),
+        token_url: args.token_url.clone(),
+        device_url: args.device_url.clone(),
+    };
     let client_id = args.client_id.clone().ok_or_else(|| {
         Error::Input(
             "--client-id is required (the OAuth client's id from the provider's console)".into(),
@@ -180,6 +192,7 @@ fn new_account(args: AddArgs) -> Result<NewAccount, Error> {
         scopes,
         credentials: NewCredentials::OAuth {
             provider,
+            overrides,
             client: Client {
                 id: client_id,
                 secret,
@@ -188,22 +201,6 @@ fn new_account(args: AddArgs) -> Result<NewAccount, Error> {
             flow,
         },
     })
-}
-
-fn provider_choice(args: &AddArgs) -> Result<ProviderChoice, Error> {
-    match (args.provider, &args.issuer, &args.token_url) {
-        (Some(Provider::Google), _, _) => Ok(ProviderChoice::Google),
-        (Some(Provider::Microsoft), _, _) => Ok(ProviderChoice::Microsoft { tenant: args.tenant.clone() }),
-        (None, Some(issuer), _) => Ok(ProviderChoice::Issuer(issuer.clone())),
-        (None, None, Some(token_url)) => Ok(ProviderChoice::Explicit {
-            token_url: token_url.clone(),
-            auth_url: args.auth_url.clone(),
-            device_url: args.device_url.clone(),
-        }),
-        (None, None, None) => Err(Error::Input(
-            "name the provider: --provider google|microsoft, --issuer URL, or --auth-url URL --token-url URL".into(),
-        )),
-    }
 }
 
 /// The client secret from a file, stdin or a prompt; never from an argument (argv is public).

@@ -37,7 +37,7 @@ enum Command {
     /// Create a new vault (master key in the OS keyring, else a key file)
     Init,
     /// Add an account; it is stored only after the provider proves its credentials
-    AddAccount(add::AddArgs),
+    AddAccount(Box<add::AddArgs>),
     /// Authorize an account again (after its refresh token was revoked or expired)
     Login(add::LoginArgs),
     /// List the accounts
@@ -60,7 +60,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     };
     match cli.command {
         Command::Init => init::run(&context),
-        Command::AddAccount(args) => add::run_add(&context, args),
+        Command::AddAccount(args) => add::run_add(&context, *args),
         Command::Login(args) => add::run_login(&context, args),
         Command::List => accounts::list(&context),
         Command::Status { name } => accounts::status(&context, name.as_deref()),

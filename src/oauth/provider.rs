@@ -72,29 +72,40 @@ pub enum ProviderChoice {
     Microsoft {
         tenant: String,
     },
+    /// Any OIDC / RFC 8414 server, found by discovery.
     Issuer(String),
-    Explicit {
-        token_url: String,
-        auth_url: Option<String>,
-        device_url: Option<String>,
-    },
+    /// Only explicit URLs (`--token-url` is then required).
+    Custom,
+}
+
+/// Explicit endpoint URLs, which replace those of the chosen provider (a proxy, a sovereign
+/// cloud, a test server) while keeping its offline-access rules.
+#[derive(Default)]
+pub struct EndpointOverrides {
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub device_url: Option<String>,
 }
 
 impl ProviderChoice {
-    /// Turns the choice into endpoints, fetching discovery metadata for `--issuer`.
-    pub async fn resolve(self, http: &reqwest::Client) -> Result<Endpoints, OAuthError> {
-        match self {
-            ProviderChoice::Google => Ok(Endpoints {
+    /// Turns the choice into endpoints, fetching discovery metadata for an issuer.
+    pub async fn resolve(
+        self,
+        overrides: EndpointOverrides,
+        http: &reqwest::Client,
+    ) -> Result<Endpoints, OAuthError> {
+        let mut endpoints = match self {
+            ProviderChoice::Google => Endpoints {
                 provider: "google".into(),
                 token_url: "https://oauth2.googleapis.com/token".into(),
                 auth_url: Some("https://accounts.google.com/o/oauth2/v2/auth".into()),
                 device_url: Some("https://oauth2.googleapis.com/device/code".into()),
                 issuer: Some("https://accounts.google.com".into()),
                 offline: OfflineAccess::AccessTypeOffline,
-            }),
+            },
             ProviderChoice::Microsoft { tenant } => {
                 let base = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
-                Ok(Endpoints {
+                Endpoints {
                     provider: "microsoft".into(),
                     token_url: format!("{base}/token"),
                     auth_url: Some(format!("{base}/authorize")),
@@ -102,30 +113,40 @@ impl ProviderChoice {
                     // Multi-tenant issuers are templated ({tenantid}); iss cannot be pinned.
                     issuer: None,
                     offline: OfflineAccess::OfflineAccessScope,
-                })
-            }
-            ProviderChoice::Issuer(issuer) => discover(http, &issuer).await,
-            ProviderChoice::Explicit {
-                token_url,
-                auth_url,
-                device_url,
-            } => {
-                for url in [Some(&token_url), auth_url.as_ref(), device_url.as_ref()]
-                    .into_iter()
-                    .flatten()
-                {
-                    check_endpoint_url(url)?;
                 }
-                Ok(Endpoints {
-                    provider: "custom".into(),
-                    token_url,
-                    auth_url,
-                    device_url,
-                    issuer: None,
-                    offline: OfflineAccess::AsConfigured,
-                })
             }
+            ProviderChoice::Issuer(issuer) => discover(http, &issuer).await?,
+            ProviderChoice::Custom => Endpoints {
+                provider: "custom".into(),
+                token_url: overrides.token_url.clone().ok_or_else(|| {
+                    OAuthError::Provider(
+                        "name the provider: --provider google|microsoft, --issuer URL, or --token-url URL (with --auth-url or --device-url)".into(),
+                    )
+                })?,
+                auth_url: None,
+                device_url: None,
+                issuer: None,
+                offline: OfflineAccess::AsConfigured,
+            },
+        };
+        if overrides.token_url.is_some() || overrides.auth_url.is_some() {
+            // A replaced authorization server cannot be expected to use the original issuer.
+            endpoints.issuer = None;
         }
+        endpoints.token_url = overrides.token_url.unwrap_or(endpoints.token_url);
+        endpoints.auth_url = overrides.auth_url.or(endpoints.auth_url);
+        endpoints.device_url = overrides.device_url.or(endpoints.device_url);
+        for url in [
+            Some(&endpoints.token_url),
+            endpoints.auth_url.as_ref(),
+            endpoints.device_url.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            check_endpoint_url(url)?;
+        }
+        Ok(endpoints)
     }
 }
 
@@ -188,7 +209,6 @@ fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints
             metadata.issuer
         )));
     }
-    check_endpoint_url(&metadata.token_endpoint)?;
     Ok(Endpoints {
         provider: "oidc".into(),
         token_url: metadata.token_endpoint,

@@ -1,0 +1,299 @@
+//! Bad input of every kind: a clear error, a non-zero exit, nothing half-written.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::fake_oauth::{CLIENT_ID, FakeOAuth, Fault, OfflineRule};
+use crate::support::{TestVault, random_key, write_private};
+use crate::{add_with_browser, client_secret_file};
+
+fn assert_no_accounts(vault: &TestVault) {
+    let list = vault.run(&["list"]);
+    list.ok();
+    assert!(list.stdout.contains("No accounts"), "{}", list.stdout);
+}
+
+#[test]
+fn wrong_master_key_is_refused() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "a").ok();
+    let mut command = vault.command(&["token", "a"]);
+    command.env("VAULT_MASTER_KEY", random_key());
+    vault
+        .run_command(command, None)
+        .fails_with(6, "does not open this vault");
+    let mut command = vault.command(&["list"]);
+    command.env("VAULT_MASTER_KEY", "not base64!");
+    vault
+        .run_command(command, None)
+        .fails_with(6, "VAULT_MASTER_KEY is not the base64 of 32 bytes");
+}
+
+#[test]
+fn key_file_problems() {
+    let vault = TestVault::uninitialized(None);
+    let key_file = vault.root.path().join("keys/master.key");
+    let key_arg = key_file.to_str().unwrap();
+    let init = |args: &[&str]| {
+        let mut command = vault.command(args);
+        command.env_remove("VAULT_MASTER_KEY");
+        vault.run_command(command, None)
+    };
+    init(&["--key-file", key_arg, "init"]).ok();
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    init(&["--key-file", key_arg, "list"]).ok();
+    // The vault remembers its key file: no flag needed.
+    init(&["list"]).ok();
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    init(&["list"]).fails_with(6, "chmod 600");
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let missing = vault.root.path().join("nope.key");
+    init(&["--key-file", missing.to_str().unwrap(), "list"]).fails_with(6, "does not exist");
+
+    let other = vault.root.path().join("other.key");
+    write_private(&other, &format!("{}\n", random_key()));
+    init(&["--key-file", other.to_str().unwrap(), "list"])
+        .fails_with(6, "does not open this vault");
+
+    write_private(&other, "garbage\n");
+    init(&["--key-file", other.to_str().unwrap(), "list"])
+        .fails_with(6, "not a tokenvault master key");
+}
+
+#[test]
+fn init_without_a_keyring_falls_back_to_a_key_file_and_says_so() {
+    let vault = TestVault::uninitialized(None);
+    let mut command = vault.command(&["init"]);
+    command.env_remove("VAULT_MASTER_KEY");
+    let run = vault.run_command(command, None);
+    run.ok();
+    assert!(
+        run.stderr.contains("No OS keyring is available"),
+        "{}",
+        run.stderr
+    );
+    let key_file = vault.root.path().join("home/.config/tokenvault/master.key");
+    assert!(key_file.exists(), "{}", run.stderr);
+    let mut command = vault.command(&["list"]);
+    command.env_remove("VAULT_MASTER_KEY");
+    vault.run_command(command, None).ok();
+    vault.run(&["init"]).fails_with(1, "already exists");
+}
+
+#[test]
+fn missing_vault_and_corrupt_database() {
+    let vault = TestVault::uninitialized(None);
+    vault.run(&["list"]).fails_with(1, "vault init");
+    std::fs::create_dir_all(&vault.dir).unwrap();
+    let garbage = b"this is not a database, and must stay exactly as it is".repeat(100);
+    std::fs::write(vault.db_path(), &garbage).unwrap();
+    vault
+        .run(&["list"])
+        .fails_with(1, "damaged or is not a tokenvault database");
+    vault.run(&["init"]).fails_with(1, "already exists");
+    assert_eq!(
+        std::fs::read(vault.db_path()).unwrap(),
+        garbage,
+        "the file was not touched"
+    );
+
+    std::fs::remove_file(vault.db_path()).unwrap();
+    rusqlite::Connection::open(vault.db_path())
+        .unwrap()
+        .execute_batch("CREATE TABLE other (x)")
+        .unwrap();
+    vault
+        .run(&["list"])
+        .fails_with(1, "not a tokenvault database");
+}
+
+#[test]
+fn malformed_service_account_keys() {
+    let fake = FakeOAuth::start(OfflineRule::Google);
+    let vault = TestVault::new(Some(&fake));
+    let path = vault.root.path().join("sa.json");
+    let cases = [
+        ("{ not json", "malformed JSON"),
+        (
+            r#"{"type":"authorized_user","client_email":"a","private_key":"b","token_uri":"http://127.0.0.1/t"}"#,
+            "not \"service_account\"",
+        ),
+        (
+            r#"{"type":"service_account","client_email":"a","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n","token_uri":"http://127.0.0.1/t"}"#,
+            "private_key",
+        ),
+        (r#"{"type":"service_account"}"#, "field is missing"),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&path, text).unwrap();
+        vault
+            .run(&[
+                "add-account",
+                "sa",
+                "--service-account",
+                path.to_str().unwrap(),
+                "--scope",
+                "x",
+            ])
+            .fails_with(1, needle);
+    }
+    vault
+        .run(&[
+            "add-account",
+            "sa",
+            "--service-account",
+            "/nonexistent/key.json",
+            "--scope",
+            "x",
+        ])
+        .fails_with(1, "cannot read the service-account key file");
+    assert_no_accounts(&vault);
+}
+
+#[test]
+fn bad_arguments() {
+    let vault = TestVault::new(None);
+    vault
+        .run(&[
+            "add-account",
+            "x",
+            "--provider",
+            "yahoo",
+            "--client-id",
+            "c",
+        ])
+        .fails_with(2, "invalid value 'yahoo'");
+    vault
+        .run(&["add-account", "x", "--client-id", "c", "--public-client"])
+        .fails_with(1, "name the provider");
+    vault
+        .run(&[
+            "add-account",
+            "../evil",
+            "--provider",
+            "google",
+            "--client-id",
+            "c",
+            "--public-client",
+        ])
+        .fails_with(1, "not allowed");
+    vault
+        .run(&[
+            "add-account",
+            "x",
+            "--token-url",
+            "http://example.com/token",
+            "--client-id",
+            "c",
+            "--public-client",
+            "--client-credentials",
+        ])
+        .fails_with(1, "https");
+    vault
+        .run(&["token", "ghost"])
+        .fails_with(1, "no account named \"ghost\"");
+    vault
+        .run(&["remove", "ghost"])
+        .fails_with(1, "no account named \"ghost\"");
+    assert_no_accounts(&vault);
+}
+
+#[test]
+fn forged_state_denied_consent_and_busy_port() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    fake.configure(|b| b.forge_state = true);
+    add_with_browser(&vault, &fake, "a").fails_with(1, "state did not match");
+    fake.configure(|b| {
+        b.forge_state = false;
+        b.deny_consent = true;
+    });
+    add_with_browser(&vault, &fake, "a").fails_with(1, "denied");
+    fake.configure(|b| b.deny_consent = false);
+
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let secret = client_secret_file(&vault);
+    vault
+        .run(&[
+            "add-account",
+            "a",
+            "--issuer",
+            &fake.base,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-file",
+            secret.to_str().unwrap(),
+            "--redirect-port",
+            &port,
+        ])
+        .fails_with(1, "Free the port");
+    assert_no_accounts(&vault);
+}
+
+#[test]
+fn no_redirect_times_out() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    let secret = client_secret_file(&vault);
+    let mut command = vault.command(&[
+        "add-account",
+        "a",
+        "--issuer",
+        &fake.base,
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--timeout",
+        "2",
+    ]);
+    command.env("BROWSER", "true");
+    vault
+        .run_command(command, None)
+        .fails_with(1, "no redirect came back within 2 s");
+    assert_no_accounts(&vault);
+}
+
+#[test]
+fn garbage_or_html_from_the_token_endpoint() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    for fault in [Fault::Html, Fault::Garbage] {
+        fake.inject(fault);
+        let run = add_with_browser(&vault, &fake, "a");
+        run.fails_with(5, "not OAuth JSON");
+    }
+    fake.inject(Fault::Unavailable503);
+    add_with_browser(&vault, &fake, "a").fails_with(5, "HTTP 503");
+    assert_no_accounts(&vault);
+    // Unreachable provider.
+    vault
+        .run(&[
+            "add-account",
+            "a",
+            "--issuer",
+            "http://127.0.0.1:9",
+            "--client-id",
+            CLIENT_ID,
+            "--public-client",
+        ])
+        .fails_with(1, "cannot discover");
+    assert_no_accounts(&vault);
+}
+
+#[test]
+fn duplicate_account_names_are_refused_before_the_browser() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "dup").ok();
+    let before = fake.counters(|c| c.token_requests);
+    add_with_browser(&vault, &fake, "dup").fails_with(1, "already exists");
+    assert_eq!(fake.counters(|c| c.token_requests), before);
+    vault.run(&["remove", "dup"]).ok();
+    assert_no_accounts(&vault);
+}

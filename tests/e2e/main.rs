@@ -1,0 +1,51 @@
+//! End-to-end tests: the real `vault` binary, a real SQLite vault, real HTTP to a fake OAuth
+//! server on 127.0.0.1.
+
+mod errors;
+mod fake_oauth;
+mod flows;
+mod security;
+mod support;
+
+use std::path::PathBuf;
+
+use fake_oauth::{CLIENT_ID, CLIENT_SECRET, FakeOAuth};
+use support::{Run, TestVault, write_private};
+
+/// Writes the client secret to a 0600 file and returns its path.
+fn client_secret_file(vault: &TestVault) -> PathBuf {
+    let path = vault.root.path().join("client-secret.txt");
+    write_private(&path, &format!("{CLIENT_SECRET}\n"));
+    path
+}
+
+/// Adds `name` through the browser flow with OIDC discovery (offline_access + prompt=consent).
+fn add_with_browser(vault: &TestVault, fake: &FakeOAuth, name: &str) -> Run {
+    let secret = client_secret_file(vault);
+    vault.run(&[
+        "add-account",
+        name,
+        "--issuer",
+        &fake.base,
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--scope",
+        "openid email",
+        "--timeout",
+        "30",
+    ])
+}
+
+/// The access token `vault token` prints, checked to be one the server issued.
+fn token(vault: &TestVault, fake: &FakeOAuth, args: &[&str]) -> String {
+    let run = vault.run(&[&["token"], args].concat());
+    run.ok();
+    let token = run.stdout.trim().to_owned();
+    assert!(
+        fake.is_access_token(&token),
+        "not an issued token: {token:?}"
+    );
+    token
+}

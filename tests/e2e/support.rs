@@ -1,0 +1,228 @@
+//! Runs the real `vault` binary against a real vault directory, and scans every output.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::fake_oauth::FakeOAuth;
+
+pub struct TestVault {
+    pub root: tempfile::TempDir,
+    pub dir: PathBuf,
+    master_key: String,
+    /// Extra planted secrets to look for besides the fake server's.
+    pub planted: Vec<String>,
+    pub fake: Option<FakeOAuth>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn fails_with(&self, code: i32, needle: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+pub fn random_key() -> String {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    STANDARD.encode(bytes)
+}
+
+/// A private key chunk from the service-account fixture, for leak scans.
+pub fn private_key_sample() -> String {
+    let key: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/service-account.json")).unwrap();
+    let pem = key["private_key"].as_str().unwrap();
+    pem.lines().nth(5).unwrap().to_owned()
+}
+
+impl TestVault {
+    /// A vault whose master key comes from VAULT_MASTER_KEY, already initialized.
+    pub fn new(fake: Option<&FakeOAuth>) -> TestVault {
+        let vault = Self::uninitialized(fake);
+        vault.run(&["init"]).ok();
+        vault
+    }
+
+    pub fn uninitialized(fake: Option<&FakeOAuth>) -> TestVault {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("vault");
+        TestVault {
+            dir,
+            root,
+            master_key: random_key(),
+            planted: vec![private_key_sample()],
+            fake: fake.cloned(),
+        }
+    }
+
+    /// The `vault` command with a clean, isolated environment: no keyring, no desktop, a browser
+    /// helper that follows the redirect like a user who approves.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vault"));
+        let home = self.root.path().join("home");
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/nonexistent/tokenvault-test-bus",
+            )
+            .env("VAULT_DIR", &self.dir)
+            .env("VAULT_MASTER_KEY", &self.master_key)
+            .env("BROWSER", self.browser_helper())
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn browser_helper(&self) -> PathBuf {
+        let path = self.root.path().join("browser.sh");
+        if !path.exists() {
+            std::fs::write(
+                &path,
+                "#!/bin/sh\nexec curl -s -o /dev/null -L --max-time 20 \"$1\"\n",
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        path
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_command(self.command(args), None)
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        self.run_command(self.command(args), Some(stdin))
+    }
+
+    /// Runs and checks that no planted secret reached stdout or stderr. Access tokens may appear
+    /// on stdout only (that is what `vault token` is for).
+    pub fn run_command(&self, mut command: Command, stdin: Option<&str>) -> Run {
+        if stdin.is_some() {
+            command.stdin(Stdio::piped());
+        }
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start vault");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().unwrap();
+        let run = Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        };
+        for secret in self.all_planted() {
+            assert!(
+                !run.stdout.contains(&secret) && !run.stderr.contains(&secret),
+                "a planted secret leaked into the output:\n{}\n{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+        if let Some(fake) = &self.fake {
+            for word in run
+                .stderr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            {
+                assert!(
+                    !fake.is_access_token(word),
+                    "an access token leaked into stderr:\n{}",
+                    run.stderr
+                );
+            }
+        }
+        run
+    }
+
+    pub fn all_planted(&self) -> Vec<String> {
+        let mut all = self.planted.clone();
+        if let Some(fake) = &self.fake {
+            all.extend(fake.secrets());
+        }
+        all
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("vault.db")
+    }
+
+    /// Every file under the vault dir, as bytes (DB, WAL, SHM, locks).
+    pub fn files_bytes(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push((path.clone(), std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir, &mut out);
+        out
+    }
+
+    pub fn assert_no_plaintext_on_disk(&self) {
+        let files = self.files_bytes();
+        assert!(files.iter().any(|(path, _)| path.ends_with("vault.db")));
+        for (path, bytes) in files {
+            for secret in self.all_planted() {
+                assert!(
+                    !bytes
+                        .windows(secret.len())
+                        .any(|window| window == secret.as_bytes()),
+                    "{} holds a planted secret in plaintext",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+pub fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
