@@ -118,7 +118,7 @@ impl KeySource {
     }
 }
 
-/// The source named by the environment, if any: `VAULT_MASTER_KEY` wins over everything.
+/// Whether `VAULT_MASTER_KEY` is set; it wins over every other source.
 pub fn env_key_present() -> bool {
     std::env::var_os(MASTER_KEY_ENV).is_some()
 }

@@ -19,6 +19,14 @@ pub struct AccessToken {
     pub expires_at: i64,
 }
 
+/// A token for a caller, and why it is older than asked for when the provider could not be
+/// reached (the cached token is served while it is still valid).
+#[derive(Debug)]
+pub struct Issued {
+    pub token: AccessToken,
+    pub upstream_problem: Option<String>,
+}
+
 /// Returns an access token valid for at least `min_valid` seconds, refreshing if needed.
 ///
 /// Holds the account's lock across the refresh so that two processes never spend the same
@@ -29,11 +37,14 @@ pub async fn access_token(
     http: &reqwest::Client,
     name: &str,
     min_valid: i64,
-) -> Result<AccessToken, Error> {
+) -> Result<Issued, Error> {
     let _lock = store.lock_account(name)?;
     let account = store.account(name)?;
-    if let Some(cached) = cached_token(store, &account, min_valid)? {
-        return Ok(cached);
+    if let Some(token) = cached_token(store, &account, min_valid)? {
+        return Ok(Issued {
+            token,
+            upstream_problem: None,
+        });
     }
     if account.state == AccountState::ReauthRequired {
         return Err(rejected_error(
@@ -44,15 +55,25 @@ pub async fn access_token(
     }
     let outcome = fetch(store, http, &account).await?;
     match settle(store, &account, outcome, false) {
+        Ok(token) => Ok(Issued {
+            token,
+            upstream_problem: None,
+        }),
         // A transient failure still lets a token that has not yet expired be served.
-        Err(error @ Error::Unavailable { .. }) => match cached_token(store, &account, 1)? {
-            Some(cached) => {
-                eprintln!("warning: {error}; serving the cached token, which is still valid");
-                Ok(cached)
-            }
-            None => Err(error),
+        Err(Error::Unavailable {
+            account: name,
+            reason,
+        }) => match cached_token(store, &account, 1)? {
+            Some(token) => Ok(Issued {
+                token,
+                upstream_problem: Some(reason),
+            }),
+            None => Err(Error::Unavailable {
+                account: name,
+                reason,
+            }),
         },
-        other => other,
+        Err(error) => Err(error),
     }
 }
 

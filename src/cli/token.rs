@@ -22,12 +22,20 @@ pub(super) struct TokenArgs {
 pub(super) fn run(context: &Context, args: TokenArgs) -> Result<(), Error> {
     let mut store = context.open()?;
     let http = http_client();
-    let token = block_on(refresh::access_token(
+    let issued = block_on(refresh::access_token(
         &mut store,
         &http,
         &args.name,
         i64::from(args.min_valid),
     ))??;
+    if let Some(problem) = &issued.upstream_problem {
+        eprintln!(
+            "vault: warning: {} was not refreshed ({problem}); serving the cached token, valid until {}",
+            args.name,
+            super::when(issued.token.expires_at)
+        );
+    }
+    let token = issued.token;
     let output = if args.json {
         serde_json::json!({
             "access_token": token.access_token.expose(),
