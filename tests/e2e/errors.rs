@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::fake_oauth::{CLIENT_ID, FakeOAuth, Fault, OfflineRule};
 use crate::support::{TestVault, random_key, write_private};
-use crate::{add_with_browser, client_secret_file};
+use crate::{add_with_browser, browser_add_args};
 
 fn assert_no_accounts(vault: &TestVault) {
     let list = vault.run(&["list"]);
@@ -217,20 +217,9 @@ fn forged_state_denied_consent_and_busy_port() {
 
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
-    let secret = client_secret_file(&vault);
+    let args = browser_add_args(&vault, &fake, "a", &["--redirect-port", &port]);
     vault
-        .run(&[
-            "add-account",
-            "a",
-            "--issuer",
-            &fake.base,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-file",
-            secret.to_str().unwrap(),
-            "--redirect-port",
-            &port,
-        ])
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .fails_with(1, "Free the port");
     assert_no_accounts(&vault);
 }
@@ -239,19 +228,8 @@ fn forged_state_denied_consent_and_busy_port() {
 fn no_redirect_times_out() {
     let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
-    let secret = client_secret_file(&vault);
-    let mut command = vault.command(&[
-        "add-account",
-        "a",
-        "--issuer",
-        &fake.base,
-        "--client-id",
-        CLIENT_ID,
-        "--client-secret-file",
-        secret.to_str().unwrap(),
-        "--timeout",
-        "2",
-    ]);
+    let args = browser_add_args(&vault, &fake, "a", &["--timeout", "2"]);
+    let mut command = vault.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
     command.env("BROWSER", "true");
     vault
         .run_command(command, None)

@@ -19,10 +19,16 @@ fn client_secret_file(vault: &TestVault) -> PathBuf {
     path
 }
 
-/// Adds `name` through the browser flow with OIDC discovery (offline_access + prompt=consent).
-fn add_with_browser(vault: &TestVault, fake: &FakeOAuth, name: &str) -> Run {
+/// `add-account NAME` through the browser flow with OIDC discovery (offline_access +
+/// prompt=consent) and a confidential client, plus `extra` arguments.
+fn browser_add_args(
+    vault: &TestVault,
+    fake: &FakeOAuth,
+    name: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let secret = client_secret_file(vault);
-    vault.run(&[
+    let base = [
         "add-account",
         name,
         "--issuer",
@@ -33,9 +39,16 @@ fn add_with_browser(vault: &TestVault, fake: &FakeOAuth, name: &str) -> Run {
         secret.to_str().unwrap(),
         "--scope",
         "openid email",
-        "--timeout",
-        "30",
-    ])
+    ];
+    base.iter()
+        .chain(extra)
+        .map(|arg| arg.to_string())
+        .collect()
+}
+
+fn add_with_browser(vault: &TestVault, fake: &FakeOAuth, name: &str) -> Run {
+    let args = browser_add_args(vault, fake, name, &["--timeout", "30"]);
+    vault.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The access token `vault token` prints, checked to be one the server issued.
