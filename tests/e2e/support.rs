@@ -133,6 +133,10 @@ impl TestVault {
         if stdin.is_some() {
             command.stdin(Stdio::piped());
         }
+        let shown: Vec<String> = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start vault");
         if let Some(text) = stdin {
@@ -153,6 +157,16 @@ impl TestVault {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         };
+        // E2E_ECHO=1 shows each run as a transcript (cargo test -- --nocapture).
+        if std::env::var_os("E2E_ECHO").is_some() {
+            eprintln!(
+                "$ vault {}\n{}{}[exit {}]\n",
+                shown.join(" "),
+                run.stdout,
+                run.stderr,
+                run.code
+            );
+        }
         for secret in self.all_planted() {
             assert!(
                 !run.stdout.contains(&secret) && !run.stderr.contains(&secret),
