@@ -5,7 +5,7 @@ use crate::account::{Account, AccountState, GrantKind, SecretKind};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
-use crate::oauth::{Client, Outcome, RejectionKind, TokenGrant, token};
+use crate::oauth::{Client, Outcome, Rejection, RejectionKind, TokenGrant, token};
 use crate::secret::SecretString;
 use crate::store::{Store, StoreError, TokenUpdate};
 
@@ -39,31 +39,56 @@ pub async fn access_token(
     min_valid: i64,
 ) -> Result<Issued, Error> {
     let _lock = store.lock_account(name)?;
-    let account = store.account(name)?;
-    if let Some(token) = cached_token(store, &account, min_valid)? {
-        return Ok(Issued {
+    match plan(store, name, min_valid)? {
+        Plan::Cached(token) => Ok(Issued {
             token,
             upstream_problem: None,
-        });
+        }),
+        Plan::Call(account, call) => {
+            let outcome = call.send(http).await;
+            finish(store, &account, outcome)
+        }
+    }
+}
+
+/// What getting a token takes, decided from the store under the account's lock.
+pub enum Plan {
+    Cached(AccessToken),
+    /// One upstream call; `finish` records its outcome.
+    Call(Account, UpstreamCall),
+}
+
+/// Reads the account (under its lock): a cached token valid for `min_valid`, or the call to make.
+/// A dead grant is an error at once: calling the provider again cannot revive it.
+pub fn plan(store: &Store, name: &str, min_valid: i64) -> Result<Plan, Error> {
+    let account = store.account(name)?;
+    if let Some(token) = cached_token(store, &account, min_valid)? {
+        return Ok(Plan::Cached(token));
     }
     if account.state == AccountState::ReauthRequired {
+        let reason = account.last_error.clone().unwrap_or_default();
         return Err(rejected_error(
             &account,
             RejectionKind::InvalidGrant,
-            account.last_error.clone().unwrap_or_default(),
+            reason,
         ));
     }
-    let outcome = fetch(store, http, &account).await?;
-    match settle(store, &account, outcome, false) {
+    let call = UpstreamCall::prepare(store, &account)?;
+    Ok(Plan::Call(account, call))
+}
+
+/// Records an upstream outcome and returns the token to hand out. A transient failure still
+/// serves a cached token that has not expired yet.
+pub fn finish(store: &mut Store, account: &Account, outcome: Outcome) -> Result<Issued, Error> {
+    match settle(store, account, outcome, false) {
         Ok(token) => Ok(Issued {
             token,
             upstream_problem: None,
         }),
-        // A transient failure still lets a token that has not yet expired be served.
         Err(Error::Unavailable {
             account: name,
             reason,
-        }) => match cached_token(store, &account, 1)? {
+        }) => match cached_token(store, account, 1)? {
             Some(token) => Ok(Issued {
                 token,
                 upstream_problem: Some(reason),
@@ -115,39 +140,87 @@ fn missing_secret(account: &Account, kind: SecretKind) -> Error {
     ))
 }
 
-/// One call to the token endpoint with the account's long-lived credential.
-pub async fn fetch(
-    store: &Store,
-    http: &reqwest::Client,
-    account: &Account,
-) -> Result<Outcome, Error> {
-    let config = &account.config;
-    let token_url = &config.endpoints.token_url;
-    let client = stored_client(store, account)?;
-    let stored = |kind| {
-        store
-            .secret(account, kind)?
-            .ok_or_else(|| missing_secret(account, kind))
-    };
-    Ok(match (config.grant, client) {
-        (GrantKind::RefreshToken, client) => {
-            let refresh_token = stored(SecretKind::RefreshToken)?;
-            token::refresh_token_grant(http, token_url, client.as_ref(), &refresh_token).await
+/// The long-lived credential an upstream call spends, read out of the store beforehand so that
+/// the call itself needs no store.
+enum Credential {
+    RefreshToken {
+        client: Option<Client>,
+        refresh_token: SecretString,
+    },
+    ServiceAccount {
+        key: ServiceAccountKey,
+        subject: Option<String>,
+    },
+    ClientCredentials {
+        client: Client,
+    },
+}
+
+/// One call to the token endpoint with an account's long-lived credential.
+pub struct UpstreamCall {
+    token_url: String,
+    scopes: Vec<String>,
+    credential: Credential,
+}
+
+impl UpstreamCall {
+    pub fn prepare(store: &Store, account: &Account) -> Result<UpstreamCall, Error> {
+        let config = &account.config;
+        let stored = |kind| {
+            store
+                .secret(account, kind)?
+                .ok_or_else(|| missing_secret(account, kind))
+        };
+        let client = stored_client(store, account)?;
+        let credential = match (config.grant, client) {
+            (GrantKind::RefreshToken, client) => Credential::RefreshToken {
+                client,
+                refresh_token: stored(SecretKind::RefreshToken)?,
+            },
+            (GrantKind::ServiceAccount, _) => Credential::ServiceAccount {
+                key: ServiceAccountKey::parse(&stored(SecretKind::ServiceAccountKey)?)
+                    .map_err(|err| Error::Input(err.to_string()))?,
+                subject: config.subject.clone(),
+            },
+            (GrantKind::ClientCredentials, Some(client)) => {
+                Credential::ClientCredentials { client }
+            }
+            (GrantKind::ClientCredentials, None) => {
+                return Err(missing_secret(account, SecretKind::ClientSecret));
+            }
+        };
+        Ok(UpstreamCall {
+            token_url: config.endpoints.token_url.clone(),
+            scopes: config.scopes.clone(),
+            credential,
+        })
+    }
+
+    pub async fn send(&self, http: &reqwest::Client) -> Outcome {
+        match &self.credential {
+            Credential::RefreshToken {
+                client,
+                refresh_token,
+            } => {
+                token::refresh_token_grant(http, &self.token_url, client.as_ref(), refresh_token)
+                    .await
+            }
+            Credential::ServiceAccount { key, subject } => {
+                match jwt_bearer_grant(http, key, &self.scopes, subject.as_deref()).await {
+                    Ok(outcome) => outcome,
+                    Err(err) => Outcome::Permanent(Rejection {
+                        kind: RejectionKind::Configuration,
+                        error: "invalid_key".into(),
+                        description: Some(err.to_string()),
+                        subtype: None,
+                    }),
+                }
+            }
+            Credential::ClientCredentials { client } => {
+                token::client_credentials_grant(http, &self.token_url, client, &self.scopes).await
+            }
         }
-        (GrantKind::ServiceAccount, _) => {
-            let key = ServiceAccountKey::parse(&stored(SecretKind::ServiceAccountKey)?)
-                .map_err(|err| Error::Input(err.to_string()))?;
-            jwt_bearer_grant(http, &key, &config.scopes, config.subject.as_deref())
-                .await
-                .map_err(|err| Error::Input(err.to_string()))?
-        }
-        (GrantKind::ClientCredentials, Some(client)) => {
-            token::client_credentials_grant(http, token_url, &client, &config.scopes).await
-        }
-        (GrantKind::ClientCredentials, None) => {
-            return Err(missing_secret(account, SecretKind::ClientSecret));
-        }
-    })
+    }
 }
 
 /// What a grant changes in the store, from the moment it was received.
