@@ -137,6 +137,37 @@ pub struct Account {
     pub refresh_expires_at: Option<i64>,
 }
 
+/// Someone besides the vault's owner who may fetch an account's access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Uid(u32),
+    /// Matched against the caller's primary group (what SO_PEERCRED reports).
+    Gid(u32),
+}
+
+impl Principal {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Principal::Uid(_) => "uid",
+            Principal::Gid(_) => "gid",
+        }
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            Principal::Uid(id) | Principal::Gid(id) => id,
+        }
+    }
+
+    pub fn from_parts(kind: &str, id: u32) -> Option<Principal> {
+        match kind {
+            "uid" => Some(Principal::Uid(id)),
+            "gid" => Some(Principal::Gid(id)),
+            _ => None,
+        }
+    }
+}
+
 /// Account names become file names (locks) and socket paths: keep them to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

@@ -39,6 +39,15 @@ pub enum Error {
     Unavailable { account: String, reason: String },
     #[error("{0}")]
     Input(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The daemon refused (`error` is its JSON error code); its message is the user-facing one.
+    #[error("{message}")]
+    Daemon {
+        status: u16,
+        error: String,
+        message: String,
+    },
 }
 
 impl Error {
@@ -48,6 +57,12 @@ impl Error {
             Error::ReauthRequired { .. } => 3,
             Error::ClientRejected { .. } | Error::Misconfigured { .. } => 4,
             Error::Unavailable { .. } => 5,
+            Error::Daemon { error, .. } => match error.as_str() {
+                "reauth_required" => 3,
+                "client_error" => 4,
+                "upstream_unavailable" => 5,
+                _ => 1,
+            },
             Error::Key(_)
             | Error::Store(StoreError::Key(_))
             | Error::Store(StoreError::WrongMasterKey(_)) => 6,

@@ -3,7 +3,9 @@
 //! The `vault` binary is a thin command line over this library.
 
 pub mod account;
+pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod crypto;
 pub mod enroll;
@@ -13,6 +15,8 @@ pub mod keys;
 pub mod oauth;
 pub mod refresh;
 pub mod secret;
+pub mod server;
 pub mod store;
+pub mod users;
 
 pub use error::Error;

@@ -27,6 +27,12 @@ pub struct Issued {
     pub upstream_problem: Option<String>,
 }
 
+/// Whether a token expiring at `expires_at` stays valid `min_valid` more seconds. A token in its
+/// last second is never handed out, whatever the caller asked for.
+pub fn lasts(expires_at: i64, min_valid: i64) -> bool {
+    expires_at - now_unix() >= min_valid.max(1)
+}
+
 /// Returns an access token valid for at least `min_valid` seconds, refreshing if needed.
 ///
 /// Holds the account's lock across the refresh so that two processes never spend the same
@@ -44,7 +50,8 @@ pub async fn access_token(
             token,
             upstream_problem: None,
         }),
-        Plan::Call(account, call) => {
+        Plan::Call(call) => {
+            let (account, call) = *call;
             let outcome = call.send(http).await;
             finish(store, &account, outcome)
         }
@@ -55,7 +62,7 @@ pub async fn access_token(
 pub enum Plan {
     Cached(AccessToken),
     /// One upstream call; `finish` records its outcome.
-    Call(Account, UpstreamCall),
+    Call(Box<(Account, UpstreamCall)>),
 }
 
 /// Reads the account (under its lock): a cached token valid for `min_valid`, or the call to make.
@@ -74,7 +81,7 @@ pub fn plan(store: &Store, name: &str, min_valid: i64) -> Result<Plan, Error> {
         ));
     }
     let call = UpstreamCall::prepare(store, &account)?;
-    Ok(Plan::Call(account, call))
+    Ok(Plan::Call(Box::new((account, call))))
 }
 
 /// Records an upstream outcome and returns the token to hand out. A transient failure still
@@ -110,7 +117,7 @@ fn cached_token(
     let Some(expires_at) = account.access_expires_at else {
         return Ok(None);
     };
-    if expires_at - now_unix() < min_valid {
+    if !lasts(expires_at, min_valid) {
         return Ok(None);
     }
     Ok(store

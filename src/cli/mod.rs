@@ -2,7 +2,9 @@
 
 mod accounts;
 mod add;
+mod grant;
 mod init;
+mod serve;
 mod token;
 
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ pub struct Cli {
     /// in the environment overrides both.
     #[arg(long, global = true, env = "VAULT_KEY_FILE", value_name = "PATH")]
     key_file: Option<PathBuf>,
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/tokenvault/vault.sock]
+    #[arg(long, global = true, env = "VAULT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,12 +56,21 @@ enum Command {
     Token(token::TokenArgs),
     /// Remove an account and its secrets
     Remove { name: String },
+    /// Run the daemon: hand out access tokens over a Unix socket (foreground)
+    Serve(serve::ServeArgs),
+    /// Let another user or group fetch an account's access tokens from the daemon
+    Grant(grant::GrantArgs),
+    /// Withdraw a grant
+    RevokeGrant(grant::GrantArgs),
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     let context = Context {
         dir: cli.vault_dir.unwrap_or_else(default_vault_dir),
         key_file: cli.key_file,
+        socket: cli
+            .socket
+            .unwrap_or_else(crate::server::default_socket_path),
     };
     match cli.command {
         Command::Init => init::run(&context),
@@ -66,6 +80,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Status { name } => accounts::status(&context, name.as_deref()),
         Command::Token(args) => token::run(&context, args),
         Command::Remove { name } => accounts::remove(&context, &name),
+        Command::Serve(args) => serve::run(&context, args),
+        Command::Grant(args) => grant::run(&context, args, true),
+        Command::RevokeGrant(args) => grant::run(&context, args, false),
     }
 }
 
@@ -73,6 +90,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 struct Context {
     dir: PathBuf,
     key_file: Option<PathBuf>,
+    socket: PathBuf,
 }
 
 impl Context {
@@ -101,7 +119,7 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|err| Error::Input(format!("cannot start the async runtime: {err}")))?;
+        .map_err(|err| Error::Internal(format!("cannot start the async runtime: {err}")))?;
     Ok(runtime.block_on(future))
 }
 

@@ -85,6 +85,20 @@ pub async fn request(
     client: Option<&Client>,
     params: &[(&str, &str)],
 ) -> TokenAnswer {
+    // The body holds credentials; once handed to the HTTP stack it cannot be zeroized (SECURITY.md).
+    let response = match build_request(http, url, client, params).send().await {
+        Ok(response) => response,
+        Err(err) => return TokenAnswer::Unreachable(describe_transport_error(&err)),
+    };
+    read_answer(response).await
+}
+
+fn build_request(
+    http: &reqwest::Client,
+    url: &str,
+    client: Option<&Client>,
+    params: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.extend_pairs(params);
     let mut builder = http
@@ -104,12 +118,7 @@ pub async fn request(
             }
         }
     }
-    // The body holds credentials; once handed to the HTTP stack it cannot be zeroized (SECURITY.md).
-    let response = match builder.body(form.finish()).send().await {
-        Ok(response) => response,
-        Err(err) => return TokenAnswer::Unreachable(describe_transport_error(&err)),
-    };
-    read_answer(response).await
+    builder.body(form.finish())
 }
 
 /// The refresh-token grant (RFC 6749 §6).

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use thiserror::Error;
 
-use crate::account::{Account, AccountConfig, AccountState, SecretKind};
+use crate::account::{Account, AccountConfig, AccountState, Principal, SecretKind};
 use crate::crypto::{self, CryptoError, KEY_LEN, Key};
 use crate::keys::{KeyError, KeySource, MasterKey};
 use crate::secret::{Secret, SecretString};
@@ -341,6 +341,67 @@ impl Store {
         set_state(&tx, account, state, Some(reason))?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// Lets `principal` fetch account `name`'s access tokens (`allowed`), or stops it.
+    /// Returns whether anything changed.
+    pub fn set_grant(
+        &mut self,
+        name: &str,
+        principal: Principal,
+        allowed: bool,
+    ) -> Result<bool, StoreError> {
+        let account = self.account(name)?;
+        let (sql, event) = if allowed {
+            (
+                "INSERT OR IGNORE INTO grants (account_id, kind, id) VALUES (?1, ?2, ?3)",
+                "granted",
+            )
+        } else {
+            (
+                "DELETE FROM grants WHERE account_id = ?1 AND kind = ?2 AND id = ?3",
+                "grant_revoked",
+            )
+        };
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(sql, params![account.id, principal.kind(), principal.id()])? == 1;
+        if changed {
+            let detail = format!("{}={}", principal.kind(), principal.id());
+            log_event(&tx, name, event, Some(&detail))?;
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Every grant, as (account name, principal).
+    pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.name, g.kind, g.id FROM grants g JOIN accounts a ON a.id = g.account_id ORDER BY a.name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, u32>(2)?,
+            ))
+        })?;
+        let mut grants = Vec::new();
+        for row in rows {
+            let (name, kind, id) = row?;
+            if let Some(principal) = Principal::from_parts(&kind, id) {
+                grants.push((name, principal));
+            }
+        }
+        Ok(grants)
+    }
+
+    /// Changes whenever another connection (another `vault` process) commits to the vault.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "data_version", |row| row.get(0))?)
     }
 }
 

@@ -6,7 +6,10 @@ use rusqlite::Connection;
 
 use super::{StoreError, corrupt};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../schema/001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema/001_initial.sql"),
+    include_str!("../../schema/002_grants.sql"),
+];
 
 /// Brings the schema up to date. `fresh` is true only for a database `vault init` just created:
 /// an existing file at version 0 is not a tokenvault vault, and is left untouched.

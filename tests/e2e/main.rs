@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `vault` binary, a real SQLite vault, real HTTP to a fake OAuth
 //! server on 127.0.0.1.
 
+mod daemon;
+mod daemon_support;
 mod errors;
 mod fake_oauth;
 mod flows;

@@ -101,6 +101,7 @@ impl TestVault {
             )
             .env("VAULT_DIR", &self.dir)
             .env("VAULT_MASTER_KEY", &self.master_key)
+            .env("VAULT_SOCKET", self.socket())
             .env("BROWSER", self.browser_helper())
             .stdin(Stdio::null());
         command
@@ -196,6 +197,11 @@ impl TestVault {
             all.extend(fake.secrets());
         }
         all
+    }
+
+    /// The daemon's socket for this vault (never the user's real one).
+    pub fn socket(&self) -> PathBuf {
+        self.root.path().join("run/vault.sock")
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -1,0 +1,40 @@
+use clap::Args;
+
+use super::Context;
+use crate::error::Error;
+use crate::server::{self, ServeOptions};
+
+#[derive(Args)]
+pub(super) struct ServeArgs {
+    /// Let this group connect: socket 0660 and its directory 0750 (grants still decide per account)
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+}
+
+pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
+    let store = context.open()?;
+    let accounts = store.accounts()?.len();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Internal(format!("cannot start the async runtime: {err}")))?;
+    let options = ServeOptions {
+        socket: context.socket.clone(),
+        socket_group: args.socket_group,
+    };
+    let ready = |socket: &std::path::Path| {
+        eprintln!(
+            "vault: serving {accounts} account(s) on {}\n  try: curl --unix-socket {} http://localhost/v1/accounts",
+            socket.display(),
+            socket.display()
+        );
+    };
+    runtime
+        .block_on(server::serve(store, options, ready))
+        .map_err(|err| match err {
+            server::ServerError::Vault(err) => err,
+            other => Error::Input(other.to_string()),
+        })?;
+    eprintln!("vault: stopped");
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! A small blocking client for the daemon's socket, for `vault token`: no async runtime, no
+//! store, no master key on this path, so a call costs little more than a process start.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::secret::SecretString;
+
+/// Long enough for the daemon to finish one upstream refresh (which has its own timeouts).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Answers are small JSON documents; anything bigger is not the daemon.
+const MAX_ANSWER: u64 = 1 << 20;
+
+/// The daemon's token answer.
+#[derive(Deserialize)]
+pub struct TokenReply {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub expires_at: i64,
+    pub scope: String,
+}
+
+#[derive(Deserialize)]
+struct Refusal {
+    error: String,
+    message: String,
+}
+
+/// Asks the daemon at `socket` for a token. `Ok(None)` when no daemon is listening there.
+pub fn request_token(
+    socket: &Path,
+    name: &str,
+    min_valid: u32,
+) -> Result<Option<(TokenReply, SecretString)>, Error> {
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(err) => return Err(daemon_error(socket, &err.to_string())),
+    };
+    crate::account::validate_name(name).map_err(Error::Input)?;
+    let request = format!(
+        "GET /v1/token/{name}?min_valid={min_valid} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = Vec::with_capacity(1024);
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .and_then(|()| stream.take(MAX_ANSWER).read_to_end(&mut raw))
+        .map_err(|err| daemon_error(socket, &err.to_string()))?;
+    let raw = crate::secret::Secret::new(raw);
+    let (status, body) =
+        parse_response(raw.expose()).ok_or_else(|| daemon_error(socket, "not an HTTP answer"))?;
+    if status == 200 {
+        let text = SecretString::from(String::from_utf8_lossy(body).into_owned());
+        let reply: TokenReply = serde_json::from_str(text.expose())
+            .map_err(|_| daemon_error(socket, "malformed token answer"))?;
+        return Ok(Some((reply, text)));
+    }
+    let refusal: Refusal = serde_json::from_slice(body)
+        .map_err(|_| daemon_error(socket, &format!("HTTP {status} without a JSON error")))?;
+    Err(Error::Daemon {
+        status,
+        error: refusal.error,
+        message: refusal.message,
+    })
+}
+
+/// The status and body of an HTTP/1.1 answer read to its end.
+fn parse_response(raw: &[u8]) -> Option<(u16, &[u8])> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head_len) = response.parse(raw).ok()? else {
+        return None;
+    };
+    let status = response.code?;
+    let length = response
+        .headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|header| {
+            std::str::from_utf8(header.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let body = &raw[head_len..];
+    Some((
+        status,
+        length.map_or(body, |length| &body[..length.min(body.len())]),
+    ))
+}
+
+fn daemon_error(socket: &Path, what: &str) -> Error {
+    Error::Daemon {
+        status: 0,
+        error: "daemon_unreachable".into(),
+        message: format!(
+            "the daemon at {} could not be asked: {what}",
+            socket.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_body() {
+        let raw = b"HTTP/1.1 409 Conflict\r\ncontent-length: 5\r\n\r\nhello";
+        assert_eq!(parse_response(raw), Some((409, &b"hello"[..])));
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! The socket's HTTP API. Every answer is JSON; errors carry `error` and a human `message`.
+//!
+//! - `GET /v1/token/{account}[?min_valid=SECONDS]` → the access token (never anything long-lived)
+//! - `GET /v1/accounts` → names and states of the accounts the caller may fetch
+//! - `GET /v1/health`
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::tokens::{CachedToken, Failure, Peer, Tokens};
+use crate::audit::Record;
+use crate::clock::now_unix;
+
+/// Longest `min_valid` accepted: a day. Longer asks are for tokens no provider issues.
+const MAX_MIN_VALID: i64 = 86_400;
+/// Default `min_valid`: a token an app can use for at least a minute.
+const DEFAULT_MIN_VALID: i64 = 60;
+
+pub type Body = Full<Bytes>;
+
+pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>) -> Response<Body> {
+    if request.method() != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET is served",
+        );
+    }
+    let path = request.uri().path();
+    if let Some(name) = path.strip_prefix("/v1/token/") {
+        return token(&tokens, peer, name, request.uri().query()).await;
+    }
+    match path {
+        "/v1/health" => json_response(StatusCode::OK, json!({"status": "ok"})),
+        "/v1/accounts" => {
+            let accounts: Vec<_> = tokens
+                .visible_accounts(peer)
+                .into_iter()
+                .map(|(name, state)| json!({"name": name, "state": state}))
+                .collect();
+            json_response(StatusCode::OK, json!({ "accounts": accounts }))
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "unknown path; see /v1/health, /v1/accounts, /v1/token/NAME",
+        ),
+    }
+}
+
+async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> Response<Body> {
+    let response = match min_valid(query) {
+        Err(message) => error(StatusCode::BAD_REQUEST, "bad_request", &message),
+        // The same answer whether or not the account exists.
+        Ok(_) if !tokens.allowed(peer, name) => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!(
+                "uid {} is not granted this account; its owner can run: vault grant ACCOUNT --uid {}",
+                peer.uid, peer.uid
+            ),
+        ),
+        Ok(min_valid) => match tokens.token(name, min_valid).await {
+            Ok(token) => token_response(&token),
+            Err(failure) => failure_response(&failure),
+        },
+    };
+    tokens.audit().record(Record::Token {
+        at: now_unix(),
+        uid: peer.uid,
+        pid: peer.pid,
+        account: name.chars().take(64).collect(),
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn min_valid(query: Option<&str>) -> Result<i64, String> {
+    let Some(query) = query else {
+        return Ok(DEFAULT_MIN_VALID);
+    };
+    match url::form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "min_valid") {
+        None => Ok(DEFAULT_MIN_VALID),
+        Some((_, value)) => match value.parse::<i64>() {
+            Ok(seconds) if (0..=MAX_MIN_VALID).contains(&seconds) => Ok(seconds),
+            _ => Err(format!(
+                "min_valid must be a number of seconds from 0 to {MAX_MIN_VALID}"
+            )),
+        },
+    }
+}
+
+fn token_response(token: &CachedToken) -> Response<Body> {
+    let body = json!({
+        "access_token": token.access_token.expose(),
+        "token_type": "Bearer",
+        "expires_in": (token.expires_at - now_unix()).max(0),
+        "expires_at": token.expires_at,
+        "scope": token.scope,
+    });
+    json_response(StatusCode::OK, body)
+}
+
+fn failure_response(failure: &Failure) -> Response<Body> {
+    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = error(status, failure.error, &failure.message);
+    if let Some(seconds) = failure.retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(status, json!({"error": code, "message": message}))
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,199 @@
+//! `vault serve`: the daemon that hands out access tokens over a Unix socket.
+
+mod api;
+pub mod tokens;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use thiserror::Error;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::audit::Audit;
+use crate::store::Store;
+use tokens::{Peer, Tokens};
+
+/// A slow sender must finish its request head within this time, or the connection is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests are tiny; hyper's smallest buffer bounds a request head (oversized → 431).
+const MAX_BUFFER: usize = 8 * 1024;
+/// How long in-flight requests get to finish after SIGTERM/SIGINT.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("another vault daemon is already serving {0}; stop it first (or use --socket)")]
+    AlreadyRunning(PathBuf),
+    #[error(
+        "the socket directory {0} belongs to another user or is writable by others; refusing to use it"
+    )]
+    UnsafeDirectory(PathBuf),
+    #[error("cannot set up the socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--socket-group: {0}")]
+    UnknownGroup(String),
+    #[error(transparent)]
+    Vault(#[from] crate::error::Error),
+}
+
+pub struct ServeOptions {
+    pub socket: PathBuf,
+    /// Widen the socket (0660) and its directory (0750) to this group.
+    pub socket_group: Option<String>,
+}
+
+/// `$XDG_RUNTIME_DIR/tokenvault/vault.sock`, else a per-user directory under /tmp.
+pub fn default_socket_path() -> PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(runtime) if !runtime.is_empty() => PathBuf::from(runtime).join("tokenvault"),
+        _ => std::env::temp_dir().join(format!(
+            "tokenvault-{}",
+            rustix::process::geteuid().as_raw()
+        )),
+    };
+    dir.join("vault.sock")
+}
+
+/// Serves until SIGTERM or SIGINT, then answers what is in flight and removes the socket.
+pub async fn serve(
+    store: Store,
+    options: ServeOptions,
+    ready: impl FnOnce(&Path),
+) -> Result<(), ServerError> {
+    let owner_uid = rustix::process::geteuid().as_raw();
+    let audit = Audit::start(store.dir()).map_err(|source| ServerError::Socket {
+        path: store.dir().join("audit.log"),
+        source,
+    })?;
+    let tokens = Arc::new(Tokens::load(store, audit, owner_uid)?);
+    let group = options
+        .socket_group
+        .as_deref()
+        .map(crate::users::gid_of)
+        .transpose()
+        .map_err(ServerError::UnknownGroup)?;
+    let listener = bind(&options.socket, group).await?;
+    ready(&options.socket);
+
+    let reloader = tokio::spawn({
+        let tokens = tokens.clone();
+        async move {
+            let mut every = tokio::time::interval(tokens::RELOAD_EVERY);
+            loop {
+                every.tick().await;
+                tokens.reload_if_changed().await;
+            }
+        }
+    });
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => serve_connection(stream, &tokens, &graceful),
+                // Out of file descriptors and the like: keep serving the connections we have.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&options.socket);
+    reloader.abort();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    Ok(())
+}
+
+fn serve_connection(stream: UnixStream, tokens: &Arc<Tokens>, graceful: &GracefulShutdown) {
+    let Ok(credentials) = stream.peer_cred() else {
+        return;
+    };
+    let peer = Peer {
+        uid: credentials.uid(),
+        gid: credentials.gid(),
+        pid: credentials.pid(),
+    };
+    let tokens = tokens.clone();
+    let service = service_fn(move |request| {
+        let tokens = tokens.clone();
+        async move { Ok::<_, std::convert::Infallible>(api::handle(request, peer, tokens).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUFFER)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}
+
+fn socket_error(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Socket {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the socket's directory (0700, or 0750 for a group) and the socket (0600 / 0660),
+/// refusing when a live daemon answers on it and replacing a stale socket file.
+async fn bind(socket: &Path, group: Option<u32>) -> Result<UnixListener, ServerError> {
+    let dir = socket
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::files::create_private_dir(dir).map_err(socket_error(dir))?;
+    let meta = std::fs::metadata(dir).map_err(socket_error(dir))?;
+    let owner = rustix::process::geteuid().as_raw();
+    if meta.uid() != owner || meta.permissions().mode() & 0o022 != 0 {
+        return Err(ServerError::UnsafeDirectory(dir.to_owned()));
+    }
+    if socket.exists() {
+        if UnixStream::connect(socket).await.is_ok() {
+            return Err(ServerError::AlreadyRunning(socket.to_owned()));
+        }
+        std::fs::remove_file(socket).map_err(socket_error(socket))?;
+    }
+    let listener = UnixListener::bind(socket).map_err(socket_error(socket))?;
+    let (dir_mode, socket_mode) = if group.is_some() {
+        (0o750, 0o660)
+    } else {
+        (0o700, 0o600)
+    };
+    if let Some(gid) = group {
+        let gid = Some(rustix::process::Gid::from_raw(gid));
+        for path in [dir, socket] {
+            rustix::fs::chown(path, None, gid).map_err(|err| socket_error(path)(err.into()))?;
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
+        .map_err(socket_error(dir))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))
+        .map_err(socket_error(socket))?;
+    Ok(listener)
+}

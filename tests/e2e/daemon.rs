@@ -1,0 +1,337 @@
+//! `vault serve`: a real daemon process, a real Unix socket, the fake OAuth server upstream.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::daemon_support::{Daemon, get_concurrently, signal};
+use crate::fake_oauth::{FakeOAuth, Fault, OfflineRule};
+use crate::support::TestVault;
+use crate::{add_with_browser, token};
+
+/// A vault with one browser-added account whose cached token is already expired.
+fn vault_with_expired_token(fake: &FakeOAuth, name: &str) -> TestVault {
+    fake.configure(|b| b.access_lifetime = 0);
+    let vault = TestVault::new(Some(fake));
+    add_with_browser(&vault, fake, name).ok();
+    fake.configure(|b| b.access_lifetime = 3600);
+    vault
+}
+
+fn assert_no_secret_in(vault: &TestVault, text: &str) {
+    for secret in vault.all_planted() {
+        assert!(
+            !text.contains(&secret),
+            "a long-lived secret leaked: {text}"
+        );
+    }
+}
+
+#[test]
+fn serves_tokens_over_the_socket_and_vault_token_uses_it() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let daemon = Daemon::start(&vault, &[]);
+
+    let socket_mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    let dir_mode = std::fs::metadata(daemon.socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!((socket_mode, dir_mode), (0o600, 0o700));
+
+    let answer = daemon.get("/v1/token/mail?min_valid=30");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let json = answer.json();
+    assert!(fake.is_access_token(json["access_token"].as_str().unwrap()));
+    assert_eq!(json["token_type"], "Bearer");
+    assert!(json["expires_in"].as_i64().unwrap() > 3000);
+    assert!(json["scope"].as_str().unwrap().contains("email"));
+    assert_eq!(
+        json.as_object().unwrap().len(),
+        5,
+        "only the access token's fields: {json}"
+    );
+    assert_no_secret_in(&vault, &answer.body);
+
+    assert_eq!(daemon.get("/v1/health").json()["status"], "ok");
+    let accounts = daemon.get("/v1/accounts").json();
+    assert_eq!(accounts["accounts"][0]["name"], "mail");
+    assert_eq!(accounts["accounts"][0]["state"], "active");
+    assert_eq!(daemon.get("/v1/token/nobody-here").status, 404);
+
+    let run = vault.run(&["token", "mail"]);
+    run.ok();
+    assert!(!run.stderr.contains("no daemon"), "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), json["access_token"].as_str().unwrap());
+    let run = vault.run(&["token", "mail", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["token_type"],
+        "Bearer"
+    );
+
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+    assert!(!vault.socket().exists(), "the socket is removed on SIGTERM");
+
+    let audit = std::fs::read_to_string(vault.dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"account\":\"mail\"") && audit.contains("\"uid\":"),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains(json["access_token"].as_str().unwrap()),
+        "no token in the audit log"
+    );
+    assert_no_secret_in(&vault, &audit);
+}
+
+#[test]
+fn a_thousand_concurrent_askers_cause_exactly_one_refresh() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = vault_with_expired_token(&fake, "hot");
+    let daemon = Daemon::start(&vault, &[]);
+    let before = fake.counters(|c| c.refresh_grants);
+    let answers = get_concurrently(&daemon.socket, "/v1/token/hot", 1000);
+    assert_eq!(
+        fake.counters(|c| c.refresh_grants) - before,
+        1,
+        "exactly one upstream refresh"
+    );
+    let first = answers[0].json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["access_token"], first.as_str());
+    }
+    assert!(fake.is_access_token(&first));
+}
+
+#[test]
+fn rotation_under_concurrency_never_spends_a_token_twice() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.rotate = true);
+    let vault = vault_with_expired_token(&fake, "rotating");
+    fake.configure(|b| b.access_lifetime = 1);
+    let daemon = Daemon::start(&vault, &[]);
+    let rounds = 4;
+    for _ in 0..rounds {
+        let answers = get_concurrently(&daemon.socket, "/v1/token/rotating?min_valid=0", 200);
+        for answer in &answers {
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        }
+        std::thread::sleep(Duration::from_millis(2100));
+    }
+    assert_eq!(fake.counters(|c| c.refresh_grants), rounds);
+    assert_eq!(
+        fake.live_grants(),
+        1,
+        "the grant is alive: no rotated token was reused"
+    );
+    // The CLI, bypassing the daemon, continues with the newest refresh token.
+    token(
+        &vault,
+        &fake,
+        &["rotating", "--no-daemon", "--min-valid", "0"],
+    );
+    assert_eq!(fake.live_grants(), 1);
+}
+
+#[test]
+fn upstream_outage_serves_the_cache_then_503_and_never_revokes() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "cached").ok();
+    let expired = vault_with_expired_token(&fake, "expired");
+    let daemon = Daemon::start(&vault, &[]);
+
+    fake.inject(Fault::Unavailable503);
+    let answer = daemon.get("/v1/token/cached?min_valid=7200");
+    assert_eq!(
+        answer.status, 200,
+        "a valid cached token is still served: {}",
+        answer.body
+    );
+    assert_eq!(
+        daemon.get("/v1/accounts").json()["accounts"][0]["state"],
+        "degraded"
+    );
+
+    let other = Daemon::start(&expired, &[]);
+    fake.inject(Fault::Unavailable503);
+    let answer = other.get("/v1/token/expired");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.header("retry-after").is_some());
+    assert_eq!(answer.json()["error"], "upstream_unavailable");
+    // Within Retry-After the provider is left alone.
+    let requests = fake.counters(|c| c.token_requests);
+    assert_eq!(other.get("/v1/token/expired").status, 503);
+    assert_eq!(fake.counters(|c| c.token_requests), requests);
+    let accounts = other.get("/v1/accounts").json();
+    assert_eq!(
+        accounts["accounts"][0]["state"], "degraded",
+        "never reauth_required for a 503"
+    );
+}
+
+#[test]
+fn a_dead_grant_answers_409_with_the_fix() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = vault_with_expired_token(&fake, "dead");
+    fake.revoke_all();
+    let daemon = Daemon::start(&vault, &[]);
+    let answer = daemon.get("/v1/token/dead");
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(answer.json()["error"], "reauth_required");
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("vault login dead")
+    );
+    let run = vault.run(&["token", "dead"]);
+    run.fails_with(3, "vault login dead");
+    let audit = std::fs::read_to_string(vault.dir.join("audit.log")).unwrap();
+    assert!(audit.contains("\"to\":\"reauth_required\""), "{audit}");
+}
+
+#[test]
+fn one_daemon_per_socket_and_stale_sockets_are_replaced() {
+    let vault = TestVault::new(None);
+    let first = Daemon::start(&vault, &[]);
+    let second = vault.run(&["serve"]);
+    second.fails_with(1, "already serving");
+    // SIGKILL leaves the socket file behind; the next daemon replaces it.
+    signal(&first.child, rustix::process::Signal::KILL);
+    drop(first);
+    assert!(vault.socket().exists());
+    let again = Daemon::start(&vault, &[]);
+    assert_eq!(again.get("/v1/health").status, 200);
+}
+
+#[test]
+fn bad_requests_are_refused_and_never_stall_others() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "acct").ok();
+    let daemon = Daemon::start(&vault, &[]);
+
+    // A half-sent request stays open; others are answered meanwhile.
+    let mut half = UnixStream::connect(&daemon.socket).unwrap();
+    half.write_all(b"GET /v1/token/acct HTTP/1.1\r\nHost: loc")
+        .unwrap();
+
+    let raw = |bytes: &[u8]| -> Option<u16> {
+        let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(bytes);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        crate::daemon_support::parse(&answer).map(|a| a.status)
+    };
+    let status = raw(b"\x00\x01garbage\r\n\r\n");
+    assert!(status.is_none_or(|s| s == 400), "garbage: {status:?}");
+    let big = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let status = raw(big.as_bytes());
+    assert!(
+        status.is_none_or(|s| s == 431 || s == 400),
+        "100 KB header: {status:?}"
+    );
+    assert_eq!(raw(b"POST /v1/token/acct HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), Some(405));
+    assert_eq!(
+        raw(b"GET /v1/token/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        Some(404)
+    );
+    assert_eq!(
+        raw(b"GET /v1/token/acct?min_valid=-5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        Some(400)
+    );
+    assert_eq!(daemon.get("/v1/token/acct").status, 200);
+
+    // The slow sender is cut off by the header timeout.
+    half.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = half.read_to_end(&mut rest);
+    let status = crate::daemon_support::parse(&rest).map(|a| a.status);
+    assert!(
+        status.is_none_or(|s| s == 408 || s == 400),
+        "slow sender: {status:?}"
+    );
+    assert_eq!(daemon.get("/v1/health").status, 200);
+}
+
+#[test]
+fn callers_of_another_uid_need_a_grant() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as nobody");
+        return;
+    }
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "shared").ok();
+    std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+    let socket_mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(socket_mode, 0o660);
+
+    let as_nobody = |path: &str| -> (u16, serde_json::Value) {
+        use std::os::unix::process::CommandExt;
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&daemon.socket)
+            .arg(format!("http://localhost{path}"))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or_default(),
+        )
+    };
+    let (status, refused) = as_nobody("/v1/token/shared");
+    assert_eq!(status, 403, "{refused}");
+    let (status, unknown) = as_nobody("/v1/token/no-such-account");
+    assert_eq!(
+        (status, &unknown),
+        (403, &refused),
+        "the same refusal whether or not the account exists"
+    );
+    assert_eq!(
+        as_nobody("/v1/accounts").1["accounts"],
+        serde_json::json!([])
+    );
+
+    vault.run(&["grant", "shared", "--uid", "nobody"]).ok();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, answer) = as_nobody("/v1/token/shared");
+    assert_eq!(status, 200, "{answer}");
+    assert!(fake.is_access_token(answer["access_token"].as_str().unwrap()));
+
+    vault
+        .run(&["revoke-grant", "shared", "--uid", "65534"])
+        .ok();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(as_nobody("/v1/token/shared").0, 403);
+}
