@@ -31,9 +31,19 @@ pub enum Record {
     },
 }
 
+/// Lines reach the file at least this often (and when the buffer fills), so a burst of requests
+/// costs one write, not one per request.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+enum Message {
+    Record(Record),
+    /// Write out everything queued, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct Audit {
-    sender: mpsc::UnboundedSender<Record>,
+    sender: mpsc::UnboundedSender<Message>,
 }
 
 impl Audit {
@@ -44,29 +54,46 @@ impl Audit {
             .append(true)
             .mode(0o600)
             .open(vault_dir.join("audit.log"))?;
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Record>();
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
-            let mut out = std::io::BufWriter::new(file);
-            while let Some(record) = receiver.recv().await {
-                write_line(&mut out, &record);
-                // Write what is queued, then flush once per burst.
-                while let Ok(record) = receiver.try_recv() {
-                    write_line(&mut out, &record);
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
+            let mut flush = tokio::time::interval(FLUSH_EVERY);
+            loop {
+                tokio::select! {
+                    received = receiver.recv() => match received {
+                        Some(Message::Record(record)) => write_line(&mut out, &record),
+                        Some(Message::Flush(done)) => {
+                            let _ = out.flush();
+                            let _ = done.send(());
+                        }
+                        None => break,
+                    },
+                    _ = flush.tick() => {
+                        let _ = out.flush();
+                    }
                 }
-                let _ = out.flush();
             }
+            let _ = out.flush();
         });
         Ok(Audit { sender })
     }
 
     pub fn record(&self, record: Record) {
-        // The writer only ends with the runtime; a record lost then is lost at shutdown anyway.
-        let _ = self.sender.send(record);
+        // The writer lives as long as the runtime; after that there is nobody left to record.
+        let _ = self.sender.send(Message::Record(record));
+    }
+
+    /// Waits until everything recorded so far is in the file (at shutdown).
+    pub async fn flush(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.sender.send(Message::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 }
 
 fn write_line(out: &mut impl Write, record: &Record) {
-    if let Ok(line) = serde_json::to_string(record) {
-        let _ = writeln!(out, "{line}");
+    if serde_json::to_writer(&mut *out, record).is_ok() {
+        let _ = out.write_all(b"\n");
     }
 }

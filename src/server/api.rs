@@ -13,7 +13,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::tokens::{CachedToken, Failure, Peer, Tokens};
+use super::tokens::{CachedToken, Failure, Lookup, Peer, Tokens};
 use crate::audit::Record;
 use crate::clock::now_unix;
 
@@ -55,10 +55,10 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
 }
 
 async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> Response<Body> {
-    let response = match min_valid(query) {
-        Err(message) => error(StatusCode::BAD_REQUEST, "bad_request", &message),
+    let response = match (min_valid(query), tokens.lookup(peer, name)) {
+        (Err(message), _) => error(StatusCode::BAD_REQUEST, "bad_request", &message),
         // The same answer whether or not the account exists.
-        Ok(_) if !tokens.allowed(peer, name) => error(
+        (_, Lookup::Forbidden) => error(
             StatusCode::FORBIDDEN,
             "forbidden",
             &format!(
@@ -66,7 +66,12 @@ async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> 
                 peer.uid, peer.uid
             ),
         ),
-        Ok(min_valid) => match tokens.token(name, min_valid).await {
+        (_, Lookup::Unknown) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_account",
+            &format!("no account named {name:?}; see: vault list"),
+        ),
+        (Ok(min_valid), Lookup::Found(slot)) => match tokens.token(name, &slot, min_valid).await {
             Ok(token) => token_response(&token),
             Err(failure) => failure_response(&failure),
         },
@@ -96,15 +101,27 @@ fn min_valid(query: Option<&str>) -> Result<i64, String> {
     }
 }
 
+/// The token answer: the access token's fields only, never a refresh token or secret.
+#[derive(serde::Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: i64,
+    expires_at: i64,
+    scope: &'a str,
+}
+
 fn token_response(token: &CachedToken) -> Response<Body> {
-    let body = json!({
-        "access_token": token.access_token.expose(),
-        "token_type": "Bearer",
-        "expires_in": (token.expires_at - now_unix()).max(0),
-        "expires_at": token.expires_at,
-        "scope": token.scope,
-    });
-    json_response(StatusCode::OK, body)
+    let body = TokenBody {
+        access_token: token.access_token.expose(),
+        token_type: "Bearer",
+        expires_in: (token.expires_at - now_unix()).max(0),
+        expires_at: token.expires_at,
+        scope: &token.scope,
+    };
+    // Serializing borrowed strings and integers cannot fail.
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    body_response(StatusCode::OK, Bytes::from(bytes))
 }
 
 fn failure_response(failure: &Failure) -> Response<Body> {
@@ -123,7 +140,11 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    body_response(status, Bytes::from(body.to_string()))
+}
+
+fn body_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -110,6 +110,7 @@ pub async fn serve(
     let _ = std::fs::remove_file(&options.socket);
     reloader.abort();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    tokens.audit().flush().await;
     Ok(())
 }
 

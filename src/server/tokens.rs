@@ -65,7 +65,7 @@ struct Flight {
     pause_until: i64,
 }
 
-struct Slot {
+pub struct Slot {
     state: Mutex<AccountState>,
     grants: Vec<Principal>,
     /// The configured scopes, answered when the provider did not name the granted ones.
@@ -100,6 +100,13 @@ impl Slot {
         state_same && token_same && self.grants == grants
     }
 
+    fn grants_to(&self, peer: Peer) -> bool {
+        self.grants.iter().any(|grant| match *grant {
+            Principal::Uid(uid) => uid == peer.uid,
+            Principal::Gid(gid) => gid == peer.gid,
+        })
+    }
+
     fn cached(&self, min_valid: i64) -> Option<Arc<CachedToken>> {
         let cache = self.cache.lock().ok()?;
         cache
@@ -116,6 +123,14 @@ pub struct Tokens {
     owner_uid: u32,
     accounts: RwLock<HashMap<String, Arc<Slot>>>,
     data_version: Mutex<i64>,
+}
+
+/// Whom a token request is for, as far as the caller may know.
+pub enum Lookup {
+    Found(Arc<Slot>),
+    /// Only the owner learns that an account does not exist.
+    Unknown,
+    Forbidden,
 }
 
 /// The caller, as SO_PEERCRED reports it.
@@ -144,18 +159,15 @@ impl Tokens {
         self.accounts.read().ok()?.get(name).cloned()
     }
 
-    /// Whether `peer` may fetch account `name`. False for unknown accounts too (except for the
-    /// owner), so that a refusal does not tell whether an account exists.
-    pub fn allowed(&self, peer: Peer, name: &str) -> bool {
-        if peer.uid == self.owner_uid {
-            return true;
+    /// The account `peer` asks for. Unknown accounts are `Forbidden` to everyone but the owner,
+    /// so that a refusal does not tell whether an account exists.
+    pub fn lookup(&self, peer: Peer, name: &str) -> Lookup {
+        let owner = peer.uid == self.owner_uid;
+        match self.slot(name) {
+            Some(slot) if owner || slot.grants_to(peer) => Lookup::Found(slot),
+            None if owner => Lookup::Unknown,
+            _ => Lookup::Forbidden,
         }
-        self.slot(name).is_some_and(|slot| {
-            slot.grants.iter().any(|grant| match *grant {
-                Principal::Uid(uid) => uid == peer.uid,
-                Principal::Gid(gid) => gid == peer.gid,
-            })
-        })
     }
 
     /// Names and states of the accounts `peer` may fetch.
@@ -163,9 +175,10 @@ impl Tokens {
         let Ok(accounts) = self.accounts.read() else {
             return Vec::new();
         };
+        let owner = peer.uid == self.owner_uid;
         let mut visible: Vec<(String, &'static str)> = accounts
             .iter()
-            .filter(|(name, _)| self.allowed(peer, name))
+            .filter(|(_, slot)| owner || slot.grants_to(peer))
             .map(|(name, slot)| {
                 (
                     name.clone(),
@@ -177,14 +190,14 @@ impl Tokens {
         visible
     }
 
-    /// A token for account `name` valid for `min_valid` seconds: from memory when possible,
-    /// else from exactly one refresh however many callers ask at once.
-    pub async fn token(&self, name: &str, min_valid: i64) -> Result<Arc<CachedToken>, Failure> {
-        let Some(slot) = self.slot(name) else {
-            return Err(Failure::from_error(
-                &StoreError::NoSuchAccount(name.to_owned()).into(),
-            ));
-        };
+    /// A token for account `name` (its `slot` from `lookup`) valid for `min_valid` seconds: from
+    /// memory when possible, else from exactly one refresh however many callers ask at once.
+    pub async fn token(
+        &self,
+        name: &str,
+        slot: &Slot,
+        min_valid: i64,
+    ) -> Result<Arc<CachedToken>, Failure> {
         if let Some(token) = slot.cached(min_valid) {
             return Ok(token);
         }
@@ -199,7 +212,7 @@ impl Tokens {
         if now_unix() < flight.pause_until {
             return slot.cached(1).ok_or_else(|| paused_failure(&flight));
         }
-        let result = self.refresh(name, &slot, min_valid).await;
+        let result = self.refresh(name, slot, min_valid).await;
         let shared = match result {
             Ok((token, problem)) => {
                 if problem.is_some() {

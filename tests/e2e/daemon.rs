@@ -200,6 +200,7 @@ fn a_dead_grant_answers_409_with_the_fix() {
     );
     let run = vault.run(&["token", "dead"]);
     run.fails_with(3, "vault login dead");
+    daemon.stop();
     let audit = std::fs::read_to_string(vault.dir.join("audit.log")).unwrap();
     assert!(audit.contains("\"to\":\"reauth_required\""), "{audit}");
 }

@@ -1,0 +1,367 @@
+//! Socket API benchmark: `cargo bench --bench socket`.
+//!
+//! Starts `vault serve` pinned to CPU 0 with 10,000 accounts whose tokens are cached, drives it
+//! from CPU 1 over keep-alive connections (c = 1, 8, 64) and new connections per request (c = 64),
+//! times `vault token NAME` as a whole process, and reads the daemon's RSS idle and after load.
+//! A bare hyper "hello" server on a Unix socket, pinned the same way, is measured in the same run
+//! as the floor, and every figure is also given as a ratio to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokenvault::account::{AccountConfig, GrantKind, LoginMethod};
+use tokenvault::keys::KeySource;
+use tokenvault::oauth::ClientAuth;
+use tokenvault::oauth::provider::{Endpoints, OfflineAccess};
+use tokenvault::secret::SecretString;
+use tokenvault::store::{Store, TokenUpdate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+const ACCOUNTS: usize = 10_000;
+const RUN_FOR: Duration = Duration::from_secs(3);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--hello-server") {
+        return hello_server(Path::new(&args[2]));
+    }
+    if args.iter().any(|arg| arg == "--list") {
+        return;
+    }
+    let work = scratch_dir();
+    let (vault_dir, key_file) = build_vault(&work);
+    let vault_socket = work.join("vault.sock");
+    let hello_socket = work.join("hello.sock");
+
+    pin_to(0);
+    let mut hello = spawn(
+        Command::new(std::env::current_exe().unwrap())
+            .arg("--hello-server")
+            .arg(&hello_socket),
+    );
+    let mut daemon = spawn(vault(&vault_dir, &key_file, &vault_socket).arg("serve"));
+    pin_to(1);
+    wait_for(&hello_socket);
+    wait_for(&vault_socket);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_kib(daemon.id());
+
+    println!(
+        "tokenvault socket benchmark — server pinned to CPU 0, client on CPU 1, {ACCOUNTS} accounts"
+    );
+    println!(
+        "{:<34} {:>12} {:>10} {:>10} {:>14}",
+        "scenario", "req/s", "p50 µs", "p99 µs", "vs hello req/s"
+    );
+    let token_path = "/v1/token/account-00042";
+    for (label, connections, keep_alive) in [
+        ("keep-alive c=1", 1, true),
+        ("keep-alive c=8", 8, true),
+        ("keep-alive c=64", 64, true),
+        ("new connection per request c=64", 64, false),
+    ] {
+        let floor = load(&hello_socket, "/", connections, keep_alive);
+        let ours = load(&vault_socket, token_path, connections, keep_alive);
+        println!(
+            "{:<34} {:>12.0} {:>10.1} {:>10.1} {:>13.2}x   (hello: {:.0} req/s, p50 {:.1} µs)",
+            label,
+            ours.rate,
+            ours.p50,
+            ours.p99,
+            ours.rate / floor.rate,
+            floor.rate,
+            floor.p50
+        );
+    }
+    // Touch many accounts so their tokens are loaded into the daemon's memory.
+    let spread: Vec<String> = (0..ACCOUNTS)
+        .step_by(10)
+        .map(|i| format!("/v1/token/account-{i:05}"))
+        .collect();
+    let runtime = client_runtime();
+    runtime.block_on(async {
+        for path in &spread {
+            let mut stream = UnixStream::connect(&vault_socket).await.unwrap();
+            request(&mut stream, path, false).await;
+        }
+    });
+    let loaded_rss = rss_kib(daemon.id());
+
+    let cli = time_cli(&vault_dir, &key_file, &vault_socket);
+    let hello_process = time_process(Command::new("true"));
+    println!(
+        "{:<34} {:>12} {:>10.0} {:>10} {:>13}   (`true` as a process: p50 {:.0} µs)",
+        "`vault token NAME` (whole process)", "", cli, "", "", hello_process
+    );
+    println!(
+        "daemon RSS idle with {ACCOUNTS} accounts: {:.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "daemon RSS after load ({} accounts' tokens in memory): {:.1} MiB",
+        spread.len(),
+        loaded_rss as f64 / 1024.0
+    );
+    println!(
+        "hello server RSS: {:.1} MiB",
+        rss_kib(hello.id()) as f64 / 1024.0
+    );
+
+    for child in [&mut daemon, &mut hello] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn scratch_dir() -> PathBuf {
+    // tmpfs when there is one: the set-up writes 10,000 accounts with synchronous=FULL.
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("tokenvault-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
+    let dir = work.join("vault");
+    let key_file = work.join("master.key");
+    let mut store = Store::init(&dir, KeySource::File(key_file.clone())).unwrap();
+    let config = AccountConfig {
+        grant: GrantKind::RefreshToken,
+        endpoints: Endpoints {
+            provider: "custom".into(),
+            token_url: "http://127.0.0.1:9/token".into(),
+            auth_url: None,
+            device_url: None,
+            issuer: None,
+            offline: OfflineAccess::AsConfigured,
+        },
+        client_id: Some("bench-client".into()),
+        client_auth: ClientAuth::Basic,
+        scopes: vec!["https://mail.google.com/".into()],
+        login: LoginMethod::Browser,
+        service_account_email: None,
+        key_id: None,
+        subject: None,
+    };
+    let refresh = SecretString::from("rt-bench-not-used".to_owned());
+    let expires = tokenvault::clock::now_unix() + 86_400;
+    for i in 0..ACCOUNTS {
+        let access = SecretString::from(format!(
+            "ya29.bench-access-token-{i:05}-{}",
+            "x".repeat(180)
+        ));
+        let update = TokenUpdate {
+            access_token: &access,
+            access_expires_at: Some(expires),
+            new_refresh_token: None,
+            refresh_expires_at: None,
+            validated: true,
+        };
+        store
+            .insert_account(
+                &format!("account-{i:05}"),
+                &config,
+                &[(tokenvault::account::SecretKind::RefreshToken, &refresh)],
+                &update,
+            )
+            .unwrap();
+    }
+    (dir, key_file)
+}
+
+fn vault(dir: &Path, key_file: &Path, socket: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vault"));
+    command
+        .arg("--vault")
+        .arg(dir)
+        .arg("--key-file")
+        .arg(key_file)
+        .arg("--socket")
+        .arg(socket);
+    command.env_remove("VAULT_MASTER_KEY");
+    command
+}
+
+fn spawn(command: &mut Command) -> Child {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a server")
+}
+
+fn wait_for(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not come up",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    set.set(cpu.min(cpus.saturating_sub(1)));
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct Figures {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `connections` clients, each sending one request at a time for RUN_FOR.
+fn load(socket: &Path, path: &str, connections: usize, keep_alive: bool) -> Figures {
+    let runtime = client_runtime();
+    let mut latencies: Vec<u32> = runtime.block_on(async {
+        let deadline = Instant::now() + RUN_FOR;
+        let tasks: Vec<_> = (0..connections)
+            .map(|_| {
+                let socket = socket.to_owned();
+                let path = path.to_owned();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(1 << 16);
+                    let mut stream = None;
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        if stream.is_none() {
+                            stream = Some(UnixStream::connect(&socket).await.unwrap());
+                        }
+                        request(stream.as_mut().unwrap(), &path, keep_alive).await;
+                        if !keep_alive {
+                            stream = None;
+                        }
+                        latencies.push(started.elapsed().as_nanos() as u32);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all
+    });
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1000.0
+    };
+    Figures {
+        rate: latencies.len() as f64 / RUN_FOR.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+/// Sends one GET and reads its whole answer (Content-Length framed).
+async fn request(stream: &mut UnixStream, path: &str, keep_alive: bool) {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut chunk).await.unwrap();
+        assert!(read > 0, "the server closed the connection");
+        buffer.extend_from_slice(&chunk[..read]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = response.parse(&buffer) {
+            assert_eq!(
+                response.code,
+                Some(200),
+                "{}",
+                String::from_utf8_lossy(&buffer)
+            );
+            let length: usize = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= head + length {
+                return;
+            }
+        }
+    }
+}
+
+/// p50 wall time of `vault token NAME` as a whole process, in µs.
+fn time_cli(dir: &Path, key_file: &Path, socket: &Path) -> f64 {
+    let mut command = vault(dir, key_file, socket);
+    command.args(["token", "account-00042"]);
+    time_process(command)
+}
+
+fn time_process(mut command: Command) -> f64 {
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut times: Vec<f64> = (0..300)
+        .map(|_| {
+            let started = Instant::now();
+            let status = command.status().unwrap();
+            assert!(status.success());
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The floor: a bare hyper server answering a fixed JSON body on a Unix socket.
+fn hello_server(socket: &Path) {
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        bytes::Bytes::from_static(b"{\"status\":\"ok\"}"),
+                    )))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
