@@ -168,6 +168,16 @@ impl Principal {
     }
 }
 
+/// What the daemon keeps of each account: enough to authorize and answer, no settings parsed.
+#[derive(Debug, Clone)]
+pub struct AccountSummary {
+    pub name: String,
+    pub state: AccountState,
+    pub access_expires_at: Option<i64>,
+    /// The configured scopes, space-separated.
+    pub scope: String,
+}
+
 /// Account names become file names (locks) and socket paths: keep them to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

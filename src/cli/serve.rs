@@ -13,7 +13,6 @@ pub(super) struct ServeArgs {
 
 pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
     let store = context.open()?;
-    let accounts = store.accounts()?.len();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,7 +21,7 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
         socket: context.socket.clone(),
         socket_group: args.socket_group,
     };
-    let ready = |socket: &std::path::Path| {
+    let ready = |socket: &std::path::Path, accounts: usize| {
         eprintln!(
             "vault: serving {accounts} account(s) on {}\n  try: curl --unix-socket {} http://localhost/v1/accounts",
             socket.display(),

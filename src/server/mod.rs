@@ -64,10 +64,11 @@ pub fn default_socket_path() -> PathBuf {
 }
 
 /// Serves until SIGTERM or SIGINT, then answers what is in flight and removes the socket.
+/// `ready` is told the socket and the number of accounts once the socket accepts.
 pub async fn serve(
     store: Store,
     options: ServeOptions,
-    ready: impl FnOnce(&Path),
+    ready: impl FnOnce(&Path, usize),
 ) -> Result<(), ServerError> {
     let owner_uid = rustix::process::geteuid().as_raw();
     let audit = Audit::start(store.dir()).map_err(|source| ServerError::Socket {
@@ -82,7 +83,7 @@ pub async fn serve(
         .transpose()
         .map_err(ServerError::UnknownGroup)?;
     let listener = bind(&options.socket, group).await?;
-    ready(&options.socket);
+    ready(&options.socket, tokens.account_count());
 
     let reloader = tokio::spawn({
         let tokens = tokens.clone();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::account::{AccountState, Principal};
+use crate::account::{AccountState, AccountSummary, Principal};
 use crate::audit::{Audit, Record};
 use crate::clock::now_unix;
 use crate::error::Error;
@@ -77,11 +77,11 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(account: &crate::account::Account, grants: Vec<Principal>) -> Slot {
+    fn new(account: AccountSummary, grants: Vec<Principal>) -> Slot {
         Slot {
             state: Mutex::new(account.state),
             grants,
-            scope: account.config.scopes.join(" "),
+            scope: account.scope,
             cache: Mutex::new(None),
             refreshes: AtomicU64::new(0),
             flight: tokio::sync::Mutex::new(Flight::default()),
@@ -90,7 +90,7 @@ impl Slot {
 
     /// Whether this slot still describes `account` as the store has it: no other process has
     /// changed its state, its token or its grants since.
-    fn matches(&self, account: &crate::account::Account, grants: &[Principal]) -> bool {
+    fn matches(&self, account: &AccountSummary, grants: &[Principal]) -> bool {
         let state_same = self.state.lock().is_ok_and(|state| *state == account.state);
         let token_same = self.cache.lock().is_ok_and(|cache| {
             cache
@@ -327,6 +327,10 @@ impl Tokens {
         }
     }
 
+    pub fn account_count(&self) -> usize {
+        self.accounts.read().map_or(0, |accounts| accounts.len())
+    }
+
     pub fn audit(&self) -> &Audit {
         &self.audit
     }
@@ -354,7 +358,7 @@ impl Tokens {
     fn reload_now(&self) -> Result<(), Error> {
         let (accounts, grants) = {
             let store = self.store.lock().map_err(|_| poisoned())?;
-            (store.accounts()?, store.grants()?)
+            (store.summaries()?, store.grants()?)
         };
         let mut by_account: HashMap<String, Vec<Principal>> = HashMap::new();
         for (name, principal) in grants {
@@ -363,12 +367,13 @@ impl Tokens {
         let mut table = self.accounts.write().map_err(|_| poisoned())?;
         let mut next = HashMap::with_capacity(accounts.len());
         for account in accounts {
-            let grants = by_account.remove(&account.name).unwrap_or_default();
-            let slot = match table.remove(&account.name) {
+            let name = account.name.clone();
+            let grants = by_account.remove(&name).unwrap_or_default();
+            let slot = match table.remove(&name) {
                 Some(slot) if slot.matches(&account, &grants) => slot,
-                _ => Arc::new(Slot::new(&account, grants)),
+                _ => Arc::new(Slot::new(account, grants)),
             };
-            next.insert(account.name, slot);
+            next.insert(name, slot);
         }
         *table = next;
         Ok(())

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use thiserror::Error;
 
-use crate::account::{Account, AccountConfig, AccountState, Principal, SecretKind};
+use crate::account::{Account, AccountConfig, AccountState, AccountSummary, Principal, SecretKind};
 use crate::crypto::{self, CryptoError, KEY_LEN, Key};
 use crate::keys::{KeyError, KeySource, MasterKey};
 use crate::secret::{Secret, SecretString};
@@ -397,6 +397,37 @@ impl Store {
         Ok(grants)
     }
 
+    /// Every account's summary, without parsing settings (the daemon loads 10,000s of these).
+    pub fn summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, state, access_expires_at,
+                    (SELECT group_concat(value, ' ') FROM json_each(config, '$.scopes'))
+             FROM accounts ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut summaries = Vec::new();
+        for row in rows {
+            let (name, state, access_expires_at, scope) = row?;
+            let state = AccountState::parse(&state).ok_or_else(|| {
+                StoreError::BadConfig(name.clone(), format!("unknown state {state:?}"))
+            })?;
+            summaries.push(AccountSummary {
+                name,
+                state,
+                access_expires_at,
+                scope: scope.unwrap_or_default(),
+            });
+        }
+        Ok(summaries)
+    }
+
     /// Changes whenever another connection (another `vault` process) commits to the vault.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -550,8 +581,10 @@ fn connect(path: &Path, extra: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags).map_err(|err| corrupt(path, err))?;
     // WAL for concurrent readers; FULL so a committed rotated refresh token survives power loss.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // A small page cache: the daemon keeps what it needs in its own structures.
     conn.pragma_update(None, "journal_mode", "WAL")
         .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+        .and_then(|()| conn.pragma_update(None, "cache_size", -512))
         .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
         .map_err(|err| corrupt(path, err))?;
     Ok(conn)
