@@ -36,7 +36,12 @@ pub enum Error {
     #[error(
         "no valid access token for account {account:?} right now: {reason}. The account is kept; try again later: vault token {account}"
     )]
-    Unavailable { account: String, reason: String },
+    Unavailable {
+        account: String,
+        reason: String,
+        /// The provider's `Retry-After`, in seconds.
+        retry_after: Option<u64>,
+    },
     #[error("{0}")]
     Input(String),
     #[error("internal error: {0}")]

@@ -95,6 +95,7 @@ pub fn finish(store: &mut Store, account: &Account, outcome: Outcome) -> Result<
         Err(Error::Unavailable {
             account: name,
             reason,
+            retry_after,
         }) => match cached_token(store, account, 1)? {
             Some(token) => Ok(Issued {
                 token,
@@ -103,6 +104,7 @@ pub fn finish(store: &mut Store, account: &Account, outcome: Outcome) -> Result<
             None => Err(Error::Unavailable {
                 account: name,
                 reason,
+                retry_after,
             }),
         },
         Err(error) => Err(error),
@@ -259,6 +261,7 @@ pub fn settle(
             Error::Unavailable {
                 account: account.name.clone(),
                 reason: transient.reason,
+                retry_after: transient.retry_after.map(|pause| pause.as_secs()),
             },
         ),
         Outcome::Permanent(rejection) => {

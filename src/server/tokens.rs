@@ -44,7 +44,10 @@ impl Failure {
             Error::ClientRejected { .. } | Error::Misconfigured { .. } => {
                 (409, "client_error", None)
             }
-            Error::Unavailable { .. } => (503, "upstream_unavailable", Some(TRANSIENT_PAUSE)),
+            Error::Unavailable { retry_after, .. } => {
+                let pause = retry_after.map_or(TRANSIENT_PAUSE, |seconds| seconds as i64);
+                (503, "upstream_unavailable", Some(pause))
+            }
             Error::Store(StoreError::NoSuchAccount(_)) => (404, "unknown_account", None),
             _ => (500, "internal", None),
         };
@@ -241,48 +244,16 @@ impl Tokens {
         slot: &Slot,
         min_valid: i64,
     ) -> Result<(Arc<CachedToken>, Option<String>), Failure> {
-        let store = self.store.clone();
-        let owned = name.to_owned();
-        let (lock, plan) = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
-            let lock = store.lock_account(&owned)?;
-            let plan = refresh::plan(&store, &owned, min_valid)?;
-            Ok((lock, plan))
-        })
-        .await
-        .map_err(|error| self.after_failure(name, slot, error))?;
-        let (issued, scope) = match plan {
-            Plan::Cached(token) => (
-                refresh::Issued {
-                    token,
-                    upstream_problem: None,
-                },
-                None,
-            ),
-            Plan::Call(call) => {
-                let (account, call) = *call;
-                let outcome = call.send(&self.http).await;
-                let scope = match &outcome {
-                    crate::oauth::Outcome::Refreshed(grant) => grant.scope.clone(),
-                    _ => None,
-                };
-                let store = self.store.clone();
-                let issued = blocking(move || {
-                    let mut store = store.lock().map_err(|_| poisoned())?;
-                    refresh::finish(&mut store, &account, outcome)
-                })
-                .await
-                .map_err(|error| self.after_failure(name, slot, error))?;
-                (issued, scope)
-            }
+        let result = self.refresh_through_store(name, min_valid).await;
+        // The store decided the account's new state (src/account.rs); mirror it.
+        let reason = match &result {
+            Ok((issued, _)) => issued.upstream_problem.clone(),
+            Err(error) => Some(error.to_string()),
         };
-        drop(lock);
-        let new_state = if issued.upstream_problem.is_some() {
-            AccountState::Degraded
-        } else {
-            AccountState::Active
-        };
-        self.change_state(name, slot, new_state, issued.upstream_problem.clone());
+        if let Ok(state) = self.stored_state(name).await {
+            self.change_state(name, slot, state, reason);
+        }
+        let (issued, scope) = result.map_err(|error| Failure::from_error(&error))?;
         let token = Arc::new(CachedToken {
             access_token: issued.token.access_token,
             expires_at: issued.token.expires_at,
@@ -294,21 +265,53 @@ impl Tokens {
         Ok((token, issued.upstream_problem))
     }
 
-    /// Turns a failed refresh into its answer and the account's new state.
-    fn after_failure(&self, name: &str, slot: &Slot, error: Error) -> Failure {
-        let state = match &error {
-            Error::ReauthRequired { .. } => Some(AccountState::ReauthRequired),
-            Error::ClientRejected { .. } | Error::Misconfigured { .. } => {
-                Some(AccountState::ClientError)
+    /// Plan, upstream call and commit, with the account's cross-process lock held throughout.
+    /// Returns the issued token and the scope the provider granted, when it said.
+    async fn refresh_through_store(
+        &self,
+        name: &str,
+        min_valid: i64,
+    ) -> Result<(refresh::Issued, Option<String>), Error> {
+        let store = self.store.clone();
+        let owned = name.to_owned();
+        let (_lock, plan) = blocking(move || {
+            let store = store.lock().map_err(|_| poisoned())?;
+            let lock = store.lock_account(&owned)?;
+            let plan = refresh::plan(&store, &owned, min_valid)?;
+            Ok((lock, plan))
+        })
+        .await?;
+        let call = match plan {
+            Plan::Cached(token) => {
+                return Ok((
+                    refresh::Issued {
+                        token,
+                        upstream_problem: None,
+                    },
+                    None,
+                ));
             }
-            Error::Unavailable { .. } => Some(AccountState::Degraded),
+            Plan::Call(call) => call,
+        };
+        let (account, call) = *call;
+        let outcome = call.send(&self.http).await;
+        let scope = match &outcome {
+            crate::oauth::Outcome::Refreshed(grant) => grant.scope.clone(),
             _ => None,
         };
-        let failure = Failure::from_error(&error);
-        if let Some(state) = state {
-            self.change_state(name, slot, state, Some(failure.message.clone()));
-        }
-        failure
+        let store = self.store.clone();
+        let issued = blocking(move || {
+            let mut store = store.lock().map_err(|_| poisoned())?;
+            refresh::finish(&mut store, &account, outcome)
+        })
+        .await?;
+        Ok((issued, scope))
+    }
+
+    async fn stored_state(&self, name: &str) -> Result<AccountState, Error> {
+        let store = self.store.clone();
+        let owned = name.to_owned();
+        blocking(move || Ok(store.lock().map_err(|_| poisoned())?.account(&owned)?.state)).await
     }
 
     fn change_state(&self, name: &str, slot: &Slot, to: AccountState, reason: Option<String>) {

@@ -170,7 +170,11 @@ fn upstream_outage_serves_the_cache_then_503_and_never_revokes() {
     fake.inject(Fault::Unavailable503);
     let answer = other.get("/v1/token/expired");
     assert_eq!(answer.status, 503, "{}", answer.body);
-    assert!(answer.header("retry-after").is_some());
+    assert_eq!(
+        answer.header("retry-after"),
+        Some("7"),
+        "the provider's Retry-After is passed on"
+    );
     assert_eq!(answer.json()["error"], "upstream_unavailable");
     // Within Retry-After the provider is left alone.
     let requests = fake.counters(|c| c.token_requests);
