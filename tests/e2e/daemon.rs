@@ -340,3 +340,23 @@ fn callers_of_another_uid_need_a_grant() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(as_nobody("/v1/token/shared").0, 403);
 }
+
+#[test]
+fn sigterm_answers_requests_in_flight() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = vault_with_expired_token(&fake, "slow");
+    let daemon = Daemon::start(&vault, &[]);
+    fake.inject(Fault::Slow(Duration::from_millis(1500)));
+    let socket = daemon.socket.clone();
+    let asker = std::thread::spawn(move || crate::daemon_support::get(&socket, "/v1/token/slow"));
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+    let answer = asker.join().unwrap();
+    assert_eq!(
+        answer.status, 200,
+        "the request in flight was answered: {}",
+        answer.body
+    );
+    assert!(fake.is_access_token(answer.json()["access_token"].as_str().unwrap()));
+}
