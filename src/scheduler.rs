@@ -1,0 +1,84 @@
+//! When to call the provider: refresh-ahead timing with jitter, and backoff after transient
+//! failures. Pure functions of wall-clock seconds, so that a machine resuming from suspend sees
+//! at once what fell due while it slept.
+
+use std::hash::{Hash, Hasher};
+
+/// Never refresh earlier than this before expiry unless the token lives shorter.
+const MIN_REFRESH_BEFORE: i64 = 60;
+/// First pause after a transient failure; doubles with each further failure.
+const BACKOFF_BASE: i64 = 5;
+
+/// How long before expiry a token is refreshed: max(60 s, 10 % of its lifetime), or the configured
+/// value, never more than half the lifetime, so that short-lived tokens are not refreshed on
+/// every ask.
+pub fn refresh_before(lifetime: i64, configured: Option<u64>) -> i64 {
+    let wanted = configured.map_or((lifetime / 10).max(MIN_REFRESH_BEFORE), |seconds| seconds as i64);
+    wanted.min(lifetime / 2).max(0)
+}
+
+/// A stable per-account offset in `0..window`, so that accounts whose tokens expire together
+/// (10,000 added in one go) spread their refreshes over the window instead of one second.
+pub fn jitter(account: &str, window: i64) -> i64 {
+    if window <= 0 {
+        return 0;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    account.hash(&mut hasher);
+    (hasher.finish() % window as u64) as i64
+}
+
+/// When to refresh a token issued at `issued_at` that expires at `expires_at`: `refresh_before`
+/// ahead of expiry, and earlier by a jitter of up to half of that.
+pub fn refresh_due(account: &str, issued_at: i64, expires_at: i64, configured: Option<u64>) -> i64 {
+    let before = refresh_before(expires_at - issued_at, configured);
+    expires_at - before - jitter(account, before / 2)
+}
+
+/// The pause after the `failures`-th transient failure in a row: exponential from 5 s, capped,
+/// with jitter (50–100 %) so that many accounts do not retry in step; never shorter than the
+/// provider's `Retry-After`.
+pub fn backoff(failures: u32, retry_after: Option<u64>, cap: u64, random: u32) -> i64 {
+    let exponent = failures.saturating_sub(1).min(20);
+    let full = BACKOFF_BASE.saturating_mul(1 << exponent).min(cap as i64).max(1);
+    let jittered = full / 2 + (i64::from(random) % (full / 2 + 1));
+    jittered.max(retry_after.map_or(0, |seconds| seconds as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_before_follows_the_lifetime() {
+        assert_eq!(refresh_before(3600, None), 360);
+        assert_eq!(refresh_before(300, None), 60);
+        assert_eq!(refresh_before(5, None), 2, "capped at half the lifetime");
+        assert_eq!(refresh_before(3600, Some(120)), 120);
+        assert_eq!(refresh_before(100, Some(120)), 50);
+    }
+
+    #[test]
+    fn ten_thousand_equal_tokens_spread_over_the_window() {
+        let (issued, expires) = (1_000_000, 1_000_600);
+        let mut per_second = std::collections::HashMap::<i64, u32>::new();
+        for i in 0..10_000 {
+            let due = refresh_due(&format!("account-{i:05}"), issued, expires, None);
+            assert!(due <= expires - 60 && due > expires - 60 - 30, "{due}");
+            *per_second.entry(due).or_default() += 1;
+        }
+        let seconds = per_second.len() as f64;
+        let mean = 10_000.0 / seconds;
+        let max = *per_second.values().max().unwrap() as f64;
+        assert!(seconds >= 29.0, "spread over the window: {seconds} s");
+        assert!(max <= 2.0 * mean, "max {max} per second vs mean {mean}");
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        assert!((3..=5).contains(&backoff(1, None, 900, 7)));
+        assert!((20..=40).contains(&backoff(4, None, 900, 7)));
+        assert!((450..=900).contains(&backoff(30, None, 900, 12345)));
+        assert_eq!(backoff(1, Some(120), 900, 0), 120);
+    }
+}
