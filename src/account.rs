@@ -174,6 +174,10 @@ pub struct AccountSummary {
     pub name: String,
     pub state: AccountState,
     pub access_expires_at: Option<i64>,
+    pub last_refresh_at: Option<i64>,
+    pub last_validated_at: Option<i64>,
+    /// A cron expression overriding the global validation schedule.
+    pub validation_schedule: Option<String>,
     /// The configured scopes, space-separated.
     pub scope: String,
 }

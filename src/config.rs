@@ -28,7 +28,10 @@ const DEFAULT_SCHEDULE: &str = "0 0 */6 * * *";
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -53,7 +56,10 @@ pub struct RefreshConfig {
 
 impl Default for RefreshConfig {
     fn default() -> Self {
-        RefreshConfig { before_seconds: None, max_backoff_seconds: 900 }
+        RefreshConfig {
+            before_seconds: None,
+            max_backoff_seconds: 900,
+        }
     }
 }
 
@@ -67,7 +73,8 @@ pub struct ValidationConfig {
 impl Default for ValidationConfig {
     fn default() -> Self {
         ValidationConfig {
-            schedule: cron::Schedule::from_str(DEFAULT_SCHEDULE).expect("the default schedule parses"),
+            schedule: cron::Schedule::from_str(DEFAULT_SCHEDULE)
+                .expect("the default schedule parses"),
         }
     }
 }
@@ -84,7 +91,12 @@ pub struct AlertConfig {
 
 impl Default for AlertConfig {
     fn default() -> Self {
-        AlertConfig { command: None, webhook: None, desktop: true, degraded_after_seconds: 900 }
+        AlertConfig {
+            command: None,
+            webhook: None,
+            desktop: true,
+            degraded_after_seconds: 900,
+        }
     }
 }
 
@@ -105,7 +117,9 @@ fn webhook_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<url::Url
     let url = url::Url::parse(&text)
         .map_err(|err| serde::de::Error::custom(format!("{text:?} is not a URL ({err})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(serde::de::Error::custom(format!("{text:?} must be an http or https URL")));
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} must be an http or https URL"
+        )));
     }
     Ok(Some(url))
 }
@@ -146,9 +160,15 @@ mod tests {
     #[test]
     fn bad_values_name_the_line_and_reason() {
         let err = Config::parse("[validation]\nschedule = \"every day\"\n").unwrap_err();
-        assert!(err.contains("line 2") && err.contains("six fields"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("six fields"),
+            "{err}"
+        );
         let err = Config::parse("[alert]\nwebhok = \"https://x\"\n").unwrap_err();
-        assert!(err.contains("unknown field") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("unknown field") && err.contains("line 2"),
+            "{err}"
+        );
         let err = Config::parse("[alert]\nwebhook = \"ftp://x\"\n").unwrap_err();
         assert!(err.contains("http or https"), "{err}");
         let err = Config::parse("[refresh]\nmax_backoff_seconds = -1\n").unwrap_err();

@@ -3,6 +3,7 @@
 //! The `vault` binary is a thin command line over this library.
 
 pub mod account;
+pub mod alert;
 pub mod audit;
 pub mod cli;
 pub mod client;
@@ -15,10 +16,12 @@ pub mod files;
 pub mod keys;
 pub mod oauth;
 pub mod refresh;
+pub mod refresher;
 pub mod scheduler;
 pub mod secret;
 pub mod server;
 pub mod store;
 pub mod users;
+pub mod validator;
 
 pub use error::Error;

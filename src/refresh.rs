@@ -33,7 +33,17 @@ pub fn lasts(expires_at: i64, min_valid: i64) -> bool {
     expires_at - now_unix() >= min_valid.max(1)
 }
 
-/// Returns an access token valid for at least `min_valid` seconds, refreshing if needed.
+/// What a caller needs from an account.
+#[derive(Debug, Clone, Copy)]
+pub enum Need {
+    /// A token valid for at least `min_valid` seconds, from the cache when it has one.
+    Valid { min_valid: i64 },
+    /// A new token from the provider (refresh ahead of expiry); with `validation`, recorded as
+    /// the proof that the long-lived credential still works.
+    Fresh { validation: bool },
+}
+
+/// Returns a token as `need` says, calling the provider only when needed.
 ///
 /// Holds the account's lock across the refresh so that two processes never spend the same
 /// (possibly rotating) refresh token, and re-reads the account under the lock: whoever waited
@@ -42,10 +52,10 @@ pub async fn access_token(
     store: &mut Store,
     http: &reqwest::Client,
     name: &str,
-    min_valid: i64,
+    need: Need,
 ) -> Result<Issued, Error> {
     let _lock = store.lock_account(name)?;
-    match plan(store, name, min_valid)? {
+    match plan(store, name, need)? {
         Plan::Cached(token) => Ok(Issued {
             token,
             upstream_problem: None,
@@ -53,7 +63,7 @@ pub async fn access_token(
         Plan::Call(call) => {
             let (account, call) = *call;
             let outcome = call.send(http).await;
-            finish(store, &account, outcome)
+            finish(store, &account, outcome, need)
         }
     }
 }
@@ -65,11 +75,13 @@ pub enum Plan {
     Call(Box<(Account, UpstreamCall)>),
 }
 
-/// Reads the account (under its lock): a cached token valid for `min_valid`, or the call to make.
+/// Reads the account (under its lock): a cached token that meets `need`, or the call to make.
 /// A dead grant is an error at once: calling the provider again cannot revive it.
-pub fn plan(store: &Store, name: &str, min_valid: i64) -> Result<Plan, Error> {
+pub fn plan(store: &Store, name: &str, need: Need) -> Result<Plan, Error> {
     let account = store.account(name)?;
-    if let Some(token) = cached_token(store, &account, min_valid)? {
+    if let Need::Valid { min_valid } = need
+        && let Some(token) = cached_token(store, &account, min_valid)?
+    {
         return Ok(Plan::Cached(token));
     }
     if account.state == AccountState::ReauthRequired {
@@ -86,8 +98,14 @@ pub fn plan(store: &Store, name: &str, min_valid: i64) -> Result<Plan, Error> {
 
 /// Records an upstream outcome and returns the token to hand out. A transient failure still
 /// serves a cached token that has not expired yet.
-pub fn finish(store: &mut Store, account: &Account, outcome: Outcome) -> Result<Issued, Error> {
-    match settle(store, account, outcome, false) {
+pub fn finish(
+    store: &mut Store,
+    account: &Account,
+    outcome: Outcome,
+    need: Need,
+) -> Result<Issued, Error> {
+    let validated = matches!(need, Need::Fresh { validation: true });
+    match settle(store, account, outcome, validated) {
         Ok(token) => Ok(Issued {
             token,
             upstream_problem: None,

@@ -13,7 +13,9 @@ const BACKOFF_BASE: i64 = 5;
 /// value, never more than half the lifetime, so that short-lived tokens are not refreshed on
 /// every ask.
 pub fn refresh_before(lifetime: i64, configured: Option<u64>) -> i64 {
-    let wanted = configured.map_or((lifetime / 10).max(MIN_REFRESH_BEFORE), |seconds| seconds as i64);
+    let wanted = configured.map_or((lifetime / 10).max(MIN_REFRESH_BEFORE), |seconds| {
+        seconds as i64
+    });
     wanted.min(lifetime / 2).max(0)
 }
 
@@ -40,7 +42,10 @@ pub fn refresh_due(account: &str, issued_at: i64, expires_at: i64, configured: O
 /// provider's `Retry-After`.
 pub fn backoff(failures: u32, retry_after: Option<u64>, cap: u64, random: u32) -> i64 {
     let exponent = failures.saturating_sub(1).min(20);
-    let full = BACKOFF_BASE.saturating_mul(1 << exponent).min(cap as i64).max(1);
+    let full = BACKOFF_BASE
+        .saturating_mul(1 << exponent)
+        .min(cap as i64)
+        .max(1);
     let jittered = full / 2 + (i64::from(random) % (full / 2 + 1));
     jittered.max(retry_after.map_or(0, |seconds| seconds as i64))
 }

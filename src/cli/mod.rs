@@ -6,6 +6,7 @@ mod grant;
 mod init;
 mod serve;
 mod token;
+mod validate;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,10 @@ enum Command {
     Grant(grant::GrantArgs),
     /// Withdraw a grant
     RevokeGrant(grant::GrantArgs),
+    /// Prove accounts' credentials now with a live refresh, and print the results
+    Validate(validate::ValidateArgs),
+    /// Set an account's own validation schedule (cron), or --default for the global one
+    Schedule(validate::ScheduleArgs),
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
@@ -83,6 +88,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Serve(args) => serve::run(&context, args),
         Command::Grant(args) => grant::run(&context, args, true),
         Command::RevokeGrant(args) => grant::run(&context, args, false),
+        Command::Validate(args) => validate::validate(&context, args),
+        Command::Schedule(args) => validate::schedule(&context, args),
     }
 }
 

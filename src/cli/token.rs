@@ -46,10 +46,10 @@ pub(super) fn run(context: &Context, args: TokenArgs) -> Result<(), Error> {
 fn direct(context: &Context, args: &TokenArgs) -> Result<(), Error> {
     let mut store = context.open()?;
     let http = http_client();
-    let min_valid = i64::from(args.min_valid);
-    let issued = block_on(refresh::access_token(
-        &mut store, &http, &args.name, min_valid,
-    ))??;
+    let need = refresh::Need::Valid {
+        min_valid: i64::from(args.min_valid),
+    };
+    let issued = block_on(refresh::access_token(&mut store, &http, &args.name, need))??;
     if let Some(problem) = &issued.upstream_problem {
         eprintln!(
             "vault: warning: {} was not refreshed ({problem}); serving the cached token, valid until {}",

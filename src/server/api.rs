@@ -16,6 +16,7 @@ use serde_json::json;
 use super::tokens::{CachedToken, Failure, Lookup, Peer, Tokens};
 use crate::audit::Record;
 use crate::clock::now_unix;
+use crate::refresh::Need;
 
 /// Longest `min_valid` accepted: a day. Longer asks are for tokens no provider issues.
 const MAX_MIN_VALID: i64 = 86_400;
@@ -71,10 +72,12 @@ async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> 
             "unknown_account",
             &format!("no account named {name:?}; see: vault list"),
         ),
-        (Ok(min_valid), Lookup::Found(slot)) => match tokens.token(name, &slot, min_valid).await {
-            Ok(token) => token_response(&token),
-            Err(failure) => failure_response(&failure),
-        },
+        (Ok(min_valid), Lookup::Found(slot)) => {
+            match tokens.obtain(name, &slot, Need::Valid { min_valid }).await {
+                Ok(token) => token_response(&token),
+                Err(failure) => failure_response(&failure),
+            }
+        }
     };
     tokens.audit().record(Record::Token {
         at: now_unix(),

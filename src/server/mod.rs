@@ -15,9 +15,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::alert::Alerts;
 use crate::audit::Audit;
+use crate::config::Config;
 use crate::store::Store;
-use tokens::{Peer, Tokens};
+use tokens::{Peer, RefreshSettings, Tokens};
 
 /// A slow sender must finish its request head within this time, or the connection is closed.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +43,8 @@ pub enum ServerError {
     },
     #[error("--socket-group: {0}")]
     UnknownGroup(String),
+    #[error("{0}. Fix the file and start again")]
+    Config(crate::config::ConfigError),
     #[error(transparent)]
     Vault(#[from] crate::error::Error),
 }
@@ -75,7 +79,13 @@ pub async fn serve(
         path: store.dir().join("audit.log"),
         source,
     })?;
-    let tokens = Arc::new(Tokens::load(store, audit, owner_uid)?);
+    let config = Config::load(store.dir()).map_err(ServerError::Config)?;
+    let alerts = Alerts::start(config.alert, crate::oauth::token::http_client());
+    let settings = RefreshSettings {
+        refresh_before: config.refresh.before_seconds,
+        max_backoff: config.refresh.max_backoff_seconds,
+    };
+    let tokens = Arc::new(Tokens::load(store, audit, alerts, settings, owner_uid)?);
     let group = options
         .socket_group
         .as_deref()
@@ -95,6 +105,14 @@ pub async fn serve(
             }
         }
     });
+    let refresher = tokio::spawn(crate::refresher::run(
+        tokens.clone(),
+        settings.refresh_before,
+    ));
+    let validator = tokio::spawn(crate::validator::run(
+        tokens.clone(),
+        config.validation.schedule,
+    ));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
@@ -109,7 +127,9 @@ pub async fn serve(
     }
     drop(listener);
     let _ = std::fs::remove_file(&options.socket);
-    reloader.abort();
+    for duty in [reloader, refresher, validator] {
+        duty.abort();
+    }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
     tokens.audit().flush().await;
     Ok(())

@@ -1,23 +1,22 @@
-//! The daemon's accounts: who may read them, their cached access tokens, and single-flight
-//! refreshes. A valid cached token is answered from memory without touching the store, the
-//! provider, or any lock held across I/O.
+//! The daemon's accounts: who may read them, their cached access tokens, their refresh timing,
+//! and single-flight refreshes. A valid cached token is answered from memory without touching
+//! the store, the provider, or any lock held across I/O.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::account::{AccountState, AccountSummary, Principal};
+use crate::alert::{Alerts, Change};
 use crate::audit::{Audit, Record};
 use crate::clock::now_unix;
 use crate::error::Error;
-use crate::refresh::{self, Plan};
+use crate::refresh::{self, Need, Plan};
+use crate::scheduler;
 use crate::secret::SecretString;
 use crate::store::{Store, StoreError};
 
-/// How long the daemon leaves the provider alone after a transient failure when the provider
-/// did not say (`Retry-After`). Capped exponential backoff arrives with the scheduler.
-const TRANSIENT_PAUSE: i64 = 10;
 /// How often the daemon looks for changes made by other `vault` processes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
@@ -38,24 +37,19 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn from_error(error: &Error) -> Failure {
-        let (status, code, retry_after) = match error {
-            Error::ReauthRequired { .. } => (409, "reauth_required", None),
-            Error::ClientRejected { .. } | Error::Misconfigured { .. } => {
-                (409, "client_error", None)
-            }
-            Error::Unavailable { retry_after, .. } => {
-                let pause = retry_after.map_or(TRANSIENT_PAUSE, |seconds| seconds as i64);
-                (503, "upstream_unavailable", Some(pause))
-            }
-            Error::Store(StoreError::NoSuchAccount(_)) => (404, "unknown_account", None),
-            _ => (500, "internal", None),
+    fn from_error(error: &Error, retry_after: Option<i64>) -> Failure {
+        let (status, code) = match error {
+            Error::ReauthRequired { .. } => (409, "reauth_required"),
+            Error::ClientRejected { .. } | Error::Misconfigured { .. } => (409, "client_error"),
+            Error::Unavailable { .. } => (503, "upstream_unavailable"),
+            Error::Store(StoreError::NoSuchAccount(_)) => (404, "unknown_account"),
+            _ => (500, "internal"),
         };
         Failure {
             status,
             error: code,
             message: error.to_string(),
-            retry_after,
+            retry_after: retry_after.filter(|_| status == 503),
         }
     }
 }
@@ -64,8 +58,18 @@ impl Failure {
 #[derive(Default)]
 struct Flight {
     last: Option<Result<Arc<CachedToken>, Failure>>,
-    /// No upstream call before this time (after a transient failure).
+    /// Transient failures in a row, for the backoff.
+    failures: u32,
+    /// No upstream call before this time (backoff after a transient failure).
     pause_until: i64,
+}
+
+/// When the account's token was issued and expires, and when it is next validated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Times {
+    pub issued_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub next_validation: Option<i64>,
 }
 
 pub struct Slot {
@@ -73,9 +77,13 @@ pub struct Slot {
     grants: Vec<Principal>,
     /// The configured scopes, answered when the provider did not name the granted ones.
     scope: String,
+    validation_schedule: Option<cron::Schedule>,
     cache: Mutex<Option<Arc<CachedToken>>>,
+    times: Mutex<Times>,
     /// Bumped after every refresh: a waiter that sees it move takes that refresh's result.
     refreshes: AtomicU64,
+    /// A background refresh (ahead of expiry, or validation) is running.
+    busy: AtomicBool,
     flight: tokio::sync::Mutex<Flight>,
 }
 
@@ -85,22 +93,33 @@ impl Slot {
             state: Mutex::new(account.state),
             grants,
             scope: account.scope,
+            validation_schedule: account
+                .validation_schedule
+                .as_deref()
+                .and_then(|text| crate::config::parse_schedule(text).ok()),
             cache: Mutex::new(None),
+            times: Mutex::new(Times {
+                issued_at: account.last_refresh_at,
+                expires_at: account.access_expires_at,
+                next_validation: None,
+            }),
             refreshes: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
             flight: tokio::sync::Mutex::new(Flight::default()),
         }
     }
 
     /// Whether this slot still describes `account` as the store has it: no other process has
-    /// changed its state, its token or its grants since.
+    /// changed its state, its token, its schedule or its grants since.
     fn matches(&self, account: &AccountSummary, grants: &[Principal]) -> bool {
-        let state_same = self.state.lock().is_ok_and(|state| *state == account.state);
-        let token_same = self.cache.lock().is_ok_and(|cache| {
-            cache
-                .as_ref()
-                .is_none_or(|token| Some(token.expires_at) == account.access_expires_at)
-        });
-        state_same && token_same && self.grants == grants
+        let token_same = self.times().expires_at == account.access_expires_at;
+        let schedule_same = self.validation_schedule.as_ref().map(|s| s.to_string())
+            == account
+                .validation_schedule
+                .as_deref()
+                .and_then(|t| crate::config::parse_schedule(t).ok())
+                .map(|s| s.to_string());
+        self.state() == account.state && token_same && schedule_same && self.grants == grants
     }
 
     fn grants_to(&self, peer: Peer) -> bool {
@@ -117,12 +136,43 @@ impl Slot {
             .filter(|token| refresh::lasts(token.expires_at, min_valid))
             .cloned()
     }
+
+    pub fn state(&self) -> AccountState {
+        self.state
+            .lock()
+            .map_or(AccountState::Degraded, |state| *state)
+    }
+
+    pub fn times(&self) -> Times {
+        self.times
+            .lock()
+            .map_or_else(|_| Times::default(), |times| *times)
+    }
+
+    pub fn set_next_validation(&self, at: i64) {
+        if let Ok(mut times) = self.times.lock() {
+            times.next_validation = Some(at);
+        }
+    }
+
+    pub fn validation_schedule(&self) -> Option<&cron::Schedule> {
+        self.validation_schedule.as_ref()
+    }
+}
+
+/// Daemon-wide settings for refreshes.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshSettings {
+    pub refresh_before: Option<u64>,
+    pub max_backoff: u64,
 }
 
 pub struct Tokens {
     store: Arc<Mutex<Store>>,
     http: reqwest::Client,
     audit: Audit,
+    alerts: Alerts,
+    settings: RefreshSettings,
     owner_uid: u32,
     accounts: RwLock<HashMap<String, Arc<Slot>>>,
     data_version: Mutex<i64>,
@@ -145,12 +195,20 @@ pub struct Peer {
 }
 
 impl Tokens {
-    pub fn load(store: Store, audit: Audit, owner_uid: u32) -> Result<Tokens, Error> {
+    pub fn load(
+        store: Store,
+        audit: Audit,
+        alerts: Alerts,
+        settings: RefreshSettings,
+        owner_uid: u32,
+    ) -> Result<Tokens, Error> {
         let tokens = Tokens {
             data_version: Mutex::new(store.data_version()?),
             store: Arc::new(Mutex::new(store)),
             http: crate::oauth::token::http_client(),
             audit,
+            alerts,
+            settings,
             owner_uid,
             accounts: RwLock::new(HashMap::new()),
         };
@@ -160,6 +218,19 @@ impl Tokens {
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
         self.accounts.read().ok()?.get(name).cloned()
+    }
+
+    /// Every account, for the background duties.
+    pub fn slots(&self) -> Vec<(String, Arc<Slot>)> {
+        self.accounts.read().map_or_else(
+            |_| Vec::new(),
+            |accounts| {
+                accounts
+                    .iter()
+                    .map(|(name, slot)| (name.clone(), slot.clone()))
+                    .collect()
+            },
+        )
     }
 
     /// The account `peer` asks for. Unknown accounts are `Forbidden` to everyone but the owner,
@@ -175,33 +246,28 @@ impl Tokens {
 
     /// Names and states of the accounts `peer` may fetch.
     pub fn visible_accounts(&self, peer: Peer) -> Vec<(String, &'static str)> {
-        let Ok(accounts) = self.accounts.read() else {
-            return Vec::new();
-        };
         let owner = peer.uid == self.owner_uid;
-        let mut visible: Vec<(String, &'static str)> = accounts
-            .iter()
+        let mut visible: Vec<(String, &'static str)> = self
+            .slots()
+            .into_iter()
             .filter(|(_, slot)| owner || slot.grants_to(peer))
-            .map(|(name, slot)| {
-                (
-                    name.clone(),
-                    slot.state.lock().map_or("unknown", |state| state.as_str()),
-                )
-            })
+            .map(|(name, slot)| (name, slot.state().as_str()))
             .collect();
         visible.sort();
         visible
     }
 
-    /// A token for account `name` (its `slot` from `lookup`) valid for `min_valid` seconds: from
-    /// memory when possible, else from exactly one refresh however many callers ask at once.
-    pub async fn token(
+    /// A token for account `name` (its `slot` from `lookup`) as `need` says: from memory when
+    /// possible, else from exactly one refresh however many callers ask at once.
+    pub async fn obtain(
         &self,
         name: &str,
         slot: &Slot,
-        min_valid: i64,
+        need: Need,
     ) -> Result<Arc<CachedToken>, Failure> {
-        if let Some(token) = slot.cached(min_valid) {
+        if let Need::Valid { min_valid } = need
+            && let Some(token) = slot.cached(min_valid)
+        {
             return Ok(token);
         }
         let seen = slot.refreshes.load(Ordering::Acquire);
@@ -212,40 +278,61 @@ impl Tokens {
             // A refresh finished while this caller waited: its result is the answer.
             return last.clone();
         }
-        if now_unix() < flight.pause_until {
-            return slot.cached(1).ok_or_else(|| paused_failure(&flight));
+        let now = now_unix();
+        if now < flight.pause_until {
+            return slot.cached(1).ok_or_else(|| paused_failure(&flight, now));
         }
-        let result = self.refresh(name, slot, min_valid).await;
-        let shared = match result {
-            Ok((token, problem)) => {
-                if problem.is_some() {
-                    flight.pause_until = now_unix() + TRANSIENT_PAUSE;
-                }
-                Ok(token)
-            }
-            Err(failure) => {
-                if failure.status == 503 {
-                    flight.pause_until =
-                        now_unix() + failure.retry_after.unwrap_or(TRANSIENT_PAUSE);
-                }
-                Err(failure)
-            }
+        let result = self.refresh(name, slot, need).await;
+        let transient = match &result {
+            Ok((_, problem)) => problem.as_ref().map(|_| None),
+            Err(Error::Unavailable { retry_after, .. }) => Some(*retry_after),
+            Err(_) => None,
         };
+        match transient {
+            Some(retry_after) => {
+                flight.failures += 1;
+                let random = crate::crypto::random_bytes::<4>()
+                    .map_or(0, |b| u32::from_le_bytes(*b.expose()));
+                let pause = scheduler::backoff(
+                    flight.failures,
+                    retry_after,
+                    self.settings.max_backoff,
+                    random,
+                );
+                flight.pause_until = now_unix() + pause;
+            }
+            None => flight.failures = 0,
+        }
+        let retry_after = Some(flight.pause_until - now_unix()).filter(|pause| *pause > 0);
+        let shared = result
+            .map(|(token, _)| token)
+            .map_err(|error| Failure::from_error(&error, retry_after));
         flight.last = Some(shared.clone());
         slot.refreshes.fetch_add(1, Ordering::Release);
         shared
     }
 
-    /// One refresh under the account's cross-process lock; store work runs on blocking threads
-    /// and the store is never held while the provider is called.
+    /// Runs a background refresh of `name` unless one is already running for it.
+    pub fn spawn_background(self: &Arc<Self>, name: String, slot: Arc<Slot>, need: Need) {
+        if slot.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tokens = self.clone();
+        tokio::spawn(async move {
+            let _ = tokens.obtain(&name, &slot, need).await;
+            slot.busy.store(false, Ordering::Release);
+        });
+    }
+
+    /// One refresh; mirrors the state the store decided and caches the token. Returns the token
+    /// and, when the provider failed and a cached token is served instead, why.
     async fn refresh(
         &self,
         name: &str,
         slot: &Slot,
-        min_valid: i64,
-    ) -> Result<(Arc<CachedToken>, Option<String>), Failure> {
-        let result = self.refresh_through_store(name, min_valid).await;
-        // The store decided the account's new state (src/account.rs); mirror it.
+        need: Need,
+    ) -> Result<(Arc<CachedToken>, Option<String>), Error> {
+        let result = self.refresh_through_store(name, need).await;
         let reason = match &result {
             Ok((issued, _)) => issued.upstream_problem.clone(),
             Err(error) => Some(error.to_string()),
@@ -253,7 +340,7 @@ impl Tokens {
         if let Ok(state) = self.stored_state(name).await {
             self.change_state(name, slot, state, reason);
         }
-        let (issued, scope) = result.map_err(|error| Failure::from_error(&error))?;
+        let (issued, scope) = result?;
         let token = Arc::new(CachedToken {
             access_token: issued.token.access_token,
             expires_at: issued.token.expires_at,
@@ -261,6 +348,12 @@ impl Tokens {
         });
         if let Ok(mut cache) = slot.cache.lock() {
             *cache = Some(token.clone());
+        }
+        if issued.upstream_problem.is_none()
+            && let Ok(mut times) = slot.times.lock()
+        {
+            times.issued_at = Some(now_unix());
+            times.expires_at = Some(token.expires_at);
         }
         Ok((token, issued.upstream_problem))
     }
@@ -270,14 +363,14 @@ impl Tokens {
     async fn refresh_through_store(
         &self,
         name: &str,
-        min_valid: i64,
+        need: Need,
     ) -> Result<(refresh::Issued, Option<String>), Error> {
         let store = self.store.clone();
         let owned = name.to_owned();
         let (_lock, plan) = blocking(move || {
             let store = store.lock().map_err(|_| poisoned())?;
             let lock = store.lock_account(&owned)?;
-            let plan = refresh::plan(&store, &owned, min_valid)?;
+            let plan = refresh::plan(&store, &owned, need)?;
             Ok((lock, plan))
         })
         .await?;
@@ -302,7 +395,7 @@ impl Tokens {
         let store = self.store.clone();
         let issued = blocking(move || {
             let mut store = store.lock().map_err(|_| poisoned())?;
-            refresh::finish(&mut store, &account, outcome)
+            refresh::finish(&mut store, &account, outcome, need)
         })
         .await?;
         Ok((issued, scope))
@@ -319,15 +412,26 @@ impl Tokens {
             return;
         };
         if *state != to {
-            self.audit.record(Record::State {
-                at: now_unix(),
-                account: name.to_owned(),
-                from: state.as_str(),
-                to: to.as_str(),
-                reason,
-            });
+            self.notify(name, *state, to, reason);
             *state = to;
         }
+    }
+
+    /// A state change goes to the audit log and the alerter.
+    fn notify(&self, name: &str, from: AccountState, to: AccountState, reason: Option<String>) {
+        self.audit.record(Record::State {
+            at: now_unix(),
+            account: name.to_owned(),
+            from: from.as_str(),
+            to: to.as_str(),
+            reason: reason.clone(),
+        });
+        self.alerts.state_changed(Change {
+            account: name.to_owned(),
+            from,
+            to,
+            reason,
+        });
     }
 
     pub fn account_count(&self) -> usize {
@@ -374,7 +478,15 @@ impl Tokens {
             let grants = by_account.remove(&name).unwrap_or_default();
             let slot = match table.remove(&name) {
                 Some(slot) if slot.matches(&account, &grants) => slot,
-                _ => Arc::new(Slot::new(account, grants)),
+                Some(old) => {
+                    // Another command (login, validate, a direct refresh) changed the account.
+                    if old.state() != account.state {
+                        let reason = Some("changed by another vault command".to_owned());
+                        self.notify(&name, old.state(), account.state, reason);
+                    }
+                    Arc::new(Slot::new(account, grants))
+                }
+                None => Arc::new(Slot::new(account, grants)),
             };
             next.insert(name, slot);
         }
@@ -383,14 +495,15 @@ impl Tokens {
     }
 }
 
-fn paused_failure(flight: &Flight) -> Failure {
+fn paused_failure(flight: &Flight, now: i64) -> Failure {
+    let retry_after = Some((flight.pause_until - now).max(1));
     match &flight.last {
-        Some(Err(failure)) => failure.clone(),
+        Some(Err(failure)) => Failure { retry_after, ..failure.clone() },
         _ => Failure {
             status: 503,
             error: "upstream_unavailable",
             message: "the provider was unavailable a moment ago and no valid token is cached; try again shortly".into(),
-            retry_after: Some(TRANSIENT_PAUSE),
+            retry_after,
         },
     }
 }

@@ -375,6 +375,22 @@ impl Store {
         Ok(changed)
     }
 
+    /// Sets (or, with `None`, clears) an account's own validation schedule.
+    pub fn set_validation_schedule(
+        &mut self,
+        name: &str,
+        schedule: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE accounts SET validation_schedule = ?2 WHERE name = ?1",
+            params![name, schedule],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchAccount(name.to_owned()));
+        }
+        Ok(())
+    }
+
     /// Every grant, as (account name, principal).
     pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -400,7 +416,8 @@ impl Store {
     /// Every account's summary, without parsing settings (the daemon loads 10,000s of these).
     pub fn summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, state, access_expires_at,
+            "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
+                    validation_schedule,
                     (SELECT group_concat(value, ' ') FROM json_each(config, '$.scopes'))
              FROM accounts ORDER BY name",
         )?;
@@ -408,13 +425,20 @@ impl Store {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
-                row.get::<_, Option<i64>>(2)?,
-                row.get::<_, Option<String>>(3)?,
+                (row.get(2)?, row.get(3)?, row.get(4)?),
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, Option<String>>(6)?,
             ))
         })?;
         let mut summaries = Vec::new();
         for row in rows {
-            let (name, state, access_expires_at, scope) = row?;
+            let (
+                name,
+                state,
+                (access_expires_at, last_refresh_at, last_validated_at),
+                validation_schedule,
+                scope,
+            ) = row?;
             let state = AccountState::parse(&state).ok_or_else(|| {
                 StoreError::BadConfig(name.clone(), format!("unknown state {state:?}"))
             })?;
@@ -422,6 +446,9 @@ impl Store {
                 name,
                 state,
                 access_expires_at,
+                last_refresh_at,
+                last_validated_at,
+                validation_schedule,
                 scope: scope.unwrap_or_default(),
             });
         }

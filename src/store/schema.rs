@@ -9,6 +9,7 @@ use super::{StoreError, corrupt};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/001_initial.sql"),
     include_str!("../../schema/002_grants.sql"),
+    include_str!("../../schema/003_validation_schedule.sql"),
 ];
 
 /// Brings the schema up to date. `fresh` is true only for a database `vault init` just created:

@@ -97,11 +97,12 @@ fn serves_tokens_over_the_socket_and_vault_token_uses_it() {
 fn a_thousand_concurrent_askers_cause_exactly_one_refresh() {
     let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
     let vault = vault_with_expired_token(&fake, "hot");
+    // A slow provider: the askers arrive while the one refresh is in flight.
+    fake.inject(Fault::Slow(Duration::from_millis(1500)));
     let daemon = Daemon::start(&vault, &[]);
-    let before = fake.counters(|c| c.refresh_grants);
     let answers = get_concurrently(&daemon.socket, "/v1/token/hot", 1000);
     assert_eq!(
-        fake.counters(|c| c.refresh_grants) - before,
+        fake.counters(|c| c.refresh_grants),
         1,
         "exactly one upstream refresh"
     );
@@ -123,21 +124,23 @@ fn rotation_under_concurrency_never_spends_a_token_twice() {
     let vault = vault_with_expired_token(&fake, "rotating");
     fake.configure(|b| b.access_lifetime = 1);
     let daemon = Daemon::start(&vault, &[]);
+    // The askers race the refresher across repeated expiries of a 1 s token.
     let rounds = 4;
     for _ in 0..rounds {
         let answers = get_concurrently(&daemon.socket, "/v1/token/rotating?min_valid=0", 200);
         for answer in &answers {
             assert_eq!(answer.status, 200, "{}", answer.body);
         }
-        std::thread::sleep(Duration::from_millis(2100));
+        std::thread::sleep(Duration::from_millis(1100));
     }
-    assert_eq!(fake.counters(|c| c.refresh_grants), rounds);
+    assert!(fake.counters(|c| c.refresh_grants) >= rounds);
     assert_eq!(
         fake.live_grants(),
         1,
         "the grant is alive: no rotated token was reused"
     );
-    // The CLI, bypassing the daemon, continues with the newest refresh token.
+    drop(daemon);
+    // The CLI continues with the newest refresh token.
     token(
         &vault,
         &fake,
@@ -166,16 +169,18 @@ fn upstream_outage_serves_the_cache_then_503_and_never_revokes() {
         "degraded"
     );
 
-    let other = Daemon::start(&expired, &[]);
+    // The provider is down when the daemon starts: its first refresh fails.
     fake.inject(Fault::Unavailable503);
+    let other = Daemon::start(&expired, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
     let answer = other.get("/v1/token/expired");
     assert_eq!(answer.status, 503, "{}", answer.body);
-    assert_eq!(
-        answer.header("retry-after"),
-        Some("7"),
-        "the provider's Retry-After is passed on"
-    );
     assert_eq!(answer.json()["error"], "upstream_unavailable");
+    let retry_after: i64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=7).contains(&retry_after),
+        "the provider's Retry-After (7 s) is honoured: {retry_after}"
+    );
     // Within Retry-After the provider is left alone.
     let requests = fake.counters(|c| c.token_requests);
     assert_eq!(other.get("/v1/token/expired").status, 503);

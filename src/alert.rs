@@ -1,0 +1,265 @@
+//! Alerts: when an account enters `reauth_required` or `client_error`, or stays `degraded` longer
+//! than a threshold, and once "recovered" when it heals. One alert per state change, never one
+//! per retry. Sinks: the daemon's log (always), `alert.command`, `alert.webhook`, and a desktop
+//! notification where a session bus exists. No sink ever blocks the daemon, and no secret is
+//! ever in an alert: only the account name, the event and the reason.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::account::AccountState;
+use crate::clock::now_unix;
+use crate::config::AlertConfig;
+
+/// A slow alert command is killed after this.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+const WEBHOOK_ATTEMPTS: u32 = 3;
+
+/// An account's state changed.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub account: String,
+    pub from: AccountState,
+    pub to: AccountState,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub account: String,
+    /// `reauth_required`, `client_error`, `degraded` or `recovered`.
+    pub event: &'static str,
+    pub reason: String,
+    pub at: i64,
+}
+
+/// The alerter's handle: state changes in, alerts out on its own task.
+#[derive(Clone)]
+pub struct Alerts {
+    sender: mpsc::UnboundedSender<Change>,
+}
+
+impl Alerts {
+    pub fn start(config: AlertConfig, http: reqwest::Client) -> Alerts {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(run(config, http, receiver));
+        Alerts { sender }
+    }
+
+    pub fn state_changed(&self, change: Change) {
+        let _ = self.sender.send(change);
+    }
+}
+
+/// What the alerter remembers per account.
+#[derive(Default)]
+struct Watch {
+    /// Degraded since, while degraded.
+    degraded_since: Option<i64>,
+    /// An alert went out and no "recovered" yet.
+    alerted: bool,
+}
+
+async fn run(
+    config: AlertConfig,
+    http: reqwest::Client,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+) {
+    let mut watches: HashMap<String, Watch> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => {
+                    let watch = watches.entry(change.account.clone()).or_default();
+                    if let Some(alert) = on_change(watch, &change) {
+                        send(&config, &http, alert);
+                    }
+                }
+                None => return,
+            },
+            _ = tick.tick() => {
+                for (account, watch) in &mut watches {
+                    if let Some(alert) = on_tick(watch, account, config.degraded_after_seconds) {
+                        send(&config, &http, alert);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The alert a state change calls for, if any.
+fn on_change(watch: &mut Watch, change: &Change) -> Option<Alert> {
+    let reason = change.reason.clone().unwrap_or_default();
+    let event = match change.to {
+        AccountState::ReauthRequired => Some("reauth_required"),
+        AccountState::ClientError => Some("client_error"),
+        AccountState::Degraded => {
+            watch.degraded_since.get_or_insert(now_unix());
+            None
+        }
+        AccountState::Active if watch.alerted => Some("recovered"),
+        AccountState::Active => None,
+    };
+    if change.to != AccountState::Degraded {
+        watch.degraded_since = None;
+    }
+    let event = event?;
+    watch.alerted = event != "recovered";
+    Some(Alert {
+        account: change.account.clone(),
+        event,
+        reason,
+        at: now_unix(),
+    })
+}
+
+/// A "degraded" alert once an account has been degraded for `threshold` seconds.
+fn on_tick(watch: &mut Watch, account: &str, threshold: u64) -> Option<Alert> {
+    let since = watch.degraded_since?;
+    if watch.alerted || now_unix() - since < threshold as i64 {
+        return None;
+    }
+    watch.alerted = true;
+    Some(Alert {
+        account: account.to_owned(),
+        event: "degraded",
+        reason: format!(
+            "the provider has failed transiently for {} s",
+            now_unix() - since
+        ),
+        at: now_unix(),
+    })
+}
+
+fn send(config: &AlertConfig, http: &reqwest::Client, alert: Alert) {
+    eprintln!(
+        "vault: alert: account={} event={} reason={}",
+        alert.account, alert.event, alert.reason
+    );
+    if let Some(command) = config.command.clone() {
+        tokio::spawn(run_command(command, alert.clone()));
+    }
+    if let Some(url) = config.webhook.clone() {
+        tokio::spawn(post_webhook(http.clone(), url, alert.clone()));
+    }
+    if config.desktop && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
+        tokio::spawn(notify_desktop(alert));
+    }
+}
+
+/// `/bin/sh -c COMMAND` with the alert in its environment (never interpolated into the command).
+async fn run_command(command: String, alert: Alert) {
+    let child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .env("VAULT_ACCOUNT", &alert.account)
+        .env("VAULT_EVENT", alert.event)
+        .env("VAULT_REASON", &alert.reason)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(err) => return eprintln!("vault: alert command could not start: {err}"),
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => eprintln!("vault: alert command failed ({status})"),
+        Ok(Err(err)) => eprintln!("vault: alert command failed: {err}"),
+        Err(_) => eprintln!(
+            "vault: alert command took longer than {} s; killed",
+            COMMAND_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+async fn post_webhook(http: reqwest::Client, url: url::Url, alert: Alert) {
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let sent = http
+            .post(url.clone())
+            .timeout(WEBHOOK_TIMEOUT)
+            .json(&alert)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) => eprintln!(
+                "vault: alert webhook answered HTTP {} (attempt {attempt})",
+                response.status()
+            ),
+            Err(_) => eprintln!("vault: alert webhook unreachable (attempt {attempt})"),
+        }
+        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+    }
+}
+
+async fn notify_desktop(alert: Alert) {
+    let _ = tokio::process::Command::new("notify-send")
+        .args([
+            "--app-name=tokenvault",
+            &format!("tokenvault: {} {}", alert.account, alert.event),
+            &alert.reason,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(to: AccountState) -> Change {
+        Change {
+            account: "a".into(),
+            from: AccountState::Active,
+            to,
+            reason: Some("why".into()),
+        }
+    }
+
+    #[test]
+    fn one_alert_per_change_and_one_recovery() {
+        let mut watch = Watch::default();
+        assert_eq!(
+            on_change(&mut watch, &change(AccountState::ReauthRequired))
+                .unwrap()
+                .event,
+            "reauth_required"
+        );
+        assert_eq!(
+            on_change(&mut watch, &change(AccountState::Active))
+                .unwrap()
+                .event,
+            "recovered"
+        );
+        assert!(on_change(&mut watch, &change(AccountState::Active)).is_none());
+    }
+
+    #[test]
+    fn degraded_alerts_only_when_it_lasts() {
+        let mut watch = Watch::default();
+        assert!(on_change(&mut watch, &change(AccountState::Degraded)).is_none());
+        assert!(on_tick(&mut watch, "a", 3600).is_none());
+        // Short blips heal silently.
+        assert!(on_change(&mut watch, &change(AccountState::Active)).is_none());
+        on_change(&mut watch, &change(AccountState::Degraded));
+        assert_eq!(on_tick(&mut watch, "a", 0).unwrap().event, "degraded");
+        assert!(on_tick(&mut watch, "a", 0).is_none(), "once");
+        assert_eq!(
+            on_change(&mut watch, &change(AccountState::Active))
+                .unwrap()
+                .event,
+            "recovered"
+        );
+    }
+}

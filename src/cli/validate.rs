@@ -1,0 +1,76 @@
+use clap::Args;
+
+use super::{Context, block_on, when};
+use crate::error::Error;
+use crate::oauth::token::http_client;
+use crate::refresh::{self, Need};
+
+#[derive(Args)]
+pub(super) struct ValidateArgs {
+    /// One account (default: all)
+    name: Option<String>,
+}
+
+#[derive(Args)]
+pub(super) struct ScheduleArgs {
+    name: String,
+    /// Cron expression with seconds: sec min hour day month weekday, e.g. "0 0 */6 * * *"
+    #[arg(required_unless_present = "default", conflicts_with = "default")]
+    cron: Option<String>,
+    /// Use the global schedule from config.toml again
+    #[arg(long)]
+    default: bool,
+}
+
+/// Proves accounts' credentials now with a live refresh, and prints each result.
+pub(super) fn validate(context: &Context, args: ValidateArgs) -> Result<(), Error> {
+    let mut store = context.open()?;
+    let names = match args.name {
+        Some(name) => vec![store.account(&name)?.name],
+        None => store
+            .accounts()?
+            .into_iter()
+            .map(|account| account.name)
+            .collect(),
+    };
+    let http = http_client();
+    let mut first_failure = None;
+    for name in names {
+        let need = Need::Fresh { validation: true };
+        match block_on(refresh::access_token(&mut store, &http, &name, need))? {
+            Ok(issued) => match issued.upstream_problem {
+                None => println!(
+                    "{name}: ok — the provider issued a token valid until {}",
+                    when(issued.token.expires_at)
+                ),
+                Some(problem) => println!("{name}: not proven — {problem}"),
+            },
+            Err(error) => {
+                println!("{name}: FAILED — {error}");
+                first_failure.get_or_insert(error);
+            }
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Error> {
+    let cron = match &args.cron {
+        Some(text) => Some(
+            crate::config::parse_schedule(text)
+                .map_err(Error::Input)
+                .map(|_| text.as_str())?,
+        ),
+        None => None,
+    };
+    let mut store = context.open()?;
+    store.set_validation_schedule(&args.name, cron)?;
+    match cron {
+        Some(text) => println!("{} is validated on the schedule \"{text}\".", args.name),
+        None => println!(
+            "{} is validated on the global schedule (config.toml).",
+            args.name
+        ),
+    }
+    Ok(())
+}

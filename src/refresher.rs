@@ -1,0 +1,35 @@
+//! Refresh ahead: every active account's access token is refreshed before it expires (see
+//! `scheduler::refresh_due`), so that apps asking between refreshes never wait on the provider.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::account::AccountState;
+use crate::clock::now_unix;
+use crate::refresh::Need;
+use crate::scheduler;
+use crate::server::tokens::Tokens;
+
+/// Due times are read from the wall clock every tick, so a machine resuming from suspend
+/// refreshes at once what expired while it slept.
+const TICK: Duration = Duration::from_secs(1);
+
+pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let now = now_unix();
+        for (name, slot) in tokens.slots() {
+            if !matches!(slot.state(), AccountState::Active | AccountState::Degraded) {
+                continue;
+            }
+            let times = slot.times();
+            let (Some(issued_at), Some(expires_at)) = (times.issued_at, times.expires_at) else {
+                continue;
+            };
+            if now >= scheduler::refresh_due(&name, issued_at, expires_at, refresh_before) {
+                tokens.spawn_background(name, slot, Need::Fresh { validation: false });
+            }
+        }
+    }
+}
