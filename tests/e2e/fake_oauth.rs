@@ -71,6 +71,10 @@ pub struct Behaviour {
     pub faults: VecDeque<Fault>,
     /// Device flow: answer `slow_down` to the first poll.
     pub device_slow_down_first: bool,
+    /// Every token answer takes this long.
+    pub delay: Option<Duration>,
+    /// Until then, every token request gets a bare 503 (no Retry-After).
+    pub down_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -94,6 +98,7 @@ struct Inner {
     /// Every credential the server knows or issued, for leak scans.
     issued_secrets: Vec<String>,
     access_tokens: HashSet<String>,
+    webhooks: Vec<Value>,
     sa_public_key: Vec<u8>,
     sa_email: String,
 }
@@ -142,6 +147,8 @@ impl FakeOAuth {
                 client_secret: CLIENT_SECRET.to_owned(),
                 faults: VecDeque::new(),
                 device_slow_down_first: false,
+                delay: None,
+                down_until: None,
             },
             counters: Counters::default(),
             codes: HashMap::new(),
@@ -150,6 +157,7 @@ impl FakeOAuth {
             devices: HashMap::new(),
             issued_secrets: vec![CLIENT_SECRET.to_owned()],
             access_tokens: HashSet::new(),
+            webhooks: Vec::new(),
             sa_public_key,
             sa_email,
         }));
@@ -158,6 +166,7 @@ impl FakeOAuth {
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .route("/device", post(device_authorization))
+            .route("/webhook", post(webhook))
             .with_state(inner.clone());
         runtime.spawn(async move {
             axum::serve(listener, app).await.expect("fake server");
@@ -199,6 +208,25 @@ impl FakeOAuth {
         for grant in &mut self.lock().grants {
             grant.alive = false;
         }
+    }
+
+    /// The alert webhook bodies received.
+    pub fn webhooks(&self) -> Vec<Value> {
+        self.lock().webhooks.clone()
+    }
+
+    /// Presents the first refresh token of the first grant again, as a leaked copy would be:
+    /// after rotation that is a reuse, and the provider revokes the whole grant.
+    pub fn replay_first_refresh_token(&self) {
+        let mut inner = self.lock();
+        let token = inner
+            .issued_secrets
+            .iter()
+            .find(|s| s.starts_with("rt-"))
+            .cloned()
+            .unwrap();
+        let form = HashMap::from([("refresh_token".to_owned(), token)]);
+        let _ = refresh(&mut inner, &form);
     }
 
     pub fn live_grants(&self) -> usize {
@@ -437,6 +465,22 @@ async fn token(State(shared): Shared, headers: HeaderMap, body: String) -> Respo
         inner.counters.token_requests += 1;
         inner.behaviour.faults.pop_front()
     };
+    let (delay, down) = {
+        let inner = shared.lock().unwrap();
+        (
+            inner.behaviour.delay,
+            inner
+                .behaviour
+                .down_until
+                .is_some_and(|until| Instant::now() < until),
+        )
+    };
+    if down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
+    }
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     match fault {
         Some(Fault::Unavailable503) => {
             return (
@@ -530,6 +574,12 @@ fn refresh(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     inner.grants[index].current_refresh = next.clone();
     inner.issued_secrets.push(next.clone());
     issue_access(inner, &scope, Some(next))
+}
+
+async fn webhook(State(shared): Shared, body: String) -> Response {
+    let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    shared.lock().unwrap().webhooks.push(value);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn device_authorization(State(shared): Shared, body: String) -> Response {

@@ -6,6 +6,7 @@ mod daemon_support;
 mod errors;
 mod fake_oauth;
 mod flows;
+mod lifecycle;
 mod security;
 mod support;
 

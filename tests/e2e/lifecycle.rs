@@ -1,0 +1,236 @@
+//! The daemon's background duties: refresh ahead, scheduled validation, backoff and alerts.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::daemon_support::Daemon;
+use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::support::TestVault;
+use crate::{add_with_browser, token};
+
+/// Writes `config.toml` with an alert command that appends one line per alert to a file, and
+/// the fake server's webhook. Returns the file.
+fn alerting_config(vault: &TestVault, fake: &FakeOAuth, extra: &str) -> PathBuf {
+    let alerts = vault.root.path().join("alerts.log");
+    let config = format!(
+        "[alert]\ncommand = \"printf '%s|%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" \\\"$VAULT_REASON\\\" >> {}\"\nwebhook = \"{}/webhook\"\ndesktop = false\n{extra}",
+        alerts.display(),
+        fake.base
+    );
+    std::fs::write(vault.dir.join("config.toml"), config).unwrap();
+    alerts
+}
+
+fn alert_lines(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `done` holds, up to `limit`.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+#[test]
+fn short_lived_tokens_are_refreshed_ahead_and_askers_never_wait() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.access_lifetime = 6);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "short").ok();
+    // Every answer from the provider takes half a second; askers must never see that.
+    fake.configure(|b| b.delay = Some(Duration::from_millis(500)));
+    let daemon = Daemon::start(&vault, &[]);
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(15) {
+        let asked = Instant::now();
+        let answer = daemon.get("/v1/token/short?min_valid=1");
+        slowest = slowest.max(asked.elapsed());
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(
+            answer.json()["expires_in"].as_i64().unwrap() >= 1,
+            "{}",
+            answer.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refreshes = fake.counters(|c| c.refresh_grants);
+    assert!(
+        (3..=9).contains(&refreshes),
+        "a refresh every 2–4 s, no storm: {refreshes}"
+    );
+    assert!(
+        slowest < Duration::from_millis(450),
+        "an asker waited on the provider: {slowest:?}"
+    );
+}
+
+#[test]
+fn a_revoked_grant_is_found_by_validation_and_alerted_once() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let alerts = alerting_config(
+        &vault,
+        &fake,
+        "[validation]\nschedule = \"*/2 * * * * *\"\n",
+    );
+    let daemon = Daemon::start(&vault, &[]);
+    fake.revoke_all();
+    assert!(
+        eventually(Duration::from_secs(8), || !alert_lines(&alerts).is_empty()),
+        "no alert"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = alert_lines(&alerts);
+    assert_eq!(lines.len(), 1, "one alert per state change: {lines:?}");
+    assert!(
+        lines[0].starts_with("mail|reauth_required|") && lines[0].contains("invalid_grant"),
+        "{lines:?}"
+    );
+    let hooks = fake.webhooks();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["account"], "mail");
+    assert_eq!(hooks[0]["event"], "reauth_required");
+    let status = vault.run(&["status", "mail"]);
+    assert!(
+        status.stdout.contains("reauth_required"),
+        "{}",
+        status.stdout
+    );
+    let answer = daemon.get("/v1/token/mail?min_valid=7200");
+    assert_eq!(answer.status, 409);
+    for secret in vault.all_planted() {
+        assert!(!lines[0].contains(&secret) && !hooks[0].to_string().contains(&secret));
+    }
+
+    // Re-authorized: the daemon notices and says "recovered", once.
+    vault.run(&["login", "mail", "--timeout", "30"]).ok();
+    assert!(
+        eventually(Duration::from_secs(6), || alert_lines(&alerts).len() == 2),
+        "{:?}",
+        alert_lines(&alerts)
+    );
+    assert!(alert_lines(&alerts)[1].starts_with("mail|recovered|"));
+    assert_eq!(daemon.get("/v1/token/mail").status, 200);
+}
+
+#[test]
+fn reuse_of_a_rotated_refresh_token_is_caught() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.rotate = true);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "rotated").ok();
+    token(
+        &vault,
+        &fake,
+        &["rotated", "--no-daemon", "--min-valid", "7200"],
+    );
+    let alerts = alerting_config(
+        &vault,
+        &fake,
+        "[validation]\nschedule = \"*/2 * * * * *\"\n",
+    );
+    let _daemon = Daemon::start(&vault, &[]);
+    // A leaked copy of the first refresh token is replayed: the provider kills the grant.
+    fake.replay_first_refresh_token();
+    assert!(eventually(Duration::from_secs(8), || !alert_lines(&alerts).is_empty()));
+    assert!(
+        alert_lines(&alerts)[0].starts_with("rotated|reauth_required|"),
+        "{:?}",
+        alert_lines(&alerts)
+    );
+}
+
+#[test]
+fn a_rejected_client_secret_alerts_client_error() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "acct").ok();
+    let alerts = alerting_config(
+        &vault,
+        &fake,
+        "[validation]\nschedule = \"*/2 * * * * *\"\n",
+    );
+    let _daemon = Daemon::start(&vault, &[]);
+    fake.configure(|b| b.client_secret = "rotated-on-the-console".into());
+    assert!(eventually(Duration::from_secs(8), || !alert_lines(&alerts).is_empty()));
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = alert_lines(&alerts);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("acct|client_error|") && lines[0].contains("invalid_client"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn an_outage_is_degraded_then_recovered_never_revoked() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "flaky").ok();
+    let alerts = alerting_config(
+        &vault,
+        &fake,
+        "degraded_after_seconds = 1\n[validation]\nschedule = \"* * * * * *\"\n",
+    );
+    fake.configure(|b| b.down_until = Some(Instant::now() + Duration::from_secs(4)));
+    let daemon = Daemon::start(&vault, &[]);
+    assert!(
+        eventually(Duration::from_secs(30), || alert_lines(&alerts)
+            .iter()
+            .any(|l| l.contains("|recovered|"))),
+        "{:?}",
+        alert_lines(&alerts)
+    );
+    let lines = alert_lines(&alerts);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("flaky|degraded|"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("reauth_required")));
+    assert_eq!(
+        daemon.get("/v1/accounts").json()["accounts"][0]["state"],
+        "active"
+    );
+}
+
+#[test]
+fn bad_config_refuses_to_start_with_line_and_reason() {
+    let vault = TestVault::new(None);
+    for (config, needle) in [
+        (
+            "[validation]\nschedule = \"every six hours\"\n",
+            "six fields",
+        ),
+        (
+            "[alert]\nwebhok = \"https://example.com\"\n",
+            "unknown field",
+        ),
+        (
+            "[alert]\nwebhook = \"ftp://example.com\"\n",
+            "http or https",
+        ),
+        (
+            "[refresh]\nmax_backoff_seconds = \"soon\"\n",
+            "invalid type",
+        ),
+    ] {
+        std::fs::write(vault.dir.join("config.toml"), config).unwrap();
+        let run = vault.run(&["serve"]);
+        run.fails_with(1, needle);
+        assert!(run.stderr.contains("line "), "{}", run.stderr);
+        assert!(!vault.socket().exists());
+    }
+    vault
+        .run(&["schedule", "nobody", "not cron"])
+        .fails_with(1, "six fields");
+}
