@@ -45,6 +45,7 @@ pub enum Fault {
 struct Grant {
     alive: bool,
     current_refresh: String,
+    previous_refresh: Option<String>,
     scope: String,
 }
 
@@ -229,6 +230,17 @@ impl FakeOAuth {
         let _ = refresh(&mut inner, &form);
     }
 
+    /// The newest grant's current refresh token, the one it replaced, and whether it is alive.
+    pub fn newest_grant(&self) -> (String, Option<String>, bool) {
+        let inner = self.lock();
+        let grant = inner.grants.last().expect("a grant");
+        (
+            grant.current_refresh.clone(),
+            grant.previous_refresh.clone(),
+            grant.alive,
+        )
+    }
+
     pub fn live_grants(&self) -> usize {
         self.lock()
             .grants
@@ -259,6 +271,7 @@ fn new_grant(inner: &mut Inner, scope: &str) -> String {
     inner.grants.push(Grant {
         alive: true,
         current_refresh: refresh.clone(),
+        previous_refresh: None,
         scope: scope.to_owned(),
     });
     inner
@@ -571,7 +584,8 @@ fn refresh(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     let next = random("rt-PLANTED-");
     inner.refresh_tokens.insert(presented, (index, false));
     inner.refresh_tokens.insert(next.clone(), (index, true));
-    inner.grants[index].current_refresh = next.clone();
+    let previous = std::mem::replace(&mut inner.grants[index].current_refresh, next.clone());
+    inner.grants[index].previous_refresh = Some(previous);
     inner.issued_secrets.push(next.clone());
     issue_access(inner, &scope, Some(next))
 }

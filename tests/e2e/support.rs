@@ -199,6 +199,13 @@ impl TestVault {
         all
     }
 
+    /// A 0600 key file holding this vault's master key (for opening the store in-process).
+    pub fn key_file(&self) -> PathBuf {
+        let path = self.root.path().join("master.key");
+        write_private(&path, &format!("{}\n", self.master_key));
+        path
+    }
+
     /// The daemon's socket for this vault (never the user's real one).
     pub fn socket(&self) -> PathBuf {
         self.root.path().join("run/vault.sock")
