@@ -481,7 +481,10 @@ impl Tokens {
                 Some(old) => {
                     // Another command (login, validate, a direct refresh) changed the account.
                     if old.state() != account.state {
-                        let reason = Some("changed by another vault command".to_owned());
+                        let reason = Some(format!(
+                            "now {} after another vault command (vault login, validate or token)",
+                            account.state.as_str()
+                        ));
                         self.notify(&name, old.state(), account.state, reason);
                     }
                     Arc::new(Slot::new(account, grants))
