@@ -178,6 +178,8 @@ pub struct AccountSummary {
     pub last_validated_at: Option<i64>,
     /// A cron expression overriding the global validation schedule.
     pub validation_schedule: Option<String>,
+    /// Seconds before expiry to refresh, overriding the global setting.
+    pub refresh_before: Option<u64>,
     /// The configured scopes, space-separated.
     pub scope: String,
 }

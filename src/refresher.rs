@@ -27,7 +27,8 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
             let (Some(issued_at), Some(expires_at)) = (times.issued_at, times.expires_at) else {
                 continue;
             };
-            if now >= scheduler::refresh_due(&name, issued_at, expires_at, refresh_before) {
+            let before = slot.refresh_before().or(refresh_before);
+            if now >= scheduler::refresh_due(&name, issued_at, expires_at, before) {
                 tokens.spawn_background(name, slot, Need::Fresh { validation: false });
             }
         }

@@ -65,7 +65,7 @@ enum Command {
     RevokeGrant(grant::GrantArgs),
     /// Prove accounts' credentials now with a live refresh, and print the results
     Validate(validate::ValidateArgs),
-    /// Set an account's own validation schedule (cron), or --default for the global one
+    /// Set an account's own validation schedule (cron) and refresh-ahead margin
     Schedule(validate::ScheduleArgs),
 }
 

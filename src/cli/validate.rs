@@ -14,12 +14,14 @@ pub(super) struct ValidateArgs {
 #[derive(Args)]
 pub(super) struct ScheduleArgs {
     name: String,
-    /// Cron expression with seconds: sec min hour day month weekday, e.g. "0 0 */6 * * *"
-    #[arg(required_unless_present = "default", conflicts_with = "default")]
+    /// Validation schedule, cron with seconds: sec min hour day month weekday, e.g. "0 0 */6 * * *";
+    /// "default" returns to the global schedule from config.toml
+    #[arg(required_unless_present = "refresh_before")]
     cron: Option<String>,
-    /// Use the global schedule from config.toml again
-    #[arg(long)]
-    default: bool,
+    /// Refresh this many seconds before expiry (capped at half the token's lifetime); "default"
+    /// returns to the global setting
+    #[arg(long, value_name = "SECONDS|default")]
+    refresh_before: Option<String>,
 }
 
 /// Proves accounts' credentials now with a live refresh, and prints each result.
@@ -55,22 +57,47 @@ pub(super) fn validate(context: &Context, args: ValidateArgs) -> Result<(), Erro
 }
 
 pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Error> {
-    let cron = match &args.cron {
-        Some(text) => Some(
+    let cron = match args.cron.as_deref() {
+        None => None,
+        Some("default") => Some(None),
+        Some(text) => Some(Some(
             crate::config::parse_schedule(text)
                 .map_err(Error::Input)
-                .map(|_| text.as_str())?,
-        ),
+                .map(|_| text)?,
+        )),
+    };
+    let refresh_before = match args.refresh_before.as_deref() {
         None => None,
+        Some("default") => Some(None),
+        Some(text) => Some(Some(text.parse::<u64>().map_err(|_| {
+            Error::Input(format!(
+                "--refresh-before takes a number of seconds or \"default\", not {text:?}"
+            ))
+        })?)),
     };
     let mut store = context.open()?;
-    store.set_validation_schedule(&args.name, cron)?;
-    match cron {
-        Some(text) => println!("{} is validated on the schedule \"{text}\".", args.name),
-        None => println!(
-            "{} is validated on the global schedule (config.toml).",
-            args.name
-        ),
+    if let Some(cron) = cron {
+        store.set_validation_schedule(&args.name, cron)?;
+        match cron {
+            Some(text) => println!("{} is validated on the schedule \"{text}\".", args.name),
+            None => println!(
+                "{} is validated on the global schedule (config.toml).",
+                args.name
+            ),
+        }
+    }
+    if let Some(seconds) = refresh_before {
+        store.set_refresh_before(&args.name, seconds)?;
+        match seconds {
+            Some(seconds) => println!(
+                "{} is refreshed {seconds} s before expiry (at most half its lifetime).",
+                args.name
+            ),
+            None => println!(
+                "{} is refreshed ahead by the global rule (config.toml).",
+                args.name
+            ),
+        }
     }
     Ok(())
 }

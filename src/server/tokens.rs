@@ -78,6 +78,9 @@ pub struct Slot {
     /// The configured scopes, answered when the provider did not name the granted ones.
     scope: String,
     validation_schedule: Option<cron::Schedule>,
+    /// The account's own schedule as stored, to notice when it changes.
+    schedule_text: Option<String>,
+    refresh_before: Option<u64>,
     cache: Mutex<Option<Arc<CachedToken>>>,
     times: Mutex<Times>,
     /// Bumped after every refresh: a waiter that sees it move takes that refresh's result.
@@ -97,6 +100,8 @@ impl Slot {
                 .validation_schedule
                 .as_deref()
                 .and_then(|text| crate::config::parse_schedule(text).ok()),
+            schedule_text: account.validation_schedule.clone(),
+            refresh_before: account.refresh_before,
             cache: Mutex::new(None),
             times: Mutex::new(Times {
                 issued_at: account.last_refresh_at,
@@ -113,13 +118,11 @@ impl Slot {
     /// changed its state, its token, its schedule or its grants since.
     fn matches(&self, account: &AccountSummary, grants: &[Principal]) -> bool {
         let token_same = self.times().expires_at == account.access_expires_at;
-        let schedule_same = self.validation_schedule.as_ref().map(|s| s.to_string())
-            == account
-                .validation_schedule
-                .as_deref()
-                .and_then(|t| crate::config::parse_schedule(t).ok())
-                .map(|s| s.to_string());
-        self.state() == account.state && token_same && schedule_same && self.grants == grants
+        self.state() == account.state
+            && token_same
+            && self.schedule_text == account.validation_schedule
+            && self.refresh_before == account.refresh_before
+            && self.grants == grants
     }
 
     fn grants_to(&self, peer: Peer) -> bool {
@@ -153,6 +156,11 @@ impl Slot {
         if let Ok(mut times) = self.times.lock() {
             times.next_validation = Some(at);
         }
+    }
+
+    /// The account's own refresh-ahead margin, if it has one.
+    pub fn refresh_before(&self) -> Option<u64> {
+        self.refresh_before
     }
 
     pub fn validation_schedule(&self) -> Option<&cron::Schedule> {

@@ -381,9 +381,28 @@ impl Store {
         name: &str,
         schedule: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.set_column(name, "validation_schedule", &schedule)
+    }
+
+    /// Sets (or, with `None`, clears) an account's own refresh-ahead margin in seconds.
+    pub fn set_refresh_before(
+        &mut self,
+        name: &str,
+        seconds: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.set_column(name, "refresh_before", &seconds)
+    }
+
+    /// One per-account setting; `column` is one of the fixed names above, never user input.
+    fn set_column(
+        &mut self,
+        name: &str,
+        column: &'static str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<(), StoreError> {
         let changed = self.conn.execute(
-            "UPDATE accounts SET validation_schedule = ?2 WHERE name = ?1",
-            params![name, schedule],
+            &format!("UPDATE accounts SET {column} = ?2 WHERE name = ?1"),
+            params![name, value],
         )?;
         if changed == 0 {
             return Err(StoreError::NoSuchAccount(name.to_owned()));
@@ -417,7 +436,7 @@ impl Store {
     pub fn summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
-                    validation_schedule,
+                    validation_schedule, refresh_before,
                     (SELECT group_concat(value, ' ') FROM json_each(config, '$.scopes'))
              FROM accounts ORDER BY name",
         )?;
@@ -426,19 +445,17 @@ impl Store {
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 (row.get(2)?, row.get(3)?, row.get(4)?),
-                row.get::<_, Option<String>>(5)?,
-                row.get::<_, Option<String>>(6)?,
+                (
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<u64>>(6)?,
+                ),
+                row.get::<_, Option<String>>(7)?,
             ))
         })?;
         let mut summaries = Vec::new();
         for row in rows {
-            let (
-                name,
-                state,
-                (access_expires_at, last_refresh_at, last_validated_at),
-                validation_schedule,
-                scope,
-            ) = row?;
+            let (name, state, times, (validation_schedule, refresh_before), scope) = row?;
+            let (access_expires_at, last_refresh_at, last_validated_at) = times;
             let state = AccountState::parse(&state).ok_or_else(|| {
                 StoreError::BadConfig(name.clone(), format!("unknown state {state:?}"))
             })?;
@@ -449,6 +466,7 @@ impl Store {
                 last_refresh_at,
                 last_validated_at,
                 validation_schedule,
+                refresh_before,
                 scope: scope.unwrap_or_default(),
             });
         }

@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/001_initial.sql"),
     include_str!("../../schema/002_grants.sql"),
     include_str!("../../schema/003_validation_schedule.sql"),
+    include_str!("../../schema/004_refresh_before.sql"),
 ];
 
 /// Brings the schema up to date. `fresh` is true only for a database `vault init` just created:

@@ -234,3 +234,68 @@ fn bad_config_refuses_to_start_with_line_and_reason() {
         .run(&["schedule", "nobody", "not cron"])
         .fails_with(1, "six fields");
 }
+
+#[test]
+fn a_restarted_daemon_serves_the_persisted_token_without_refreshing() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "kept").ok();
+    let first = Daemon::start(&vault, &[]);
+    let token = first.get("/v1/token/kept").json()["access_token"].clone();
+    first.stop();
+    let second = Daemon::start(&vault, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(second.get("/v1/token/kept").json()["access_token"], token);
+    assert_eq!(
+        fake.counters(|c| c.refresh_grants),
+        0,
+        "no refresh storm after a restart"
+    );
+}
+
+#[test]
+fn an_account_can_have_its_own_refresh_margin_and_schedule() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.access_lifetime = 16);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "default-margin").ok();
+    add_with_browser(&vault, &fake, "late-margin").ok();
+    // Default for a 16 s token: 8 s ahead (4–8 s after issue). This one: 2 s ahead (13–14 s).
+    vault
+        .run(&["schedule", "late-margin", "--refresh-before", "2"])
+        .ok();
+    vault.run(&["schedule", "late-margin", "0 0 0 1 1 *"]).ok();
+    vault
+        .run(&["schedule", "late-margin", "--refresh-before", "soon"])
+        .fails_with(1, "number of seconds");
+    let added = |name: &str| {
+        let store = tokenvault::store::Store::open(
+            &vault.dir,
+            Some(tokenvault::keys::KeySource::File(vault.key_file())),
+        )
+        .unwrap();
+        store.account(name).unwrap().last_refresh_at
+    };
+    let (default_before, late_before) = (added("default-margin"), added("late-margin"));
+    let _daemon = Daemon::start(&vault, &[]);
+    std::thread::sleep(Duration::from_millis(9500));
+    assert_ne!(
+        added("default-margin"),
+        default_before,
+        "refreshed 8 s ahead"
+    );
+    assert_eq!(
+        added("late-margin"),
+        late_before,
+        "not yet: its own margin is 2 s"
+    );
+    vault
+        .run(&[
+            "schedule",
+            "late-margin",
+            "default",
+            "--refresh-before",
+            "default",
+        ])
+        .ok();
+}
