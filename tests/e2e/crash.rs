@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokenvault::account::SecretKind;
-use tokenvault::keys::KeySource;
-use tokenvault::store::Store;
 
 use crate::add_with_browser;
 use crate::daemon_support::{Daemon, signal};
@@ -17,7 +15,7 @@ use crate::support::TestVault;
 
 /// The refresh token the vault holds, read through the library with the vault's master key.
 fn stored_refresh_token(vault: &TestVault) -> String {
-    let store = Store::open(&vault.dir, Some(KeySource::File(vault.key_file()))).unwrap();
+    let store = vault.open_store();
     let account = store.account("rotating").unwrap();
     store
         .secret(&account, SecretKind::RefreshToken)

@@ -268,14 +268,7 @@ fn an_account_can_have_its_own_refresh_margin_and_schedule() {
     vault
         .run(&["schedule", "late-margin", "--refresh-before", "soon"])
         .fails_with(1, "number of seconds");
-    let added = |name: &str| {
-        let store = tokenvault::store::Store::open(
-            &vault.dir,
-            Some(tokenvault::keys::KeySource::File(vault.key_file())),
-        )
-        .unwrap();
-        store.account(name).unwrap().last_refresh_at
-    };
+    let added = |name: &str| vault.open_store().account(name).unwrap().last_refresh_at;
     let (default_before, late_before) = (added("default-margin"), added("late-margin"));
     let _daemon = Daemon::start(&vault, &[]);
     std::thread::sleep(Duration::from_millis(9500));

@@ -206,6 +206,12 @@ impl TestVault {
         path
     }
 
+    /// The vault's store, opened in this process with its master key.
+    pub fn open_store(&self) -> tokenvault::store::Store {
+        let key = tokenvault::keys::KeySource::File(self.key_file());
+        tokenvault::store::Store::open(&self.dir, Some(key)).unwrap()
+    }
+
     /// The daemon's socket for this vault (never the user's real one).
     pub fn socket(&self) -> PathBuf {
         self.root.path().join("run/vault.sock")
