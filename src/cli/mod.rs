@@ -10,7 +10,7 @@ mod validate;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::keys::{self, KeySource};
@@ -55,6 +55,8 @@ enum Command {
     },
     /// Print a valid access token for an account (refreshing it if needed)
     Token(token::TokenArgs),
+    /// Run a command with a fresh access token in its environment (ACCESS_TOKEN by default)
+    Exec(token::ExecArgs),
     /// Remove an account and its secrets
     Remove { name: String },
     /// Run the daemon: hand out access tokens over a Unix socket (foreground)
@@ -67,6 +69,10 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Set an account's own validation schedule (cron) and refresh-ahead margin
     Schedule(validate::ScheduleArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff)
+    Man,
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
@@ -84,12 +90,20 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::List => accounts::list(&context),
         Command::Status { name } => accounts::status(&context, name.as_deref()),
         Command::Token(args) => token::run(&context, args),
+        Command::Exec(args) => token::exec(&context, args),
         Command::Remove { name } => accounts::remove(&context, &name),
         Command::Serve(args) => serve::run(&context, args),
         Command::Grant(args) => grant::run(&context, args, true),
         Command::RevokeGrant(args) => grant::run(&context, args, false),
         Command::Validate(args) => validate::validate(&context, args),
         Command::Schedule(args) => validate::schedule(&context, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "vault", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|err| Error::Input(format!("cannot write the manual page: {err}"))),
     }
 }
 

@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 
 use clap::Args;
 
@@ -7,7 +8,8 @@ use crate::client;
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::oauth::token::http_client;
-use crate::refresh;
+use crate::refresh::{self, Need};
+use crate::secret::SecretString;
 
 #[derive(Args)]
 pub(super) struct TokenArgs {
@@ -23,16 +25,45 @@ pub(super) struct TokenArgs {
     no_daemon: bool,
 }
 
-pub(super) fn run(context: &Context, args: TokenArgs) -> Result<(), Error> {
-    if !args.no_daemon {
-        match client::request_token(&context.socket, &args.name, args.min_valid)? {
+#[derive(Args)]
+pub(super) struct ExecArgs {
+    name: String,
+    /// The environment variable that carries the token
+    #[arg(long = "env", default_value = "ACCESS_TOKEN", value_name = "VAR")]
+    variable: String,
+    /// The token must stay valid at least this many seconds
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    min_valid: u32,
+    /// Do not ask the daemon; read the vault and refresh in this process
+    #[arg(long)]
+    no_daemon: bool,
+    /// The command and its arguments (after --)
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// A token from the daemon when one is running, else read from the vault in this process.
+struct Obtained {
+    access_token: SecretString,
+    expires_at: i64,
+    /// The daemon's whole answer, for --json.
+    daemon_answer: Option<SecretString>,
+}
+
+fn obtain(
+    context: &Context,
+    name: &str,
+    min_valid: u32,
+    no_daemon: bool,
+) -> Result<Obtained, Error> {
+    if !no_daemon {
+        match client::request_token(&context.socket, name, min_valid)? {
             Some((reply, raw)) => {
-                let output = if args.json {
-                    raw.expose().trim().to_owned()
-                } else {
-                    reply.access_token.expose().clone()
-                };
-                return print(&output);
+                return Ok(Obtained {
+                    access_token: reply.access_token,
+                    expires_at: reply.expires_at,
+                    daemon_answer: Some(raw),
+                });
             }
             None => eprintln!(
                 "vault: no daemon at {}; reading the vault directly",
@@ -40,41 +71,59 @@ pub(super) fn run(context: &Context, args: TokenArgs) -> Result<(), Error> {
             ),
         }
     }
-    direct(context, &args)
-}
-
-fn direct(context: &Context, args: &TokenArgs) -> Result<(), Error> {
     let mut store = context.open()?;
-    let http = http_client();
-    let need = refresh::Need::Valid {
-        min_valid: i64::from(args.min_valid),
+    let need = Need::Valid {
+        min_valid: i64::from(min_valid),
     };
-    let issued = block_on(refresh::access_token(&mut store, &http, &args.name, need))??;
+    let issued = block_on(refresh::access_token(
+        &mut store,
+        &http_client(),
+        name,
+        need,
+    ))??;
     if let Some(problem) = &issued.upstream_problem {
         eprintln!(
-            "vault: warning: {} was not refreshed ({problem}); serving the cached token, valid until {}",
-            args.name,
+            "vault: warning: {name} was not refreshed ({problem}); serving the cached token, valid until {}",
             when(issued.token.expires_at)
         );
     }
-    let token = issued.token;
-    let output = if args.json {
-        serde_json::json!({
-            "access_token": token.access_token.expose(),
-            "token_type": "Bearer",
-            "expires_in": (token.expires_at - now_unix()).max(0),
-            "expires_at": token.expires_at,
-        })
-        .to_string()
-    } else {
-        token.access_token.expose().clone()
-    };
-    print(&output)
+    Ok(Obtained {
+        access_token: issued.token.access_token,
+        expires_at: issued.token.expires_at,
+        daemon_answer: None,
+    })
 }
 
-fn print(output: &str) -> Result<(), Error> {
+pub(super) fn run(context: &Context, args: TokenArgs) -> Result<(), Error> {
+    let obtained = obtain(context, &args.name, args.min_valid, args.no_daemon)?;
+    let output = match (&obtained.daemon_answer, args.json) {
+        (_, false) => obtained.access_token.expose().clone(),
+        (Some(answer), true) => answer.expose().trim().to_owned(),
+        (None, true) => serde_json::json!({
+            "access_token": obtained.access_token.expose(),
+            "token_type": "Bearer",
+            "expires_in": (obtained.expires_at - now_unix()).max(0),
+            "expires_at": obtained.expires_at,
+        })
+        .to_string(),
+    };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{output}")
         .and_then(|()| stdout.flush())
         .map_err(|err| Error::Input(format!("cannot write the token: {err}")))
+}
+
+/// Replaces this process with COMMAND, the token in its environment; its exit code is the
+/// command's own.
+pub(super) fn exec(context: &Context, args: ExecArgs) -> Result<(), Error> {
+    let obtained = obtain(context, &args.name, args.min_valid, args.no_daemon)?;
+    let (program, arguments) = args
+        .command
+        .split_first()
+        .ok_or_else(|| Error::Input("give the command after --".into()))?;
+    let err = std::process::Command::new(program)
+        .args(arguments)
+        .env(&args.variable, obtained.access_token.expose())
+        .exec();
+    Err(Error::Input(format!("cannot run {program}: {err}")))
 }

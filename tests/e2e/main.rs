@@ -4,6 +4,7 @@
 mod crash;
 mod daemon;
 mod daemon_support;
+mod ecosystem;
 mod errors;
 mod fake_oauth;
 mod flows;

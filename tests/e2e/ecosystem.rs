@@ -1,0 +1,78 @@
+//! Fitting the programs people already run: `vault exec`, shell completions, the manual page.
+
+use crate::add_with_browser;
+use crate::daemon_support::Daemon;
+use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::support::TestVault;
+
+#[test]
+fn exec_runs_a_command_with_the_token_in_its_environment() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "api").ok();
+    let script = "printf %s \"$ACCESS_TOKEN\"; exit 7";
+    let run = vault.run(&["exec", "api", "--no-daemon", "--", "sh", "-c", script]);
+    assert_eq!(
+        run.code, 7,
+        "the command's exit code passes through: {}",
+        run.stderr
+    );
+    assert!(fake.is_access_token(&run.stdout), "{:?}", run.stdout);
+
+    let daemon = Daemon::start(&vault, &[]);
+    let run = vault.run(&[
+        "exec",
+        "api",
+        "--env",
+        "GMAIL_TOKEN",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$GMAIL_TOKEN\"",
+    ]);
+    run.ok();
+    assert!(fake.is_access_token(&run.stdout));
+    assert!(
+        !run.stderr.contains("no daemon"),
+        "asked the daemon: {}",
+        run.stderr
+    );
+    drop(daemon);
+
+    vault
+        .run(&["exec", "api", "--no-daemon", "--", "/nonexistent/program"])
+        .fails_with(1, "cannot run /nonexistent/program");
+    vault
+        .run(&["exec", "ghost", "--no-daemon", "--", "true"])
+        .fails_with(1, "no account named");
+}
+
+#[test]
+fn completions_load_in_bash_and_the_man_page_renders() {
+    let vault = TestVault::new(None);
+    let script = vault.run(&["completions", "bash"]);
+    script.ok();
+    let path = vault.root.path().join("vault.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p vault", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("vault"));
+    for shell in ["zsh", "fish"] {
+        assert!(!vault.run(&["completions", shell]).ok().stdout.is_empty());
+    }
+    let man = vault.run(&["man"]);
+    man.ok();
+    assert!(
+        man.stdout.contains(".TH vault") && man.stdout.contains("add\\-account"),
+        "{}",
+        &man.stdout[..200]
+    );
+}
