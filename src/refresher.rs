@@ -19,18 +19,18 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
     loop {
         tick.tick().await;
         let now = now_unix();
-        for (name, slot) in tokens.slots() {
+        tokens.for_each_slot(|name, slot| {
             if !matches!(slot.state(), AccountState::Active | AccountState::Degraded) {
-                continue;
+                return;
             }
             let times = slot.times();
             let (Some(issued_at), Some(expires_at)) = (times.issued_at, times.expires_at) else {
-                continue;
+                return;
             };
             let before = slot.refresh_before().or(refresh_before);
-            if now >= scheduler::refresh_due(&name, issued_at, expires_at, before) {
+            if now >= scheduler::refresh_due(name, issued_at, expires_at, before) {
                 tokens.spawn_background(name, slot, Need::Fresh { validation: false });
             }
-        }
+        });
     }
 }

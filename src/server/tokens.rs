@@ -228,17 +228,14 @@ impl Tokens {
         self.accounts.read().ok()?.get(name).cloned()
     }
 
-    /// Every account, for the background duties.
-    pub fn slots(&self) -> Vec<(String, Arc<Slot>)> {
-        self.accounts.read().map_or_else(
-            |_| Vec::new(),
-            |accounts| {
-                accounts
-                    .iter()
-                    .map(|(name, slot)| (name.clone(), slot.clone()))
-                    .collect()
-            },
-        )
+    /// Visits every account (the background duties' scan). The table is read-locked meanwhile,
+    /// so `visit` must not block; spawning work is fine.
+    pub fn for_each_slot(&self, mut visit: impl FnMut(&str, &Arc<Slot>)) {
+        if let Ok(accounts) = self.accounts.read() {
+            for (name, slot) in accounts.iter() {
+                visit(name, slot);
+            }
+        }
     }
 
     /// The account `peer` asks for. Unknown accounts are `Forbidden` to everyone but the owner,
@@ -255,12 +252,12 @@ impl Tokens {
     /// Names and states of the accounts `peer` may fetch.
     pub fn visible_accounts(&self, peer: Peer) -> Vec<(String, &'static str)> {
         let owner = peer.uid == self.owner_uid;
-        let mut visible: Vec<(String, &'static str)> = self
-            .slots()
-            .into_iter()
-            .filter(|(_, slot)| owner || slot.grants_to(peer))
-            .map(|(name, slot)| (name, slot.state().as_str()))
-            .collect();
+        let mut visible = Vec::new();
+        self.for_each_slot(|name, slot| {
+            if owner || slot.grants_to(peer) {
+                visible.push((name.to_owned(), slot.state().as_str()));
+            }
+        });
         visible.sort();
         visible
     }
@@ -321,11 +318,11 @@ impl Tokens {
     }
 
     /// Runs a background refresh of `name` unless one is already running for it.
-    pub fn spawn_background(self: &Arc<Self>, name: String, slot: Arc<Slot>, need: Need) {
+    pub fn spawn_background(self: &Arc<Self>, name: &str, slot: &Arc<Slot>, need: Need) {
         if slot.busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        let tokens = self.clone();
+        let (tokens, name, slot) = (self.clone(), name.to_owned(), slot.clone());
         tokio::spawn(async move {
             let _ = tokens.obtain(&name, &slot, need).await;
             slot.busy.store(false, Ordering::Release);
