@@ -77,7 +77,8 @@ pub struct Slot {
     grants: Vec<Principal>,
     /// The configured scopes, answered when the provider did not name the granted ones.
     scope: String,
-    validation_schedule: Option<cron::Schedule>,
+    /// Boxed: most accounts have none, and an inline schedule would triple the slot's size.
+    validation_schedule: Option<Box<cron::Schedule>>,
     /// The account's own schedule as stored, to notice when it changes.
     schedule_text: Option<String>,
     refresh_before: Option<u64>,
@@ -99,7 +100,8 @@ impl Slot {
             validation_schedule: account
                 .validation_schedule
                 .as_deref()
-                .and_then(|text| crate::config::parse_schedule(text).ok()),
+                .and_then(|text| crate::config::parse_schedule(text).ok())
+                .map(Box::new),
             schedule_text: account.validation_schedule.clone(),
             refresh_before: account.refresh_before,
             cache: Mutex::new(None),
@@ -164,7 +166,7 @@ impl Slot {
     }
 
     pub fn validation_schedule(&self) -> Option<&cron::Schedule> {
-        self.validation_schedule.as_ref()
+        self.validation_schedule.as_deref()
     }
 }
 
