@@ -135,6 +135,10 @@ pub struct Account {
     pub last_error: Option<String>,
     pub access_expires_at: Option<i64>,
     pub refresh_expires_at: Option<i64>,
+    /// The account's own validation schedule (cron), overriding config.toml's.
+    pub validation_schedule: Option<String>,
+    /// The account's own refresh-ahead margin in seconds, overriding config.toml's.
+    pub refresh_before: Option<u64>,
 }
 
 /// Someone besides the vault's owner who may fetch an account's access tokens.

@@ -1,6 +1,22 @@
+use std::io::IsTerminal;
+
+use clap::Args;
+use serde::Serialize;
+
 use super::{Context, when};
-use crate::account::Account;
+use crate::account::{Account, AccountState};
+use crate::clock::now_unix;
+use crate::config::Config;
 use crate::error::Error;
+
+#[derive(Args)]
+pub(super) struct StatusArgs {
+    /// One account, in detail (default: a table of all)
+    name: Option<String>,
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
+}
 
 pub(super) fn list(context: &Context) -> Result<(), Error> {
     let accounts = context.open()?.accounts()?;
@@ -21,34 +37,139 @@ pub(super) fn list(context: &Context) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn status(context: &Context, name: Option<&str>) -> Result<(), Error> {
+/// One account's status, as the table, the details and `--json` show it. Never a secret.
+#[derive(Serialize)]
+struct Status<'a> {
+    name: &'a str,
+    state: &'static str,
+    kind: &'static str,
+    provider: &'a str,
+    token_expires_at: Option<i64>,
+    refresh_token_expires_at: Option<i64>,
+    last_refresh_at: Option<i64>,
+    last_validated_at: Option<i64>,
+    /// When the daemon will next prove the credential (none while re-authorization is needed).
+    next_validation_at: Option<i64>,
+    validation_schedule: String,
+    last_error: Option<&'a str>,
+}
+
+fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> {
+    let own = account
+        .validation_schedule
+        .as_deref()
+        .and_then(|text| crate::config::parse_schedule(text).ok());
+    let schedule = own.as_ref().unwrap_or(&config.validation.schedule);
+    let next_validation_at = (account.state != AccountState::ReauthRequired)
+        .then(|| crate::validator::next_validation(schedule, &account.name, now));
+    Status {
+        name: &account.name,
+        state: account.state.as_str(),
+        kind: account.config.grant.as_str(),
+        provider: &account.config.endpoints.provider,
+        token_expires_at: account.access_expires_at,
+        refresh_token_expires_at: account.refresh_expires_at,
+        last_refresh_at: account.last_refresh_at,
+        last_validated_at: account.last_validated_at,
+        next_validation_at,
+        validation_schedule: schedule.to_string(),
+        last_error: account.last_error.as_deref(),
+    }
+}
+
+pub(super) fn status(context: &Context, args: StatusArgs) -> Result<(), Error> {
     let store = context.open()?;
-    match name {
-        Some(name) => print_details(&store.account(name)?),
-        None => {
-            let accounts = store.accounts()?;
-            if accounts.is_empty() {
-                println!("No accounts yet. Add one with: vault add-account NAME …");
-            }
-            for account in &accounts {
-                print_details(account);
-                println!();
-            }
-        }
+    // A broken config.toml must not hide the accounts' states; the daemon reports it on start.
+    let config = Config::load(&context.dir).unwrap_or_default();
+    let now = now_unix();
+    let accounts = match &args.name {
+        Some(name) => vec![store.account(name)?],
+        None => store.accounts()?,
+    };
+    let statuses: Vec<Status<'_>> = accounts
+        .iter()
+        .map(|account| status_of(account, &config, now))
+        .collect();
+    if args.json {
+        let json = match (&args.name, statuses.first()) {
+            (Some(_), Some(one)) => serde_json::to_string_pretty(one),
+            _ => serde_json::to_string_pretty(&statuses),
+        };
+        println!("{}", json.map_err(|err| Error::Internal(err.to_string()))?);
+    } else if args.name.is_some() {
+        print_details(&accounts[0], &statuses[0]);
+    } else if statuses.is_empty() {
+        println!("No accounts yet. Add one with: vault add-account NAME …");
+    } else {
+        print_table(&statuses, now);
     }
     Ok(())
 }
 
-fn print_details(account: &Account) {
+fn print_table(statuses: &[Status<'_>], now: i64) {
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    println!(
+        "{:<24} {:<16} {:<10} {:<13} {:<16} {:<16} LAST ERROR",
+        "NAME", "STATE", "TOKEN", "LAST REFRESH", "LAST VALIDATION", "NEXT VALIDATION"
+    );
+    for status in statuses {
+        let state = format!("{:<16}", status.state);
+        let state = if colour {
+            paint(status.state, &state)
+        } else {
+            state
+        };
+        let mut error = status.last_error.unwrap_or("-").replace('\n', " ");
+        if error.chars().count() > 60 {
+            error = error.chars().take(59).collect::<String>() + "…";
+        }
+        println!(
+            "{:<24} {state} {:<10} {:<13} {:<16} {:<16} {error}",
+            status.name,
+            relative(status.token_expires_at, now),
+            relative(status.last_refresh_at, now),
+            relative(status.last_validated_at, now),
+            relative(status.next_validation_at, now),
+        );
+    }
+}
+
+/// Green when fine, yellow when degraded, red when a person must act.
+fn paint(state: &str, padded: &str) -> String {
+    let code = match state {
+        "active" => "32",
+        "degraded" => "33",
+        _ => "31",
+    };
+    format!("\x1b[{code}m{padded}\x1b[0m")
+}
+
+/// "in 59m", "3m ago", "-" — compact, for the table.
+fn relative(unix: Option<i64>, now: i64) -> String {
+    let Some(unix) = unix else {
+        return "-".to_owned();
+    };
+    let delta = unix - now;
+    let span = delta.unsigned_abs();
+    let short = match span {
+        0..120 => format!("{span}s"),
+        120..7200 => format!("{}m", span / 60),
+        7200..172_800 => format!("{}h", span / 3600),
+        _ => format!("{}d", span / 86_400),
+    };
+    if delta >= 0 {
+        format!("in {short}")
+    } else {
+        format!("{short} ago")
+    }
+}
+
+fn print_details(account: &Account, status: &Status<'_>) {
     let optional = |unix: Option<i64>| unix.map_or_else(|| "never".to_owned(), when);
     let config = &account.config;
     println!("{}", account.name);
-    println!("  state            {}", account.state.as_str());
-    println!(
-        "  kind             {} ({})",
-        config.grant.as_str(),
-        config.endpoints.provider
-    );
+    println!("  state            {}", status.state);
+    println!("  kind             {} ({})", status.kind, status.provider);
     if let Some(client_id) = &config.client_id {
         println!("  client id        {client_id}");
     }
@@ -59,19 +180,24 @@ fn print_details(account: &Account) {
         println!("  subject          {subject}");
     }
     println!("  scopes           {}", config.scopes.join(" "));
-    println!("  token expires    {}", optional(account.access_expires_at));
-    if account.refresh_expires_at.is_some() {
+    println!("  token expires    {}", optional(status.token_expires_at));
+    if status.refresh_token_expires_at.is_some() {
         println!(
             "  refresh expires  {}",
-            optional(account.refresh_expires_at)
+            optional(status.refresh_token_expires_at)
         );
     }
-    println!("  last refresh     {}", optional(account.last_refresh_at));
-    println!("  last validation  {}", optional(account.last_validated_at));
+    println!("  last refresh     {}", optional(status.last_refresh_at));
+    println!("  last validation  {}", optional(status.last_validated_at));
     println!(
-        "  last error       {}",
-        account.last_error.as_deref().unwrap_or("none")
+        "  next validation  {} (\"{}\")",
+        optional(status.next_validation_at),
+        status.validation_schedule
     );
+    if let Some(seconds) = account.refresh_before {
+        println!("  refresh ahead    {seconds} s before expiry");
+    }
+    println!("  last error       {}", status.last_error.unwrap_or("none"));
     println!("  added            {}", when(account.created_at));
 }
 

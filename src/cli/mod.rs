@@ -48,11 +48,8 @@ enum Command {
     Login(add::LoginArgs),
     /// List the accounts
     List,
-    /// Show accounts' states, token expiry, last refresh and last error
-    Status {
-        /// One account (default: all)
-        name: Option<String>,
-    },
+    /// Show accounts' states, token expiry, last refresh and validation, next validation, last error
+    Status(accounts::StatusArgs),
     /// Print a valid access token for an account (refreshing it if needed)
     Token(token::TokenArgs),
     /// Run a command with a fresh access token in its environment (ACCESS_TOKEN by default)
@@ -88,7 +85,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::AddAccount(args) => add::run_add(&context, *args),
         Command::Login(args) => add::run_login(&context, args),
         Command::List => accounts::list(&context),
-        Command::Status { name } => accounts::status(&context, name.as_deref()),
+        Command::Status(args) => accounts::status(&context, args),
         Command::Token(args) => token::run(&context, args),
         Command::Exec(args) => token::exec(&context, args),
         Command::Remove { name } => accounts::remove(&context, &name),

@@ -482,7 +482,8 @@ impl Store {
 }
 
 const ACCOUNT_COLUMNS: &str = "SELECT id, name, config, state, created_at, last_refresh_at, \
-     last_validated_at, last_error, access_expires_at, refresh_expires_at FROM accounts";
+     last_validated_at, last_error, access_expires_at, refresh_expires_at, validation_schedule, \
+     refresh_before FROM accounts";
 
 fn read_account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Account, StoreError>> {
     let name: String = row.get(1)?;
@@ -509,6 +510,8 @@ fn read_account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Account, Sto
         last_error: row.get(7)?,
         access_expires_at: row.get(8)?,
         refresh_expires_at: row.get(9)?,
+        validation_schedule: row.get(10)?,
+        refresh_before: row.get(11)?,
     }))
 }
 

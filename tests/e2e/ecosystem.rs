@@ -76,3 +76,54 @@ fn completions_load_in_bash_and_the_man_page_renders() {
         &man.stdout[..200]
     );
 }
+
+#[test]
+fn status_is_a_table_for_people_and_json_for_scripts() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "fine").ok();
+    add_with_browser(&vault, &fake, "dead").ok();
+    fake.revoke_all();
+    vault
+        .run(&["token", "dead", "--no-daemon", "--min-valid", "7200"])
+        .fails_with(3, "vault login dead");
+    let table = vault.run(&["status"]);
+    table.ok();
+    assert!(
+        table.stdout.starts_with("NAME") && table.stdout.contains("NEXT VALIDATION"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains("reauth_required") && table.stdout.contains("invalid_grant"),
+        "{}",
+        table.stdout
+    );
+    assert!(!table.stdout.contains('\x1b'), "no colours when piped");
+    let json: serde_json::Value =
+        serde_json::from_str(&vault.run(&["status", "--json"]).stdout).unwrap();
+    let states: Vec<_> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].clone(), s["state"].clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("dead".into(), "reauth_required".into()),
+            ("fine".into(), "active".into())
+        ]
+    );
+    assert!(
+        json[1]["next_validation_at"].as_i64().unwrap()
+            > json[1]["last_refresh_at"].as_i64().unwrap()
+    );
+    assert!(
+        json[0]["next_validation_at"].is_null(),
+        "no validation while re-authorization is needed"
+    );
+    let one: serde_json::Value =
+        serde_json::from_str(&vault.run(&["status", "fine", "--json"]).stdout).unwrap();
+    assert_eq!(one["validation_schedule"], "0 0 */6 * * *");
+}
