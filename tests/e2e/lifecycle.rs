@@ -292,3 +292,37 @@ fn an_account_can_have_its_own_refresh_margin_and_schedule() {
         ])
         .ok();
 }
+
+#[test]
+fn vault_validate_proves_each_account_now() {
+    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "alive").ok();
+    add_with_browser(&vault, &fake, "other").ok();
+    let run = vault.run(&["validate"]);
+    run.ok();
+    assert!(
+        run.stdout.contains("alive: ok") && run.stdout.contains("other: ok"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        fake.counters(|c| c.refresh_grants),
+        2,
+        "one live refresh each"
+    );
+    fake.revoke_all();
+    let run = vault.run(&["validate", "alive"]);
+    assert_eq!(run.code, 3, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("alive: FAILED") && run.stdout.contains("vault login alive"),
+        "{}",
+        run.stdout
+    );
+    let status = vault.run(&["status", "alive"]);
+    assert!(
+        status.stdout.contains("reauth_required"),
+        "{}",
+        status.stdout
+    );
+}
