@@ -10,7 +10,7 @@ use tokenvault::account::SecretKind;
 
 use crate::add_with_browser;
 use crate::daemon_support::{Daemon, signal};
-use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::fake_oauth::OfflineRule;
 use crate::support::TestVault;
 
 /// The refresh token the vault holds, read through the library with the vault's master key.
@@ -29,7 +29,7 @@ fn stored_refresh_token(vault: &TestVault) -> String {
 /// again (every answer expires at once, so every ask refreshes), restarting it each time.
 /// Returns how many kills landed in the window between the provider's rotation and the commit.
 fn kill_during_rotation(kills: usize) -> usize {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| {
         b.rotate = true;
         b.access_lifetime = 0;
@@ -60,7 +60,7 @@ fn kill_during_rotation(kills: usize) -> usize {
         // The vault holds the provider's current token, or — killed inside the window — the one
         // just before it. Anything older would be a lost commit or a token spent twice.
         let stored = stored_refresh_token(&vault);
-        let (current, previous, alive) = fake.newest_grant();
+        let (current, previous, alive) = fake.newest_grant().unwrap();
         assert!(
             alive,
             "kill {kill}: the grant died while the vault held a valid token"

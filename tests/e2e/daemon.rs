@@ -30,7 +30,7 @@ fn assert_no_secret_in(vault: &TestVault, text: &str) {
 
 #[test]
 fn serves_tokens_over_the_socket_and_vault_token_uses_it() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "mail").ok();
     let daemon = Daemon::start(&vault, &[]);
@@ -95,7 +95,7 @@ fn serves_tokens_over_the_socket_and_vault_token_uses_it() {
 
 #[test]
 fn a_thousand_concurrent_askers_cause_exactly_one_refresh() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = vault_with_expired_token(&fake, "hot");
     // A slow provider: the askers arrive while the one refresh is in flight.
     fake.inject(Fault::Slow(Duration::from_millis(1500)));
@@ -119,7 +119,7 @@ fn a_thousand_concurrent_askers_cause_exactly_one_refresh() {
 
 #[test]
 fn rotation_under_concurrency_never_spends_a_token_twice() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.rotate = true);
     let vault = vault_with_expired_token(&fake, "rotating");
     fake.configure(|b| b.access_lifetime = 1);
@@ -151,7 +151,7 @@ fn rotation_under_concurrency_never_spends_a_token_twice() {
 
 #[test]
 fn upstream_outage_serves_the_cache_then_503_and_never_revokes() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "cached").ok();
     let expired = vault_with_expired_token(&fake, "expired");
@@ -194,7 +194,7 @@ fn upstream_outage_serves_the_cache_then_503_and_never_revokes() {
 
 #[test]
 fn a_dead_grant_answers_409_with_the_fix() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = vault_with_expired_token(&fake, "dead");
     fake.revoke_all();
     let daemon = Daemon::start(&vault, &[]);
@@ -230,7 +230,7 @@ fn one_daemon_per_socket_and_stale_sockets_are_replaced() {
 
 #[test]
 fn bad_requests_are_refused_and_never_stall_others() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "acct").ok();
     let daemon = Daemon::start(&vault, &[]);
@@ -291,7 +291,7 @@ fn callers_of_another_uid_need_a_grant() {
         eprintln!("skipped: needs root to run a client as nobody");
         return;
     }
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "shared").ok();
     std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -348,7 +348,7 @@ fn callers_of_another_uid_need_a_grant() {
 
 #[test]
 fn sigterm_answers_requests_in_flight() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = vault_with_expired_token(&fake, "slow");
     let daemon = Daemon::start(&vault, &[]);
     fake.inject(Fault::Slow(Duration::from_millis(1500)));

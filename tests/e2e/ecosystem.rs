@@ -2,12 +2,12 @@
 
 use crate::add_with_browser;
 use crate::daemon_support::Daemon;
-use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::fake_oauth::OfflineRule;
 use crate::support::TestVault;
 
 #[test]
 fn exec_runs_a_command_with_the_token_in_its_environment() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "api").ok();
     let script = "printf %s \"$ACCESS_TOKEN\"; exit 7";
@@ -79,7 +79,7 @@ fn completions_load_in_bash_and_the_man_page_renders() {
 
 #[test]
 fn status_is_a_table_for_people_and_json_for_scripts() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "fine").ok();
     add_with_browser(&vault, &fake, "dead").ok();

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::fake_oauth::{CLIENT_ID, FakeOAuth, Fault, OfflineRule};
+use crate::fake_oauth::{CLIENT_ID, Fault, OfflineRule};
 use crate::support::{TestVault, random_key, write_private};
 use crate::{add_with_browser, browser_add_args};
 
@@ -15,7 +15,7 @@ fn assert_no_accounts(vault: &TestVault) {
 
 #[test]
 fn wrong_master_key_is_refused() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "a").ok();
     let mut command = vault.command(&["token", "a"]);
@@ -113,7 +113,7 @@ fn missing_vault_and_corrupt_database() {
 
 #[test]
 fn malformed_service_account_keys() {
-    let fake = FakeOAuth::start(OfflineRule::Google);
+    let fake = crate::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     let path = vault.root.path().join("sa.json");
     let cases = [
@@ -204,7 +204,7 @@ fn bad_arguments() {
 
 #[test]
 fn forged_state_denied_consent_and_busy_port() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     fake.configure(|b| b.forge_state = true);
     add_with_browser(&vault, &fake, "a").fails_with(1, "state did not match");
@@ -226,7 +226,7 @@ fn forged_state_denied_consent_and_busy_port() {
 
 #[test]
 fn no_redirect_times_out() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     let args = browser_add_args(&vault, &fake, "a", &["--timeout", "2"]);
     let mut command = vault.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -239,7 +239,7 @@ fn no_redirect_times_out() {
 
 #[test]
 fn garbage_or_html_from_the_token_endpoint() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     for fault in [Fault::Html, Fault::Garbage] {
         fake.inject(fault);
@@ -266,7 +266,7 @@ fn garbage_or_html_from_the_token_endpoint() {
 
 #[test]
 fn duplicate_account_names_are_refused_before_the_browser() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "dup").ok();
     let before = fake.counters(|c| c.token_requests);

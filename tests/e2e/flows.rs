@@ -1,12 +1,12 @@
 //! Every way to add an account, end to end through the binary.
 
-use crate::fake_oauth::{CLIENT_ID, FakeOAuth, Fault, OfflineRule, PUBLIC_CLIENT_ID};
+use crate::fake_oauth::{CLIENT_ID, Fault, OfflineRule, PUBLIC_CLIENT_ID};
 use crate::support::TestVault;
 use crate::{add_with_browser, client_secret_file, token};
 
 #[test]
 fn browser_login_with_discovery_then_tokens_from_cache_and_refresh() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     let run = add_with_browser(&vault, &fake, "work");
     run.ok();
@@ -49,7 +49,7 @@ fn browser_login_with_discovery_then_tokens_from_cache_and_refresh() {
 
 #[test]
 fn rotated_refresh_tokens_are_kept_and_the_grant_survives() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.rotate = true);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "rotating").ok();
@@ -67,7 +67,7 @@ fn rotated_refresh_tokens_are_kept_and_the_grant_survives() {
 
 #[test]
 fn google_style_offline_access_and_public_client() {
-    let fake = FakeOAuth::start(OfflineRule::Google);
+    let fake = crate::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     vault
         .run(&[
@@ -93,7 +93,7 @@ fn google_style_offline_access_and_public_client() {
 
 #[test]
 fn a_code_exchange_without_refresh_token_is_refused_with_the_fix() {
-    let fake = FakeOAuth::start(OfflineRule::Google);
+    let fake = crate::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     // Explicit URLs add no offline parameters, so this Google-like server issues no refresh token.
     let run = vault.run(&[
@@ -116,7 +116,7 @@ fn a_code_exchange_without_refresh_token_is_refused_with_the_fix() {
 
 #[test]
 fn device_flow() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     let secret = client_secret_file(&vault);
     let run = vault.run(&[
@@ -141,7 +141,7 @@ fn device_flow() {
 
 #[test]
 fn device_flow_honours_slow_down() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.device_slow_down_first = true);
     let vault = TestVault::new(Some(&fake));
     let run = vault.run(&[
@@ -167,7 +167,8 @@ fn device_flow_honours_slow_down() {
 
 #[test]
 fn service_account_jwt_bearer() {
-    let fake = FakeOAuth::start(OfflineRule::Google);
+    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    crate::fake_oauth::trust_fixture_service_account(&fake);
     let vault = TestVault::new(Some(&fake));
     let key =
         include_str!("../fixtures/service-account.json").replace("TOKEN_URI", &fake.token_url());
@@ -199,7 +200,7 @@ fn service_account_jwt_bearer() {
 
 #[test]
 fn client_credentials_with_post_auth() {
-    let fake = FakeOAuth::start(OfflineRule::Google);
+    let fake = crate::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     let secret = client_secret_file(&vault);
     vault
@@ -225,7 +226,7 @@ fn client_credentials_with_post_auth() {
 
 #[test]
 fn imported_refresh_token_is_proven_first() {
-    let fake = FakeOAuth::start(OfflineRule::Google);
+    let fake = crate::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     let refresh = fake.issue_refresh_token("email");
     vault
@@ -269,7 +270,7 @@ fn imported_refresh_token_is_proven_first() {
 
 #[test]
 fn revoked_grant_needs_login_then_recovers() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "mail").ok();
     fake.revoke_all();
@@ -303,7 +304,7 @@ fn revoked_grant_needs_login_then_recovers() {
 
 #[test]
 fn rejected_client_secret_is_a_client_error() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "acct").ok();
     fake.configure(|b| b.client_secret = "rotated-on-the-console".into());
@@ -320,7 +321,7 @@ fn rejected_client_secret_is_a_client_error() {
 
 #[test]
 fn upstream_outage_is_transient_and_a_valid_token_is_still_served() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "flaky").ok();
     fake.inject(Fault::Unavailable503);
@@ -340,7 +341,7 @@ fn upstream_outage_is_transient_and_a_valid_token_is_still_served() {
 
 #[test]
 fn outage_with_an_expired_token_says_try_later() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.access_lifetime = 0);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "down").ok();

@@ -43,7 +43,7 @@ fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn short_lived_tokens_are_refreshed_ahead_and_askers_never_wait() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.access_lifetime = 6);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "short").ok();
@@ -77,7 +77,7 @@ fn short_lived_tokens_are_refreshed_ahead_and_askers_never_wait() {
 
 #[test]
 fn a_revoked_grant_is_found_by_validation_and_alerted_once() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "mail").ok();
     let alerts = alerting_config(
@@ -127,7 +127,7 @@ fn a_revoked_grant_is_found_by_validation_and_alerted_once() {
 
 #[test]
 fn reuse_of_a_rotated_refresh_token_is_caught() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.rotate = true);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "rotated").ok();
@@ -154,7 +154,7 @@ fn reuse_of_a_rotated_refresh_token_is_caught() {
 
 #[test]
 fn a_rejected_client_secret_alerts_client_error() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "acct").ok();
     let alerts = alerting_config(
@@ -176,7 +176,7 @@ fn a_rejected_client_secret_alerts_client_error() {
 
 #[test]
 fn an_outage_is_degraded_then_recovered_never_revoked() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "flaky").ok();
     let alerts = alerting_config(
@@ -237,7 +237,7 @@ fn bad_config_refuses_to_start_with_line_and_reason() {
 
 #[test]
 fn a_restarted_daemon_serves_the_persisted_token_without_refreshing() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "kept").ok();
     let first = Daemon::start(&vault, &[]);
@@ -255,7 +255,7 @@ fn a_restarted_daemon_serves_the_persisted_token_without_refreshing() {
 
 #[test]
 fn an_account_can_have_its_own_refresh_margin_and_schedule() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.access_lifetime = 16);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "default-margin").ok();
@@ -295,7 +295,7 @@ fn an_account_can_have_its_own_refresh_margin_and_schedule() {
 
 #[test]
 fn vault_validate_proves_each_account_now() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "alive").ok();
     add_with_browser(&vault, &fake, "other").ok();

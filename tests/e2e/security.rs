@@ -1,12 +1,12 @@
 //! Secrets stay sealed: on disk, across rows, in every output.
 
-use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::fake_oauth::OfflineRule;
 use crate::support::TestVault;
 use crate::{add_with_browser, token};
 
 #[test]
 fn ciphertext_moved_to_another_account_fails_to_open() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "alice").ok();
     add_with_browser(&vault, &fake, "bob").ok();
@@ -31,7 +31,7 @@ fn ciphertext_moved_to_another_account_fails_to_open() {
 
 #[test]
 fn secret_kind_is_bound_too() {
-    let fake = FakeOAuth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "carol").ok();
     {
