@@ -44,6 +44,8 @@ pub struct BrowserOptions {
     /// 0 picks a free port.
     pub redirect_port: u16,
     pub timeout: Duration,
+    /// How the authorization URL reaches the user (`authcode::open_browser` for people).
+    pub opener: fn(&str),
 }
 
 pub struct NewAccount {
@@ -206,6 +208,7 @@ async fn browser_login(
         scopes,
         redirect_port: options.redirect_port,
         timeout: options.timeout,
+        opener: options.opener,
     };
     authcode::authorize(http, request).await
 }

@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod devprovider;
 pub mod enroll;
 pub mod error;

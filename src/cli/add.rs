@@ -32,6 +32,7 @@ impl BrowserArgs {
         BrowserOptions {
             redirect_port: self.redirect_port,
             timeout: Duration::from_secs(self.timeout),
+            opener: crate::oauth::authcode::open_browser,
         }
     }
 }

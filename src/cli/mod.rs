@@ -42,6 +42,12 @@ pub struct Cli {
 enum Command {
     /// Create a new vault (master key in the OS keyring, else a key file)
     Init,
+    /// See the whole token lifecycle in a minute: a throwaway vault and a built-in provider
+    Demo {
+        /// Keep the demo's directory (vault, key file, audit log) afterwards
+        #[arg(long)]
+        keep: bool,
+    },
     /// Add an account; it is stored only after the provider proves its credentials
     AddAccount(Box<add::AddArgs>),
     /// Authorize an account again (after its refresh token was revoked or expired)
@@ -82,6 +88,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     };
     match cli.command {
         Command::Init => init::run(&context),
+        Command::Demo { keep } => crate::demo::run(keep),
         Command::AddAccount(args) => add::run_add(&context, *args),
         Command::Login(args) => add::run_login(&context, args),
         Command::List => accounts::list(&context),

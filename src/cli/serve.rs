@@ -29,7 +29,12 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
         );
     };
     runtime
-        .block_on(server::serve(store, options, ready))
+        .block_on(server::serve(
+            store,
+            options,
+            ready,
+            server::shutdown_signal(),
+        ))
         .map_err(|err| match err {
             server::ServerError::Vault(err) => err,
             other => Error::Input(other.to_string()),

@@ -27,6 +27,8 @@ pub struct AuthorizationRequest<'a> {
     /// 0 picks a free port; a fixed port is for servers that register one.
     pub redirect_port: u16,
     pub timeout: Duration,
+    /// Shows the user the authorization URL: `open_browser`, or `vault demo`'s automatic consent.
+    pub opener: fn(&str),
 }
 
 type Callback = HashMap<String, String>;
@@ -65,7 +67,7 @@ pub async fn authorize(
             .await;
     });
 
-    open_browser(url.as_str());
+    (request.opener)(url.as_str());
     let callback = wait_for_redirect(receiver, request.timeout).await;
     let _ = stop.send(());
     // Let the browser's page finish loading; never hang on a client that keeps its connection.
@@ -143,7 +145,7 @@ async fn receive_redirect(
 
 /// Opens `url` with `$BROWSER` (the URL as its one argument), else xdg-open on a desktop. The URL
 /// is always printed too, on a line of its own, for a browser on another machine.
-fn open_browser(url: &str) {
+pub fn open_browser(url: &str) {
     eprintln!("Open this URL in a browser to authorize tokenvault:\n\n{url}\n");
     let opener = match std::env::var("BROWSER") {
         Ok(browser) if !browser.trim().is_empty() => Some(browser),

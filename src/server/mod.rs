@@ -67,12 +67,13 @@ pub fn default_socket_path() -> PathBuf {
     dir.join("vault.sock")
 }
 
-/// Serves until SIGTERM or SIGINT, then answers what is in flight and removes the socket.
+/// Serves until `shutdown` completes, then answers what is in flight and removes the socket.
 /// `ready` is told the socket and the number of accounts once the socket accepts.
 pub async fn serve(
     store: Store,
     options: ServeOptions,
     ready: impl FnOnce(&Path, usize),
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let owner_uid = rustix::process::geteuid().as_raw();
     let audit = Audit::start(store.dir()).map_err(|source| ServerError::Socket {
@@ -114,7 +115,7 @@ pub async fn serve(
         config.validation.schedule,
     ));
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -161,7 +162,8 @@ fn serve_connection(stream: UnixStream, tokens: &Arc<Tokens>, graceful: &Gracefu
     });
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT: how `vault serve` is stopped.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),

@@ -272,6 +272,10 @@ impl Tokens {
         slot: &Slot,
         need: Need,
     ) -> Result<Arc<CachedToken>, Failure> {
+        if slot.state() == AccountState::ReauthRequired {
+            // The grant is dead; its access tokens are likely revoked with it. Say so at once.
+            return Err(dead_grant(name, &*slot.flight.lock().await));
+        }
         if let Need::Valid { min_valid } = need
             && let Some(token) = slot.cached(min_valid)
         {
@@ -502,6 +506,20 @@ impl Tokens {
         }
         *table = next;
         Ok(())
+    }
+}
+
+/// The answer for an account whose grant is dead: the refresh's own message when this daemon
+/// found it, else the fix.
+fn dead_grant(name: &str, flight: &Flight) -> Failure {
+    match &flight.last {
+        Some(Err(failure)) if failure.error == "reauth_required" => failure.clone(),
+        _ => Failure {
+            status: 409,
+            error: "reauth_required",
+            message: format!("account {name:?} must be authorized again. Next: vault login {name}"),
+            retry_after: None,
+        },
     }
 }
 

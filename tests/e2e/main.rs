@@ -4,6 +4,7 @@
 mod crash;
 mod daemon;
 mod daemon_support;
+mod demo;
 mod ecosystem;
 mod errors;
 mod fake_oauth;
