@@ -113,10 +113,7 @@ fn run_in(work: &Path) -> Result<(), Error> {
     let outcome = runtime.block_on(async {
         tokio::select! {
             outcome = lifecycle(&mut steps, store, &provider, work, &vault_dir, &key_file) => outcome,
-            _ = tokio::signal::ctrl_c() => {
-                println!("\nInterrupted; cleaning up.");
-                Ok(())
-            }
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(2));

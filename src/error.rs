@@ -46,6 +46,8 @@ pub enum Error {
     Input(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("interrupted; everything the command created was removed")]
+    Interrupted,
     /// The daemon refused (`error` is its JSON error code); its message is the user-facing one.
     #[error("{message}")]
     Daemon {
@@ -62,6 +64,7 @@ impl Error {
             Error::ReauthRequired { .. } => 3,
             Error::ClientRejected { .. } | Error::Misconfigured { .. } => 4,
             Error::Unavailable { .. } => 5,
+            Error::Interrupted => 130,
             Error::Daemon { error, .. } => match error.as_str() {
                 "reauth_required" => 3,
                 "client_error" => 4,

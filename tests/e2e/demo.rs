@@ -48,3 +48,35 @@ fn the_demo_shows_the_whole_lifecycle_and_leaves_nothing_behind() {
     assert!(dir.to_string_lossy().contains("tokenvault-demo-"));
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
+
+#[test]
+fn ctrl_c_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    let vault = TestVault::uninitialized(None);
+    let mut command = vault.command(&["demo"]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let mut dir = None;
+    // The reader stays open until the demo has exited, so its output never meets a closed pipe.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(path) = line
+            .split_whitespace()
+            .find(|word| word.contains("tokenvault-demo-"))
+        {
+            dir.get_or_insert_with(|| std::path::PathBuf::from(path.trim_end_matches("/vault")));
+        }
+        if line.contains("6. Watching refresh ahead") {
+            break;
+        }
+    }
+    crate::daemon_support::signal(&child, rustix::process::Signal::INT);
+    lines.for_each(drop);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let dir = dir.unwrap();
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
