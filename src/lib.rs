@@ -22,6 +22,7 @@ pub mod refresher;
 pub mod scheduler;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod users;
 pub mod validator;

@@ -76,6 +76,12 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff)
     Man,
+    /// Write systemd user units for `vault serve` with socket activation
+    InstallService {
+        /// Where to write them [default: ~/.config/systemd/user]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
@@ -105,6 +111,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "vault", &mut std::io::stdout());
             Ok(())
         }
+        Command::InstallService { dir } => install_service(&context, dir),
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|err| Error::Input(format!("cannot write the manual page: {err}"))),
@@ -131,6 +138,30 @@ impl Context {
     fn open(&self) -> Result<Store, Error> {
         Ok(Store::open(&self.dir, self.key_override())?)
     }
+}
+
+fn install_service(context: &Context, dir: Option<PathBuf>) -> Result<(), Error> {
+    let dir = dir.unwrap_or_else(|| {
+        directories::BaseDirs::new()
+            .map(|base| base.config_dir().join("systemd/user"))
+            .unwrap_or_else(|| PathBuf::from(".config/systemd/user"))
+    });
+    let exe = std::env::current_exe()
+        .map_err(|err| Error::Internal(format!("cannot find this program's path: {err}")))?;
+    let vault_dir = (context.dir != default_vault_dir()).then_some(context.dir.as_path());
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| Error::Input(format!("cannot create {}: {err}", dir.display())))?;
+    for (name, text) in crate::service::unit_files(&exe, vault_dir) {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .map_err(|err| Error::Input(format!("cannot write {}: {err}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "Next: systemctl --user daemon-reload && systemctl --user enable --now {}",
+        crate::service::SOCKET_UNIT
+    );
+    Ok(())
 }
 
 fn default_vault_dir() -> PathBuf {

@@ -93,7 +93,13 @@ pub async fn serve(
         .map(crate::users::gid_of)
         .transpose()
         .map_err(ServerError::UnknownGroup)?;
-    let listener = bind(&options.socket, group).await?;
+    // Socket activation (systemd's LISTEN_FDS): the socket, its path and modes are the unit's.
+    let activated = activated_listener(&options.socket)?;
+    let owns_socket = activated.is_none();
+    let listener = match activated {
+        Some(listener) => listener,
+        None => bind(&options.socket, group).await?,
+    };
     ready(&options.socket, tokens.account_count());
 
     let reloader = tokio::spawn({
@@ -127,7 +133,9 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let _ = std::fs::remove_file(&options.socket);
+    if owns_socket {
+        let _ = std::fs::remove_file(&options.socket);
+    }
     for duty in [reloader, refresher, validator] {
         duty.abort();
     }
@@ -175,6 +183,20 @@ pub async fn shutdown_signal() {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
+}
+
+/// The listening socket systemd passed (LISTEN_FDS / LISTEN_PID), if any.
+fn activated_listener(socket: &Path) -> Result<Option<UnixListener>, ServerError> {
+    let mut passed = listenfd::ListenFd::from_env();
+    let Some(listener) = passed.take_unix_listener(0).map_err(socket_error(socket))? else {
+        return Ok(None);
+    };
+    listener
+        .set_nonblocking(true)
+        .map_err(socket_error(socket))?;
+    UnixListener::from_std(listener)
+        .map(Some)
+        .map_err(socket_error(socket))
 }
 
 fn socket_error(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {

@@ -127,3 +127,70 @@ fn status_is_a_table_for_people_and_json_for_scripts() {
         serde_json::from_str(&vault.run(&["status", "fine", "--json"]).stdout).unwrap();
     assert_eq!(one["validation_schedule"], "0 0 */6 * * *");
 }
+
+fn have(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn systemd_units_verify_and_socket_activation_serves() {
+    assert!(
+        have("systemd-analyze") && have("systemd-socket-activate"),
+        "systemd's tools are missing (.ci/run installs them)"
+    );
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "svc").ok();
+    let units = vault.root.path().join("units");
+    vault
+        .run(&["install-service", "--dir", units.to_str().unwrap()])
+        .ok();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.join("tokenvault.socket"))
+        .arg(units.join("tokenvault.service"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let service = std::fs::read_to_string(units.join("tokenvault.service")).unwrap();
+    assert!(
+        service.contains("serve") && service.contains("VAULT_DIR="),
+        "{service}"
+    );
+
+    // systemd-socket-activate owns the socket and starts `vault serve` at the first connection.
+    let socket = vault.root.path().join("activated.sock");
+    // It passes on only the environment named with -E.
+    let mut activate = vec!["systemd-socket-activate", "-l", socket.to_str().unwrap()];
+    for name in [
+        "VAULT_DIR",
+        "VAULT_MASTER_KEY",
+        "HOME",
+        "XDG_CONFIG_HOME",
+        "PATH",
+    ] {
+        activate.extend(["-E", name]);
+    }
+    let mut command = vault.command_via(&activate, &["serve"]);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut activator = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let answer = crate::daemon_support::get(&socket, "/v1/token/svc");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(fake.is_access_token(answer.json()["access_token"].as_str().unwrap()));
+    let _ = activator.kill();
+    let _ = activator.wait();
+}

@@ -86,7 +86,20 @@ impl TestVault {
     /// The `vault` command with a clean, isolated environment: no keyring, no desktop, a browser
     /// helper that follows the redirect like a user who approves.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vault"));
+        self.command_via(&[], args)
+    }
+
+    /// `prefix… vault args…`, e.g. under systemd-socket-activate, with the same environment.
+    pub fn command_via(&self, prefix: &[&str], args: &[&str]) -> Command {
+        let vault = env!("CARGO_BIN_EXE_vault");
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(vault);
+                command
+            }
+            None => Command::new(vault),
+        };
         let home = self.root.path().join("home");
         command
             .args(args)
