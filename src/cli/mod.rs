@@ -60,6 +60,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Run a command with a fresh access token in its environment (ACCESS_TOKEN by default)
     Exec(token::ExecArgs),
+    /// git credential helper: git config credential.helper "vault git-credential --account NAME"
+    GitCredential(token::GitCredentialArgs),
     /// Remove an account and its secrets
     Remove { name: String },
     /// Run the daemon: hand out access tokens over a Unix socket (foreground)
@@ -101,6 +103,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => accounts::status(&context, args),
         Command::Token(args) => token::run(&context, args),
         Command::Exec(args) => token::exec(&context, args),
+        Command::GitCredential(args) => token::git_credential(&context, args),
         Command::Remove { name } => accounts::remove(&context, &name),
         Command::Serve(args) => serve::run(&context, args),
         Command::Grant(args) => grant::run(&context, args, true),

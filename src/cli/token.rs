@@ -127,3 +127,36 @@ pub(super) fn exec(context: &Context, args: ExecArgs) -> Result<(), Error> {
         .exec();
     Err(Error::Input(format!("cannot run {program}: {err}")))
 }
+
+#[derive(Args)]
+pub(super) struct GitCredentialArgs {
+    /// The account whose access token git should use
+    #[arg(long)]
+    account: String,
+    /// The user name git sends with the token
+    #[arg(long, default_value = "oauth2")]
+    username: String,
+    /// get, store or erase (git passes it)
+    operation: String,
+}
+
+/// git's credential-helper protocol: `get` answers with the account's access token as the
+/// password; `store` and `erase` are no-ops, because the vault, not git, keeps credentials.
+pub(super) fn git_credential(context: &Context, args: GitCredentialArgs) -> Result<(), Error> {
+    if args.operation != "get" {
+        return Ok(());
+    }
+    // git sends protocol/host/path lines; the account is chosen by configuration, not by them.
+    let mut request = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut request);
+    let obtained = obtain(context, &args.account, 60, false)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "username={}\npassword={}",
+        args.username,
+        obtained.access_token.expose()
+    )
+    .and_then(|()| stdout.flush())
+    .map_err(|err| Error::Input(format!("cannot answer git: {err}")))
+}

@@ -194,3 +194,46 @@ fn systemd_units_verify_and_socket_activation_serves() {
     let _ = activator.kill();
     let _ = activator.wait();
 }
+
+#[test]
+fn git_asks_the_vault_for_credentials() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "forge").ok();
+    let _daemon = Daemon::start(&vault, &[]);
+    // The real git, with the helper configured the way README says.
+    let helper = format!(
+        "!{} git-credential --account forge",
+        env!("CARGO_BIN_EXE_vault")
+    );
+    let mut git = std::process::Command::new("git");
+    git.args([
+        "-c",
+        &format!("credential.helper={helper}"),
+        "credential",
+        "fill",
+    ]);
+    for (name, value) in vault.command(&[]).get_envs() {
+        if let Some(value) = value {
+            git.env(name, value);
+        }
+    }
+    git.env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = git.spawn().unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"protocol=https\nhost=git.example.com\n\n",
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{answer}");
+    let password = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("password="))
+        .unwrap();
+    assert!(fake.is_access_token(password), "{answer}");
+    assert!(answer.contains("username=oauth2"));
+}
