@@ -177,6 +177,7 @@ async fn lifecycle(
     let options = ServeOptions {
         socket: socket.clone(),
         socket_group: None,
+        metadata: None,
     };
     let daemon = tokio::spawn(server::serve(store, options, |_, _| {}, async {
         let _ = stopped.await;

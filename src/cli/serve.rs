@@ -9,6 +9,13 @@ pub(super) struct ServeArgs {
     /// Let this group connect: socket 0660 and its directory 0750 (grants still decide per account)
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
+    /// Also answer as a Compute Engine metadata server (for Google's client libraries) on this
+    /// loopback address, e.g. 127.0.0.1:8181
+    #[arg(long, value_name = "ADDR", requires = "metadata_account")]
+    metadata_addr: Option<std::net::SocketAddr>,
+    /// The account the metadata endpoint serves
+    #[arg(long, value_name = "NAME", requires = "metadata_addr")]
+    metadata_account: Option<String>,
 }
 
 pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
@@ -20,6 +27,7 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
     let options = ServeOptions {
         socket: context.socket.clone(),
         socket_group: args.socket_group,
+        metadata: args.metadata_addr.zip(args.metadata_account),
     };
     let ready = |socket: &std::path::Path, accounts: usize| {
         eprintln!(

@@ -1,6 +1,7 @@
 //! `vault serve`: the daemon that hands out access tokens over a Unix socket.
 
 mod api;
+mod metadata;
 pub mod tokens;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -43,6 +44,8 @@ pub enum ServerError {
     },
     #[error("--socket-group: {0}")]
     UnknownGroup(String),
+    #[error("{0}")]
+    Metadata(String),
     #[error("{0}. Fix the file and start again")]
     Config(crate::config::ConfigError),
     #[error(transparent)]
@@ -53,6 +56,8 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// Widen the socket (0660) and its directory (0750) to this group.
     pub socket_group: Option<String>,
+    /// Also answer as a Compute Engine metadata server for one account, on loopback TCP.
+    pub metadata: Option<(std::net::SocketAddr, String)>,
 }
 
 /// `$XDG_RUNTIME_DIR/tokenvault/vault.sock`, else a per-user directory under /tmp.
@@ -93,6 +98,10 @@ pub async fn serve(
         .map(crate::users::gid_of)
         .transpose()
         .map_err(ServerError::UnknownGroup)?;
+    let metadata = match &options.metadata {
+        Some((addr, account)) => Some(metadata_listener(&tokens, *addr, account).await?),
+        None => None,
+    };
     // Socket activation (systemd's LISTEN_FDS): the socket, its path and modes are the unit's.
     let activated = activated_listener(&options.socket)?;
     let owns_socket = activated.is_none();
@@ -129,6 +138,11 @@ pub async fn serve(
                 // Out of file descriptors and the like: keep serving the connections we have.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
+            accepted = accept_metadata(&metadata) => {
+                if let (Ok((stream, _)), Some((_, account))) = (accepted, &metadata) {
+                    serve_metadata_connection(stream, &tokens, account, &graceful);
+                }
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -158,16 +172,22 @@ fn serve_connection(stream: UnixStream, tokens: &Arc<Tokens>, graceful: &Gracefu
         let tokens = tokens.clone();
         async move { Ok::<_, std::convert::Infallible>(api::handle(request, peer, tokens).await) }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_BUFFER)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+    let connection = http1_builder().serve_connection(TokioIo::new(stream), service);
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         let _ = connection.await;
     });
+}
+
+/// HTTP/1.1 with keep-alive, a bounded request head and a deadline for it.
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUFFER)
+        .keep_alive(true);
+    builder
 }
 
 /// SIGTERM or SIGINT: how `vault serve` is stopped.
@@ -183,6 +203,66 @@ pub async fn shutdown_signal() {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
+}
+
+type MetadataListener = (tokio::net::TcpListener, Arc<metadata::MetadataAccount>);
+
+/// Binds the metadata endpoint: loopback only, and only for an account that exists.
+async fn metadata_listener(
+    tokens: &Tokens,
+    addr: std::net::SocketAddr,
+    account: &str,
+) -> Result<MetadataListener, ServerError> {
+    if !addr.ip().is_loopback() {
+        return Err(ServerError::Metadata(format!(
+            "--metadata-addr {addr} is not a loopback address; the metadata endpoint has no peer checks, use 127.0.0.1"
+        )));
+    }
+    let email = tokens.service_account_email(account).ok_or_else(|| {
+        ServerError::Metadata(format!("--metadata-account: no account named {account:?}"))
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| ServerError::Metadata(format!("cannot listen on {addr}: {err}")))?;
+    Ok((
+        listener,
+        Arc::new(metadata::MetadataAccount {
+            name: account.to_owned(),
+            email,
+        }),
+    ))
+}
+
+async fn accept_metadata(
+    metadata: &Option<MetadataListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match metadata {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn serve_metadata_connection(
+    stream: tokio::net::TcpStream,
+    tokens: &Arc<Tokens>,
+    account: &Arc<metadata::MetadataAccount>,
+    graceful: &GracefulShutdown,
+) {
+    let (tokens, account) = (tokens.clone(), account.clone());
+    let owner = tokens.owner();
+    let service = service_fn(move |request| {
+        let (tokens, account) = (tokens.clone(), account.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                metadata::handle(request, tokens, account, owner).await,
+            )
+        }
+    });
+    let connection = http1_builder().serve_connection(TokioIo::new(stream), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
 }
 
 /// The listening socket systemd passed (LISTEN_FDS / LISTEN_PID), if any.

@@ -160,6 +160,11 @@ impl Slot {
         }
     }
 
+    /// The configured scopes, space-separated.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
     /// The account's own refresh-ahead margin, if it has one.
     pub fn refresh_before(&self) -> Option<u64> {
         self.refresh_before
@@ -443,6 +448,22 @@ impl Tokens {
             to,
             reason,
         });
+    }
+
+    /// How the metadata endpoint names an account: its service-account email, else its name.
+    /// `None` when there is no such account. Reads the store; for start-up, not the hot path.
+    pub fn service_account_email(&self, name: &str) -> Option<String> {
+        let account = self.store.lock().ok()?.account(name).ok()?;
+        Some(account.config.service_account_email.unwrap_or(account.name))
+    }
+
+    /// The vault owner, as a peer (for listeners that carry no credentials).
+    pub fn owner(&self) -> Peer {
+        Peer {
+            uid: self.owner_uid,
+            gid: 0,
+            pid: None,
+        }
     }
 
     pub fn account_count(&self) -> usize {

@@ -237,3 +237,85 @@ fn git_asks_the_vault_for_credentials() {
     assert!(fake.is_access_token(password), "{answer}");
     assert!(answer.contains("username=oauth2"));
 }
+
+#[test]
+fn google_auth_gets_the_token_from_the_metadata_endpoint() {
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import google.auth, requests"])
+        .status();
+    assert!(
+        python.is_ok_and(|s| s.success()),
+        "python3 with google-auth and requests is missing (.ci/run installs them)"
+    );
+    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    crate::fake_oauth::trust_fixture_service_account(&fake);
+    let vault = TestVault::new(Some(&fake));
+    let key =
+        include_str!("../fixtures/service-account.json").replace("TOKEN_URI", &fake.token_url());
+    let key_path = vault.root.path().join("sa.json");
+    std::fs::write(&key_path, key).unwrap();
+    vault
+        .run(&[
+            "add-account",
+            "robot",
+            "--service-account",
+            key_path.to_str().unwrap(),
+            "--scope",
+            "https://www.googleapis.com/auth/cloud-platform",
+        ])
+        .ok();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _daemon = Daemon::start(
+        &vault,
+        &["--metadata-addr", &addr, "--metadata-account", "robot"],
+    );
+    let script = "import google.auth.compute_engine as ce, google.auth.transport.requests as r\n\
+                  from google.auth.compute_engine import _metadata\n\
+                  request = r.Request()\n\
+                  assert _metadata.ping(request), 'ping'\n\
+                  c = ce.Credentials()\n\
+                  c.refresh(request)\n\
+                  print(c.service_account_email)\n\
+                  print(c.token)\n";
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("GCE_METADATA_HOST", &addr)
+        .env("GCE_METADATA_IP", &addr)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("robot@tokenvault-tests.iam.gserviceaccount.com")
+    );
+    assert!(fake.is_access_token(lines.next().unwrap()), "{stdout}");
+    // Without the header, as a forged request from a browser would be: refused.
+    let refused = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!(
+            "http://{addr}/computeMetadata/v1/instance/service-accounts/default/token"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "403");
+    vault
+        .run(&[
+            "serve",
+            "--metadata-addr",
+            "0.0.0.0:1",
+            "--metadata-account",
+            "robot",
+        ])
+        .fails_with(1, "not a loopback address");
+}
