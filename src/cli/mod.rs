@@ -21,7 +21,7 @@ use crate::store::Store;
     name = "vault",
     version,
     about = "tokenvault: keeps OAuth client secrets, refresh tokens and service-account keys encrypted, and hands out short-lived access tokens",
-    after_help = "Exit codes: 0 ok, 1 error, 2 bad arguments, 3 re-authorization needed (vault login), 4 client or configuration rejected by the provider, 5 provider unavailable (try later), 6 master key missing or wrong."
+    after_help = "Exit codes: 0 ok, 1 error, 2 bad arguments, 3 re-authorization needed (vault login), 4 client or configuration rejected by the provider, 5 provider unavailable (try later), 6 master key missing or wrong, 130 interrupted."
 )]
 pub struct Cli {
     /// The vault directory [default: $XDG_DATA_HOME/tokenvault]
