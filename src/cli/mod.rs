@@ -78,6 +78,16 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff)
     Man,
+    /// Rotate the keys: a new master key (a new key file, or the OS keyring) and a new data key
+    /// re-sealing every secret, in one transaction
+    Rekey {
+        /// Put the new master key in this file (created 0600; must not exist yet)
+        #[arg(long = "new-key-file", value_name = "PATH", conflicts_with = "keyring")]
+        new_key_file: Option<PathBuf>,
+        /// Put the new master key in the OS keyring (when the vault's key is not there already)
+        #[arg(long, required_unless_present = "new_key_file")]
+        keyring: bool,
+    },
     /// Write systemd user units for `vault serve` with socket activation
     InstallService {
         /// Where to write them [default: ~/.config/systemd/user]
@@ -115,6 +125,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::InstallService { dir } => install_service(&context, dir),
+        Command::Rekey {
+            new_key_file,
+            keyring,
+        } => rekey(&context, new_key_file, keyring),
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|err| Error::Input(format!("cannot write the manual page: {err}"))),
@@ -141,6 +155,44 @@ impl Context {
     fn open(&self) -> Result<Store, Error> {
         Ok(Store::open(&self.dir, self.key_override())?)
     }
+}
+
+fn rekey(context: &Context, new_key_file: Option<PathBuf>, keyring: bool) -> Result<(), Error> {
+    let mut store = context.open()?;
+    let old = store.key_source().clone();
+    let new = match new_key_file {
+        // A new file, never the old one rewritten: until the commit the old key must keep working.
+        Some(path) if path.exists() => {
+            return Err(Error::Input(format!(
+                "{} exists; give a path for a new key file",
+                path.display()
+            )));
+        }
+        Some(path) => KeySource::File(std::path::absolute(&path).unwrap_or(path)),
+        None if keyring && old == KeySource::Keyring => {
+            return Err(Error::Input(
+                "the master key is in the OS keyring already; rekey to a --new-key-file".into(),
+            ));
+        }
+        None => KeySource::Keyring,
+    };
+    store.rekey(new.clone())?;
+    println!(
+        "Rekeyed: every secret is re-sealed with a new data key, wrapped by the master key in {}.",
+        new.describe()
+    );
+    match old {
+        KeySource::File(path) => println!(
+            "The old key file {} no longer opens the vault; delete it.",
+            path.display()
+        ),
+        KeySource::Keyring => keys::forget_keyring_entry(&store.vault_id()?),
+        KeySource::Env => println!(
+            "Unset VAULT_MASTER_KEY: the vault now uses {}.",
+            new.describe()
+        ),
+    }
+    Ok(())
 }
 
 fn install_service(context: &Context, dir: Option<PathBuf>) -> Result<(), Error> {

@@ -473,6 +473,79 @@ impl Store {
         Ok(summaries)
     }
 
+    /// The vault's random id (names its keyring entry and binds the wrapped data key).
+    pub fn vault_id(&self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'vault_id'", [], |row| {
+                row.get(0)
+            })?)
+    }
+
+    /// Rotates the keys: a new data key (next version) re-seals every secret, wrapped by the new
+    /// master key from `new_source`, all in one transaction. Until it commits, the old master key
+    /// keeps working; a crash leaves the vault as it was.
+    pub fn rekey(&mut self, new_source: KeySource) -> Result<(), StoreError> {
+        let vault_id = self.vault_id()?;
+        let new_master = new_source.load_or_create(&vault_id)?;
+        let new_version = self.key_version + 1;
+        let new_data = crypto::random_bytes::<KEY_LEN>()?;
+        let new_key = Key::from_bytes(&new_data);
+        let wrapped = Key::from_bytes(&new_master).seal(
+            new_data.expose(),
+            wrap_aad(&vault_id, new_version).as_bytes(),
+        )?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, String, i64, Vec<u8>)> = {
+            let mut stmt =
+                tx.prepare("SELECT account_id, kind, key_version, sealed FROM secrets")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (account_id, kind, version, sealed) in rows {
+            let plain = self
+                .data_key
+                .open(
+                    &sealed,
+                    secret_aad_text(account_id, &kind, version).as_bytes(),
+                )
+                .map_err(|_| StoreError::SecretTampered {
+                    account: format!("id {account_id}"),
+                    kind: "secret",
+                })?;
+            let resealed = new_key.seal(
+                plain.expose(),
+                secret_aad_text(account_id, &kind, new_version).as_bytes(),
+            )?;
+            tx.execute(
+                "UPDATE secrets SET key_version = ?3, sealed = ?4 WHERE account_id = ?1 AND kind = ?2",
+                params![account_id, kind, new_version, resealed],
+            )?;
+        }
+        for (key, value) in [
+            (
+                "key_source",
+                rusqlite::types::Value::Text(new_source.to_record()),
+            ),
+            ("key_version", rusqlite::types::Value::Integer(new_version)),
+            ("wrapped_data_key", rusqlite::types::Value::Blob(wrapped)),
+        ] {
+            tx.execute(
+                "UPDATE meta SET value = ?2 WHERE key = ?1",
+                params![key, value],
+            )?;
+        }
+        tx.commit()?;
+        self.data_key = new_key;
+        self.key_version = new_version;
+        self.key_source = new_source;
+        Ok(())
+    }
+
     /// Changes whenever another connection (another `vault` process) commits to the vault.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -614,10 +687,11 @@ fn log_event(
 }
 
 fn secret_aad(account_id: i64, kind: SecretKind, key_version: i64) -> String {
-    format!(
-        "tokenvault secret|account={account_id}|kind={}|key={key_version}",
-        kind.as_str()
-    )
+    secret_aad_text(account_id, kind.as_str(), key_version)
+}
+
+fn secret_aad_text(account_id: i64, kind: &str, key_version: i64) -> String {
+    format!("tokenvault secret|account={account_id}|kind={kind}|key={key_version}")
 }
 
 fn wrap_aad(vault_id: &str, key_version: i64) -> String {

@@ -56,3 +56,59 @@ fn vault_files_are_private() {
     let mode = std::fs::metadata(&vault.dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn rekey_reseals_everything_under_a_new_master_key() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::uninitialized(Some(&fake));
+    let old_key = vault.root.path().join("old.key");
+    let new_key = vault.root.path().join("new.key");
+    let with_key = |key: &std::path::Path, args: &[&str]| {
+        let mut command = vault.command(&[&["--key-file", key.to_str().unwrap()], args].concat());
+        command.env_remove("VAULT_MASTER_KEY");
+        vault.run_command(command, None)
+    };
+    with_key(&old_key, &["init"]).ok();
+    let secret = crate::client_secret_file(&vault);
+    let mut add = vault.command(&[
+        "--key-file",
+        old_key.to_str().unwrap(),
+        "add-account",
+        "acct",
+        "--issuer",
+        &fake.base,
+        "--client-id",
+        crate::fake_oauth::CLIENT_ID,
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--timeout",
+        "30",
+    ]);
+    add.env_remove("VAULT_MASTER_KEY");
+    vault.run_command(add, None).ok();
+    let before = std::fs::read(vault.db_path()).unwrap();
+
+    with_key(
+        &old_key,
+        &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+    )
+    .ok();
+    with_key(
+        &old_key,
+        &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+    )
+    .fails_with(6, "does not open this vault");
+    // The vault records its new key file; the secrets open with it, refresh works.
+    let mut run = vault.command(&["token", "acct", "--no-daemon", "--min-valid", "7200"]);
+    run.env_remove("VAULT_MASTER_KEY");
+    let token = vault.run_command(run, None);
+    token.ok();
+    assert!(fake.is_access_token(token.stdout.trim()));
+    assert_ne!(std::fs::read(vault.db_path()).unwrap(), before);
+    with_key(
+        &new_key,
+        &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+    )
+    .fails_with(1, "exists");
+    vault.assert_no_plaintext_on_disk();
+}
