@@ -248,12 +248,8 @@ fn google_auth_gets_the_token_from_the_metadata_endpoint() {
         "python3 with google-auth and requests is missing (.ci/run installs them)"
     );
     let fake = crate::fake_oauth::start(OfflineRule::Google);
-    crate::fake_oauth::trust_fixture_service_account(&fake);
     let vault = TestVault::new(Some(&fake));
-    let key =
-        include_str!("../fixtures/service-account.json").replace("TOKEN_URI", &fake.token_url());
-    let key_path = vault.root.path().join("sa.json");
-    std::fs::write(&key_path, key).unwrap();
+    let key_path = crate::service_account_key_file(&vault, &fake);
     vault
         .run(&[
             "add-account",

@@ -168,12 +168,8 @@ fn device_flow_honours_slow_down() {
 #[test]
 fn service_account_jwt_bearer() {
     let fake = crate::fake_oauth::start(OfflineRule::Google);
-    crate::fake_oauth::trust_fixture_service_account(&fake);
     let vault = TestVault::new(Some(&fake));
-    let key =
-        include_str!("../fixtures/service-account.json").replace("TOKEN_URI", &fake.token_url());
-    let key_path = vault.root.path().join("sa.json");
-    std::fs::write(&key_path, key).unwrap();
+    let key_path = crate::service_account_key_file(&vault, &fake);
     let run = vault.run(&[
         "add-account",
         "robot",

@@ -57,6 +57,16 @@ fn add_with_browser(vault: &TestVault, fake: &FakeOAuth, name: &str) -> Run {
     vault.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// The service-account fixture, pointed at `fake` (which is told to trust it), written to a file.
+fn service_account_key_file(vault: &TestVault, fake: &FakeOAuth) -> PathBuf {
+    fake_oauth::trust_fixture_service_account(fake);
+    let key =
+        include_str!("../fixtures/service-account.json").replace("TOKEN_URI", &fake.token_url());
+    let path = vault.root.path().join("sa.json");
+    std::fs::write(&path, key).unwrap();
+    path
+}
+
 /// The access token `vault token` prints, checked to be one the server issued.
 fn token(vault: &TestVault, fake: &FakeOAuth, args: &[&str]) -> String {
     let run = vault.run(&[&["token"], args].concat());
