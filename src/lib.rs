@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod alert;
+pub mod archive;
 pub mod audit;
 pub mod cli;
 pub mod client;

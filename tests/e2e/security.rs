@@ -112,3 +112,126 @@ fn rekey_reseals_everything_under_a_new_master_key() {
     .fails_with(1, "exists");
     vault.assert_no_plaintext_on_disk();
 }
+
+#[test]
+fn export_and_import_round_trip_and_refuse_bad_archives() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let source = TestVault::new(Some(&fake));
+    add_with_browser(&source, &fake, "mail").ok();
+    source
+        .run(&["schedule", "mail", "--refresh-before", "120"])
+        .ok();
+    let passphrase = source.root.path().join("passphrase");
+    crate::support::write_private(&passphrase, "correct horse battery staple\n");
+    let archive = source.root.path().join("backup.tvx");
+    let pass = passphrase.to_str().unwrap();
+    source
+        .run(&[
+            "export",
+            archive.to_str().unwrap(),
+            "--passphrase-file",
+            pass,
+        ])
+        .ok();
+    source
+        .run(&[
+            "export",
+            archive.to_str().unwrap(),
+            "--passphrase-file",
+            pass,
+        ])
+        .fails_with(1, "must not exist");
+    let bytes = std::fs::read(&archive).unwrap();
+    for secret in source.all_planted() {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "plaintext in the archive"
+        );
+    }
+
+    // Into a new vault: the account works there, refreshes included.
+    let target = TestVault::new(Some(&fake));
+    let run = target.run(&[
+        "import",
+        archive.to_str().unwrap(),
+        "--passphrase-file",
+        pass,
+    ]);
+    run.ok();
+    assert!(
+        run.stdout.contains("Imported 1 account(s): mail"),
+        "{}",
+        run.stdout
+    );
+    crate::token(
+        &target,
+        &fake,
+        &["mail", "--no-daemon", "--min-valid", "7200"],
+    );
+    assert!(
+        target
+            .run(&["status", "mail"])
+            .stdout
+            .contains("120 s before expiry")
+    );
+    target.assert_no_plaintext_on_disk();
+
+    // The same names again: nothing imported.
+    target
+        .run(&[
+            "import",
+            archive.to_str().unwrap(),
+            "--passphrase-file",
+            pass,
+        ])
+        .fails_with(1, "already has account(s) mail");
+
+    let other = TestVault::new(Some(&fake));
+    let wrong = other.root.path().join("wrong");
+    crate::support::write_private(&wrong, "not the right passphrase\n");
+    other
+        .run(&[
+            "import",
+            archive.to_str().unwrap(),
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+        ])
+        .fails_with(1, "wrong passphrase");
+    let truncated = other.root.path().join("truncated.tvx");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    other
+        .run(&[
+            "import",
+            truncated.to_str().unwrap(),
+            "--passphrase-file",
+            pass,
+        ])
+        .fails_with(1, "damaged");
+    let mut tampered = bytes.clone();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered_file = other.root.path().join("tampered.tvx");
+    std::fs::write(&tampered_file, &tampered).unwrap();
+    other
+        .run(&[
+            "import",
+            tampered_file.to_str().unwrap(),
+            "--passphrase-file",
+            pass,
+        ])
+        .fails_with(1, "altered");
+    let short = other.root.path().join("short");
+    crate::support::write_private(&short, "short\n");
+    other
+        .run(&[
+            "export",
+            "/tmp/never-written.tvx",
+            "--passphrase-file",
+            short.to_str().unwrap(),
+        ])
+        .fails_with(1, "12 characters");
+    assert!(
+        other.run(&["list"]).stdout.contains("No accounts"),
+        "nothing was half-imported"
+    );
+}

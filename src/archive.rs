@@ -1,0 +1,192 @@
+//! `vault export` / `vault import`: every account, its settings and its secrets, in one file sealed
+//! with a key derived from a passphrase (PBKDF2-HMAC-SHA256, ring), never in plaintext.
+
+use std::num::NonZeroU32;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+use crate::account::{AccountConfig, SecretKind};
+use crate::crypto::{self, KEY_LEN, Key};
+use crate::error::Error;
+use crate::secret::{Secret, SecretString};
+use crate::store::{Store, StoreError, TokenUpdate};
+
+const FORMAT: &str = "tokenvault-export";
+const ITERATIONS: u32 = 600_000;
+const AAD: &[u8] = b"tokenvault export v1";
+const SECRET_KINDS: [SecretKind; 4] = [
+    SecretKind::RefreshToken,
+    SecretKind::ClientSecret,
+    SecretKind::ServiceAccountKey,
+    SecretKind::AccessToken,
+];
+
+/// The file: public parameters and the sealed payload.
+#[derive(Serialize, Deserialize)]
+struct Archive {
+    format: String,
+    version: u32,
+    kdf: String,
+    iterations: u32,
+    salt: String,
+    sealed: String,
+}
+
+/// What is sealed: the accounts with their secrets in plaintext (inside the seal only).
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    accounts: Vec<ExportedAccount>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExportedAccount {
+    name: String,
+    config: AccountConfig,
+    access_expires_at: Option<i64>,
+    refresh_expires_at: Option<i64>,
+    validation_schedule: Option<String>,
+    refresh_before: Option<u64>,
+    /// Secret kind → value.
+    secrets: Vec<(String, String)>,
+}
+
+impl Drop for ExportedAccount {
+    fn drop(&mut self) {
+        for (_, value) in &mut self.secrets {
+            zeroize::Zeroize::zeroize(value);
+        }
+    }
+}
+
+fn derive(passphrase: &SecretString, salt: &[u8], iterations: u32) -> Result<Key, Error> {
+    let iterations =
+        NonZeroU32::new(iterations).ok_or_else(|| Error::Input("the archive is damaged".into()))?;
+    let mut bytes = [0u8; KEY_LEN];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        passphrase.expose().as_bytes(),
+        &mut bytes,
+    );
+    Ok(Key::from_bytes(&Secret::new(bytes)))
+}
+
+/// The archive's bytes for every account of `store`.
+pub fn export(store: &Store, passphrase: &SecretString) -> Result<(Vec<u8>, usize), Error> {
+    let mut accounts = Vec::new();
+    for account in store.accounts()? {
+        let mut secrets = Vec::new();
+        for kind in SECRET_KINDS {
+            if let Some(value) = store.secret(&account, kind)? {
+                secrets.push((kind.as_str().to_owned(), value.expose().clone()));
+            }
+        }
+        accounts.push(ExportedAccount {
+            name: account.name,
+            config: account.config,
+            access_expires_at: account.access_expires_at,
+            refresh_expires_at: account.refresh_expires_at,
+            validation_schedule: account.validation_schedule,
+            refresh_before: account.refresh_before,
+            secrets,
+        });
+    }
+    let count = accounts.len();
+    let payload = Payload { accounts };
+    let plain =
+        Secret::new(serde_json::to_vec(&payload).map_err(|err| Error::Internal(err.to_string()))?);
+    drop(payload);
+    let salt = crypto::random_bytes::<16>().map_err(StoreError::from)?;
+    let sealed = derive(passphrase, salt.expose(), ITERATIONS)?
+        .seal(plain.expose(), AAD)
+        .map_err(StoreError::from)?;
+    let archive = Archive {
+        format: FORMAT.into(),
+        version: 1,
+        kdf: "pbkdf2-hmac-sha256".into(),
+        iterations: ITERATIONS,
+        salt: STANDARD.encode(salt.expose()),
+        sealed: STANDARD.encode(sealed),
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&archive).map_err(|err| Error::Internal(err.to_string()))?;
+    Ok((bytes, count))
+}
+
+/// Adds the archive's accounts to `store`: all of them, or none when a name is taken.
+pub fn import(
+    store: &mut Store,
+    bytes: &[u8],
+    passphrase: &SecretString,
+) -> Result<Vec<String>, Error> {
+    let damaged = || {
+        Error::Input(
+            "this is not a tokenvault export, or it is damaged (truncated or altered)".into(),
+        )
+    };
+    let archive: Archive = serde_json::from_slice(bytes).map_err(|_| damaged())?;
+    if archive.format != FORMAT || archive.version != 1 || archive.kdf != "pbkdf2-hmac-sha256" {
+        return Err(damaged());
+    }
+    let salt = STANDARD.decode(&archive.salt).map_err(|_| damaged())?;
+    let sealed = STANDARD.decode(&archive.sealed).map_err(|_| damaged())?;
+    let plain = derive(passphrase, &salt, archive.iterations)?
+        .open(&sealed, AAD)
+        .map_err(|_| {
+            Error::Input(
+                "wrong passphrase, or the archive was altered; nothing was imported".into(),
+            )
+        })?;
+    let payload: Payload = serde_json::from_slice(plain.expose()).map_err(|_| damaged())?;
+    let taken: Vec<&str> = payload
+        .accounts
+        .iter()
+        .filter(|account| store.account(&account.name).is_ok())
+        .map(|account| account.name.as_str())
+        .collect();
+    if !taken.is_empty() {
+        return Err(Error::Input(format!(
+            "the vault already has account(s) {}; nothing was imported. Remove them first, or import into another vault",
+            taken.join(", ")
+        )));
+    }
+    let mut names = Vec::new();
+    for account in payload.accounts {
+        let secret = |kind: SecretKind| {
+            account
+                .secrets
+                .iter()
+                .find(|(k, _)| k == kind.as_str())
+                .map(|(_, v)| SecretString::from(v.clone()))
+        };
+        let access =
+            secret(SecretKind::AccessToken).unwrap_or_else(|| SecretString::from(String::new()));
+        let long_lived: Vec<(SecretKind, SecretString)> = [
+            SecretKind::RefreshToken,
+            SecretKind::ClientSecret,
+            SecretKind::ServiceAccountKey,
+        ]
+        .into_iter()
+        .filter_map(|kind| secret(kind).map(|value| (kind, value)))
+        .collect();
+        let refs: Vec<(SecretKind, &SecretString)> = long_lived
+            .iter()
+            .map(|(kind, value)| (*kind, value))
+            .collect();
+        let update = TokenUpdate {
+            access_token: &access,
+            access_expires_at: account.access_expires_at.filter(|_| !access.is_empty()),
+            new_refresh_token: None,
+            refresh_expires_at: account.refresh_expires_at,
+            validated: false,
+        };
+        store.insert_account(&account.name, &account.config, &refs, &update)?;
+        store.set_validation_schedule(&account.name, account.validation_schedule.as_deref())?;
+        store.set_refresh_before(&account.name, account.refresh_before)?;
+        names.push(account.name.clone());
+    }
+    Ok(names)
+}
