@@ -141,6 +141,9 @@ pub fn import(
             )
         })?;
     let payload: Payload = serde_json::from_slice(plain.expose()).map_err(|_| damaged())?;
+    for account in &payload.accounts {
+        crate::account::validate_name(&account.name).map_err(Error::Input)?;
+    }
     let taken: Vec<&str> = payload
         .accounts
         .iter()

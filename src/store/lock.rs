@@ -16,6 +16,10 @@ pub struct AccountLock {
 
 impl AccountLock {
     pub fn acquire(vault_dir: &Path, name: &str) -> Result<AccountLock, StoreError> {
+        // The name becomes a file name: no account can have a name that escapes the directory.
+        if crate::account::validate_name(name).is_err() {
+            return Err(StoreError::NoSuchAccount(name.to_owned()));
+        }
         let dir = vault_dir.join("locks");
         create_private_dir(&dir)?;
         let path = dir.join(format!("{name}.lock"));

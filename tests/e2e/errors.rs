@@ -275,3 +275,16 @@ fn duplicate_account_names_are_refused_before_the_browser() {
     vault.run(&["remove", "dup"]).ok();
     assert_no_accounts(&vault);
 }
+
+#[test]
+fn account_names_never_escape_the_vault_directory() {
+    let vault = TestVault::new(None);
+    vault
+        .run(&["token", "../../escaped", "--no-daemon"])
+        .fails_with(1, "no account named");
+    vault
+        .run(&["remove", "../escaped"])
+        .fails_with(1, "no account named");
+    assert!(!vault.root.path().join("escaped.lock").exists());
+    assert!(!vault.dir.join("escaped.lock").exists());
+}
