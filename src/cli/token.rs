@@ -12,6 +12,7 @@ use crate::refresh::{self, Need};
 use crate::secret::SecretString;
 
 #[derive(Args)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct TokenArgs {
     name: String,
     /// The token must stay valid at least this many seconds, else it is refreshed first

@@ -365,3 +365,29 @@ fn sigterm_answers_requests_in_flight() {
     );
     assert!(fake.is_access_token(answer.json()["access_token"].as_str().unwrap()));
 }
+
+/// `vault token` runs on every send of a mail client; each shared library it loads costs a
+/// measurable part of the call (libm.so alone ~75 µs, see src/main.rs). A new dependency that
+/// pulls one in fails here rather than silently in the benchmark.
+#[test]
+fn vault_loads_no_shared_library_beyond_libc() {
+    let output = std::process::Command::new("readelf")
+        .args(["--dynamic", "--wide", env!("CARGO_BIN_EXE_vault")])
+        .output()
+        .expect("readelf (binutils) runs");
+    let dynamic = String::from_utf8_lossy(&output.stdout);
+    let needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|line| line.contains("(NEEDED)"))
+        .filter_map(|line| line.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(!needed.is_empty(), "no NEEDED entries read: {dynamic}");
+    for library in &needed {
+        assert!(
+            ["libc.so", "libgcc_s.so", "ld-linux"]
+                .iter()
+                .any(|allowed| library.starts_with(allowed)),
+            "vault now needs {library}: {needed:?}"
+        );
+    }
+}
