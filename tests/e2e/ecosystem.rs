@@ -128,7 +128,7 @@ fn status_is_a_table_for_people_and_json_for_scripts() {
     assert_eq!(one["validation_schedule"], "0 0 */6 * * *");
 }
 
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {program}"))
@@ -206,18 +206,13 @@ fn git_asks_the_vault_for_credentials() {
         "!{} git-credential --account forge",
         env!("CARGO_BIN_EXE_vault")
     );
-    let mut git = std::process::Command::new("git");
+    let mut git = vault.program("git");
     git.args([
         "-c",
         &format!("credential.helper={helper}"),
         "credential",
         "fill",
     ]);
-    for (name, value) in vault.command(&[]).get_envs() {
-        if let Some(value) = value {
-            git.env(name, value);
-        }
-    }
     git.env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
@@ -314,51 +309,4 @@ fn google_auth_gets_the_token_from_the_metadata_endpoint() {
             "robot",
         ])
         .fails_with(1, "not a loopback address");
-}
-
-/// README's msmtp recipe, with this test's `vault`.
-fn msmtp_config(vault: &TestVault, account: &str) -> std::path::PathBuf {
-    let config = format!(
-        "account gmail\nhost smtp.gmail.com\nport 587\ntls on\nauth oauthbearer\nuser me@example.com\nfrom me@example.com\npasswordeval \"{} token {account}\"\naccount default : gmail\n",
-        env!("CARGO_BIN_EXE_vault")
-    );
-    let path = vault.root.path().join("msmtprc");
-    crate::support::write_private(&path, &config);
-    path
-}
-
-#[test]
-fn msmtp_takes_its_password_from_vault_token() {
-    assert!(have("msmtp"), "msmtp is missing (.ci/run installs it)");
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
-    let _daemon = Daemon::start(&vault, &[]);
-    let pretend = |config: &std::path::Path| {
-        let mut msmtp = std::process::Command::new("msmtp");
-        msmtp
-            .arg(format!("--file={}", config.display()))
-            .arg("--pretend");
-        for (name, value) in vault.command(&[]).get_envs() {
-            if let Some(value) = value {
-                msmtp.env(name, value);
-            }
-        }
-        msmtp.output().unwrap()
-    };
-    // --pretend parses the configuration and runs passwordeval, without sending anything.
-    let output = pretend(&msmtp_config(&vault, "mail"));
-    let shown = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{shown}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        shown.contains("auth = OAUTHBEARER") && shown.contains("password = *"),
-        "{shown}"
-    );
-    // When vault cannot give a token, msmtp stops instead of sending with a wrong password.
-    let output = pretend(&msmtp_config(&vault, "no-such-account"));
-    assert!(!output.status.success());
 }

@@ -7,9 +7,11 @@ mod daemon_support;
 mod demo;
 mod ecosystem;
 mod errors;
+mod fake_mail;
 mod fake_oauth;
 mod flows;
 mod lifecycle;
+mod mail;
 mod security;
 mod support;
 

@@ -94,15 +94,22 @@ impl TestVault {
         let vault = env!("CARGO_BIN_EXE_vault");
         let mut command = match prefix.split_first() {
             Some((program, rest)) => {
-                let mut command = Command::new(program);
+                let mut command = self.program(program);
                 command.args(rest).arg(vault);
                 command
             }
-            None => Command::new(vault),
+            None => self.program(vault),
         };
-        let home = self.root.path().join("home");
+        command.args(args);
         command
-            .args(args)
+    }
+
+    /// Another program (git, msmtp, mbsync…) in the environment `vault` runs in here, so that
+    /// the `vault token` it runs finds this vault and its daemon.
+    pub fn program(&self, program: &str) -> Command {
+        let home = self.root.path().join("home");
+        let mut command = Command::new(program);
+        command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &home)

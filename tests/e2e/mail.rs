@@ -1,0 +1,231 @@
+//! The mail recipes in README, run with the real programs against the fake SMTP/IMAP servers:
+//! msmtp (`passwordeval`), git send-email (through msmtp) and mbsync (`PassCmd`) log in with
+//! XOAUTH2 or OAUTHBEARER using the access token `vault token` printed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use crate::add_with_browser;
+use crate::daemon_support::Daemon;
+use crate::ecosystem::have;
+use crate::fake_mail::{self, FakeMail, Protocol};
+use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::support::TestVault;
+
+/// A vault with the account `mail` and its daemon, the way a user runs it.
+fn mail_vault(fake: &FakeOAuth) -> (TestVault, Daemon) {
+    let vault = TestVault::new(Some(fake));
+    add_with_browser(&vault, fake, "mail").ok();
+    let daemon = Daemon::start(&vault, &[]);
+    (vault, daemon)
+}
+
+/// Where msmtp sends: Gmail as in README, or the local fake server (no TLS on loopback).
+enum SmtpServer {
+    Gmail,
+    Local(u16),
+}
+
+/// README's msmtp account for `account`, with `auth` (oauthbearer or xoauth2).
+fn msmtp_config(vault: &TestVault, account: &str, server: SmtpServer, auth: &str) -> PathBuf {
+    let endpoint = match server {
+        SmtpServer::Gmail => "host smtp.gmail.com\nport 587\ntls on".to_owned(),
+        SmtpServer::Local(port) => format!("host 127.0.0.1\nport {port}\ntls off"),
+    };
+    let config = format!(
+        "account gmail\n{endpoint}\nauth {auth}\nuser me@example.com\nfrom me@example.com\npasswordeval \"{} token {account}\"\naccount default : gmail\n",
+        env!("CARGO_BIN_EXE_vault")
+    );
+    let path = vault.root.path().join(format!("msmtprc-{account}-{auth}"));
+    crate::support::write_private(&path, &config);
+    path
+}
+
+fn run_with_input(mut command: std::process::Command, input: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn assert_ran(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every bearer the server saw was issued by the provider, and there were `logins` of them.
+fn assert_logged_in_with_vault_tokens(server: &FakeMail, fake: &FakeOAuth, logins: usize) {
+    server.seen(|seen| {
+        assert_eq!(seen.logins, logins, "bearers seen: {}", seen.bearers.len());
+        assert!(seen.bearers.iter().all(|token| fake.is_access_token(token)));
+    });
+}
+
+#[test]
+fn msmtp_parses_the_readme_recipe_and_runs_passwordeval() {
+    assert!(have("msmtp"), "msmtp is missing (.ci/run installs it)");
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (vault, _daemon) = mail_vault(&fake);
+    let pretend = |config: &Path| {
+        let mut msmtp = vault.program("msmtp");
+        msmtp
+            .arg(format!("--file={}", config.display()))
+            .arg("--pretend");
+        msmtp.output().unwrap()
+    };
+    // --pretend parses the configuration and runs passwordeval, without sending anything.
+    let output = pretend(&msmtp_config(
+        &vault,
+        "mail",
+        SmtpServer::Gmail,
+        "oauthbearer",
+    ));
+    assert_ran(&output);
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        shown.contains("auth = OAUTHBEARER") && shown.contains("password = *"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn msmtp_sends_with_the_vaults_token_over_xoauth2_and_oauthbearer() {
+    assert!(have("msmtp"), "msmtp is missing (.ci/run installs it)");
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (vault, _daemon) = mail_vault(&fake);
+    let server = fake_mail::start(Protocol::Smtp, &fake);
+    for auth in ["xoauth2", "oauthbearer"] {
+        let config = msmtp_config(&vault, "mail", SmtpServer::Local(server.port), auth);
+        let mut msmtp = vault.program("msmtp");
+        msmtp
+            .arg(format!("--file={}", config.display()))
+            .arg("you@example.com");
+        assert_ran(&run_with_input(msmtp, "Subject: hello\n\nsent by msmtp\n"));
+    }
+    assert_logged_in_with_vault_tokens(&server, &fake, 2);
+    server.seen(|seen| assert_eq!(seen.messages.len(), 2));
+
+    // When vault cannot give a token, msmtp stops instead of sending with a wrong password.
+    let config = msmtp_config(
+        &vault,
+        "no-such-account",
+        SmtpServer::Local(server.port),
+        "xoauth2",
+    );
+    let mut msmtp = vault.program("msmtp");
+    msmtp
+        .arg(format!("--file={}", config.display()))
+        .arg("you@example.com");
+    let output = run_with_input(msmtp, "Subject: lost\n\nnever sent\n");
+    assert!(!output.status.success());
+    server.seen(|seen| assert_eq!(seen.messages.len(), 2));
+}
+
+#[test]
+fn git_send_email_sends_a_patch_through_msmtp() {
+    assert!(have("msmtp"), "msmtp is missing (.ci/run installs it)");
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (vault, _daemon) = mail_vault(&fake);
+    let server = fake_mail::start(Protocol::Smtp, &fake);
+    let config = msmtp_config(&vault, "mail", SmtpServer::Local(server.port), "xoauth2");
+    let repo = vault.root.path().join("repo");
+    let git = |args: &[&str]| {
+        let mut git = vault.program("git");
+        git.current_dir(&repo)
+            .args(["-c", "user.name=Test", "-c", "user.email=me@example.com"])
+            .args(args);
+        git.output().unwrap()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    assert_ran(&git(&["init", "--quiet"]));
+    assert_ran(&git(&[
+        "commit",
+        "--quiet",
+        "--allow-empty",
+        "-m",
+        "a change",
+    ]));
+    assert_ran(&git(&["format-patch", "-1", "--quiet", "-o", "patches"]));
+    // README's recipe: git send-email hands the mail to msmtp, which logs in with the token.
+    let sendmail = format!("sendemail.sendmailCmd=msmtp --file={}", config.display());
+    let output = git(&[
+        "-c",
+        &sendmail,
+        "send-email",
+        "--to=you@example.com",
+        "--from=me@example.com",
+        "--confirm=never",
+        "--quiet",
+        "patches/0001-a-change.patch",
+    ]);
+    assert_ran(&output);
+    assert_logged_in_with_vault_tokens(&server, &fake, 1);
+    server.seen(|seen| {
+        assert_eq!(seen.messages.len(), 1);
+        assert!(
+            seen.messages[0].contains("[PATCH] a change"),
+            "{}",
+            seen.messages[0]
+        );
+    });
+}
+
+/// README's mbsync recipe for `account`, pointed at the local fake IMAP server.
+fn mbsync_config(vault: &TestVault, account: &str, port: u16) -> PathBuf {
+    let mail = vault.root.path().join(format!("maildir-{account}"));
+    std::fs::create_dir_all(&mail).unwrap();
+    let config = format!(
+        "IMAPAccount gmail\nHost 127.0.0.1\nPort {port}\nSSLType None\nUser me@example.com\nAuthMechs XOAUTH2\nPassCmd \"{vault} token {account}\"\n\nIMAPStore gmail-remote\nAccount gmail\n\nMaildirStore gmail-local\nPath {mail}/\nInbox {mail}/INBOX\n\nChannel gmail\nFar :gmail-remote:\nNear :gmail-local:\nPatterns *\n",
+        vault = env!("CARGO_BIN_EXE_vault"),
+        mail = mail.display()
+    );
+    let path = vault.root.path().join(format!("mbsyncrc-{account}"));
+    crate::support::write_private(&path, &config);
+    path
+}
+
+#[test]
+fn mbsync_logs_in_with_xoauth2_from_vault_token() {
+    assert!(
+        have("mbsync"),
+        "mbsync is missing (.ci/run installs isync and the XOAUTH2 SASL plugin)"
+    );
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (vault, _daemon) = mail_vault(&fake);
+    let server = fake_mail::start(Protocol::Imap, &fake);
+    let list = |account: &str| {
+        // Under `timeout`, as README advises: mbsync 1.4 waits forever after a PassCmd that
+        // failed during a SASL login.
+        let mut mbsync = vault.program("timeout");
+        mbsync
+            .args(["10", "mbsync", "--config"])
+            .arg(mbsync_config(&vault, account, server.port))
+            .args(["--list", "gmail"]);
+        mbsync.output().unwrap()
+    };
+    let output = list("mail");
+    assert_ran(&output);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("INBOX"));
+    assert_logged_in_with_vault_tokens(&server, &fake, 1);
+
+    // No token, no login, and the user is told why.
+    let output = list("no-such-account");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("vault: error:"), "{said}");
+    assert_logged_in_with_vault_tokens(&server, &fake, 1);
+}
