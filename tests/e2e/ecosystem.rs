@@ -196,41 +196,84 @@ fn systemd_units_verify_and_socket_activation_serves() {
 }
 
 #[test]
-fn git_asks_the_vault_for_credentials() {
+fn git_pushes_over_https_with_the_vaults_token() {
     let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "forge").ok();
     let _daemon = Daemon::start(&vault, &[]);
-    // The real git, with the helper configured the way README says.
-    let helper = format!(
-        "!{} git-credential --account forge",
-        env!("CARGO_BIN_EXE_vault")
-    );
-    let mut git = vault.program("git");
-    git.args([
-        "-c",
-        &format!("credential.helper={helper}"),
-        "credential",
-        "fill",
-    ]);
-    git.env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = git.spawn().unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        b"protocol=https\nhost=git.example.com\n\n",
-    )
-    .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let answer = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{answer}");
-    let password = answer
-        .lines()
-        .find_map(|line| line.strip_prefix("password="))
-        .unwrap();
-    assert!(fake.is_access_token(password), "{answer}");
-    assert!(answer.contains("username=oauth2"));
+    let forge_root = vault.root.path().join("forge");
+    std::fs::create_dir_all(&forge_root).unwrap();
+    let forge = crate::fake_forge::start(&forge_root, &fake);
+    let work = vault.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let git = |directory: &std::path::Path, args: &[&str]| {
+        let mut git = vault.program("git");
+        git.current_dir(directory)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .args(["-c", "user.name=Test", "-c", "user.email=me@example.com"])
+            .args(args);
+        git.output().unwrap()
+    };
+    let ran = |output: std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    ran(git(
+        &forge_root,
+        &["init", "--quiet", "--bare", "project.git"],
+    ));
+    ran(git(&work, &["init", "--quiet"]));
+    ran(git(
+        &work,
+        &["commit", "--quiet", "--allow-empty", "-m", "first"],
+    ));
+    let pushed = ran(git(&work, &["rev-parse", "HEAD"]));
+
+    // README's recipe: the helper is the whole credential story.
+    let helper = |account: &str| {
+        format!(
+            "credential.helper=!{} git-credential --account {account}",
+            env!("CARGO_BIN_EXE_vault")
+        )
+    };
+    let push = |account: &str| {
+        git(
+            &work,
+            &[
+                "-c",
+                &helper(account),
+                "push",
+                "--quiet",
+                &forge.url("project.git"),
+                "HEAD:refs/heads/main",
+            ],
+        )
+    };
+    ran(push("forge"));
+    let landed = ran(git(
+        &forge.root.join("project.git"),
+        &["rev-parse", "refs/heads/main"],
+    ));
+    assert_eq!(landed, pushed);
+    assert!(forge.refused() >= 1, "git first asked without credentials");
+
+    // No token from the vault: git gets no password and the push fails.
+    ran(git(
+        &work,
+        &["commit", "--quiet", "--allow-empty", "-m", "second"],
+    ));
+    let refused = push("no-such-account");
+    assert!(!refused.status.success());
+    let landed = ran(git(
+        &forge.root.join("project.git"),
+        &["rev-parse", "refs/heads/main"],
+    ));
+    assert_eq!(landed, pushed, "nothing landed without a token");
 }
 
 #[test]

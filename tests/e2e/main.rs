@@ -7,6 +7,7 @@ mod daemon_support;
 mod demo;
 mod ecosystem;
 mod errors;
+mod fake_forge;
 mod fake_mail;
 mod fake_oauth;
 mod flows;
