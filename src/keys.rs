@@ -182,8 +182,19 @@ fn create_key_file(path: &Path) -> Result<MasterKey, KeyError> {
     file.write_all(encoded.expose().as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
+        .and_then(|()| sync_parent_dir(path))
         .map_err(io_error(path))?;
     Ok(key)
+}
+
+/// Makes the new file's name durable too: a vault (or a rekey) commits to this key right after,
+/// and after a power loss a committed vault whose key file vanished could not be opened again.
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn keyring_entry(vault_id: &str) -> Result<keyring::Entry, KeyError> {

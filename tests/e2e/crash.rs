@@ -123,3 +123,118 @@ fn sigkill_during_rotation_never_loses_a_committed_token() {
 fn sigkill_soak() {
     kill_during_rotation(250);
 }
+
+/// Whether the master key in `key_file` opens the vault and every secret in it.
+fn opens_every_secret(vault: &TestVault, key_file: &std::path::Path) -> bool {
+    let key = tokenvault::keys::KeySource::File(key_file.to_owned());
+    let Ok(store) = tokenvault::store::Store::open(&vault.dir, Some(key)) else {
+        return false;
+    };
+    store.accounts().unwrap().iter().all(|account| {
+        store
+            .secret(account, SecretKind::RefreshToken)
+            .is_ok_and(|secret| secret.is_some())
+    })
+}
+
+/// `vault rekey --new-key-file NEW` with the master key in `current`; killed after `delay`, if any.
+fn rekey(
+    vault: &TestVault,
+    current: &std::path::Path,
+    new: &std::path::Path,
+    delay: Option<Duration>,
+) {
+    let mut command = vault.command(&[
+        "--key-file",
+        current.to_str().unwrap(),
+        "rekey",
+        "--new-key-file",
+        new.to_str().unwrap(),
+    ]);
+    command
+        .env_remove("VAULT_MASTER_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    if let Some(delay) = delay {
+        std::thread::sleep(delay);
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        delay.is_some() || status.success(),
+        "rekey failed: {status}"
+    );
+}
+
+/// SIGKILL at random moments of `vault rekey` over 2,000 accounts: afterwards exactly one of the old
+/// and the new master key opens the vault, and it opens every secret — never a mix, never neither.
+#[test]
+fn sigkill_during_rekey_leaves_exactly_one_working_key() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let mut store = vault.open_store();
+    let config = store.account("mail").unwrap().config;
+    for i in 0..2000 {
+        let refresh = tokenvault::secret::SecretString::from(format!("rt-bulk-{i}"));
+        let access = tokenvault::secret::SecretString::from(format!("at-bulk-{i}"));
+        let tokens = tokenvault::store::TokenUpdate {
+            access_token: &access,
+            access_expires_at: Some(tokenvault::clock::now_unix() + 3600),
+            new_refresh_token: None,
+            refresh_expires_at: None,
+            validated: true,
+        };
+        store
+            .insert_account(
+                &format!("bulk-{i}"),
+                &config,
+                &[(SecretKind::RefreshToken, &refresh)],
+                &tokens,
+            )
+            .unwrap();
+    }
+    drop(store);
+
+    // One rekey to the end measures how long one takes; the kills land anywhere in that span.
+    let mut current = vault.root.path().join("rekey-0.key");
+    let started = std::time::Instant::now();
+    rekey(&vault, &vault.key_file(), &current, None);
+    let span = started.elapsed().as_millis() as u32 + 1;
+    let (mut kept_old, mut took_new) = (0, 0);
+    for kill in 1..=15 {
+        let new = vault.root.path().join(format!("rekey-{kill}.key"));
+        let delay = Duration::from_millis(u64::from(random_u32() % span));
+        rekey(&vault, &current, &new, Some(delay));
+        let old_opens = opens_every_secret(&vault, &current);
+        let new_opens = new.exists() && opens_every_secret(&vault, &new);
+        assert!(
+            old_opens != new_opens,
+            "kill {kill} after {delay:?}: old key opens all: {old_opens}, new key opens all: {new_opens}"
+        );
+        if new_opens {
+            current = new;
+            took_new += 1;
+        } else {
+            kept_old += 1;
+        }
+    }
+    eprintln!(
+        "rekey takes {span} ms; of 15 kills, {kept_old} left the old key working, {took_new} the new"
+    );
+    // Whichever key won, the vault refreshes with it.
+    let mut token = vault.command(&[
+        "--key-file",
+        current.to_str().unwrap(),
+        "token",
+        "mail",
+        "--no-daemon",
+        "--min-valid",
+        "7200",
+    ]);
+    token.env_remove("VAULT_MASTER_KEY");
+    let token = vault.run_command(token, None);
+    token.ok();
+    assert!(fake.is_access_token(token.stdout.trim()));
+}
