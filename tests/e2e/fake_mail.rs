@@ -1,10 +1,11 @@
 //! Fake SMTP and IMAP servers on 127.0.0.1 for the mail recipes: just enough of each protocol
 //! for msmtp, git send-email (through msmtp) and mbsync to log in with XOAUTH2 or OAUTHBEARER
-//! and do one thing. A login succeeds only with a bearer token that the fake OAuth provider
-//! issued and still considers live, as Gmail's and Outlook's servers would.
+//! and do one thing, and IMAP over TLS for aerc, which insists on it. A login succeeds only with
+//! a bearer token that the fake OAuth provider issued and still considers live, as Gmail's and
+//! Outlook's servers would.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -15,6 +16,8 @@ use crate::fake_oauth::FakeOAuth;
 pub enum Protocol {
     Smtp,
     Imap,
+    /// IMAP inside TLS from the first byte, with a self-signed certificate for 127.0.0.1.
+    Imaps,
 }
 
 /// What the server saw, for the test to check.
@@ -30,6 +33,8 @@ pub struct Seen {
 
 pub struct FakeMail {
     pub port: u16,
+    /// The server's certificate (PEM), for clients to trust when the protocol is TLS.
+    pub certificate: String,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -45,32 +50,65 @@ pub fn start(protocol: Protocol, provider: &FakeOAuth) -> FakeMail {
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (shared, provider) = (Arc::clone(&seen), provider.clone());
+    let identity = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let certificate = identity.cert.pem();
+    let tls = tls_config(&identity);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let mut session = Session::new(stream, &provider, &shared);
+            let connection: Box<dyn Connection> = match protocol {
+                Protocol::Imaps => Box::new(rustls::StreamOwned::new(
+                    rustls::ServerConnection::new(Arc::clone(&tls)).unwrap(),
+                    stream,
+                )),
+                Protocol::Smtp | Protocol::Imap => Box::new(stream),
+            };
+            let mut session = Session::new(connection, &provider, &shared);
             // A client that hangs up mid-session ends only its own session.
             let _ = match protocol {
                 Protocol::Smtp => session.smtp(),
-                Protocol::Imap => session.imap(),
+                Protocol::Imap | Protocol::Imaps => session.imap(),
             };
         }
     });
-    FakeMail { port, seen }
+    FakeMail {
+        port,
+        certificate,
+        seen,
+    }
 }
 
+fn tls_config(identity: &rcgen::CertifiedKey<rcgen::KeyPair>) -> Arc<rustls::ServerConfig> {
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(identity.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![identity.cert.der().clone()], key)
+    .unwrap();
+    Arc::new(config)
+}
+
+/// A client connection: plain TCP, or a TLS stream over it.
+trait Connection: Read + Write + Send {}
+impl<T: Read + Write + Send> Connection for T {}
+
 struct Session<'a> {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    connection: BufReader<Box<dyn Connection>>,
     provider: &'a FakeOAuth,
     seen: &'a Mutex<Seen>,
     logged_in: bool,
 }
 
 impl<'a> Session<'a> {
-    fn new(stream: TcpStream, provider: &'a FakeOAuth, seen: &'a Mutex<Seen>) -> Session<'a> {
+    fn new(
+        connection: Box<dyn Connection>,
+        provider: &'a FakeOAuth,
+        seen: &'a Mutex<Seen>,
+    ) -> Session<'a> {
         Session {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
+            connection: BufReader::new(connection),
             provider,
             seen,
             logged_in: false,
@@ -79,14 +117,16 @@ impl<'a> Session<'a> {
 
     fn line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        if self.connection.read_line(&mut line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_owned())
     }
 
     fn send(&mut self, line: &str) -> std::io::Result<()> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())
+        let writer = self.connection.get_mut();
+        writer.write_all(format!("{line}\r\n").as_bytes())?;
+        writer.flush()
     }
 
     /// The SASL response of `AUTH MECH [initial]` / `AUTHENTICATE MECH [initial]`, asking for it

@@ -229,3 +229,63 @@ fn mbsync_logs_in_with_xoauth2_from_vault_token() {
     assert!(said.contains("vault: error:"), "{said}");
     assert_logged_in_with_vault_tokens(&server, &fake, 1);
 }
+
+/// README's aerc account for `account`, pointed at the local fake IMAPS server.
+fn aerc_accounts(account: &str, port: u16) -> String {
+    format!(
+        "[gmail]\nsource          = imaps+xoauth2://me%40example.com@127.0.0.1:{port}\nsource-cred-cmd = {} token {account}\ndefault         = INBOX\nfrom            = Me <me@example.com>\n",
+        env!("CARGO_BIN_EXE_vault")
+    )
+}
+
+#[test]
+fn aerc_logs_in_with_xoauth2_from_vault_token() {
+    assert!(
+        have("aerc") && have("tmux"),
+        "aerc and tmux are missing (.ci/run installs them)"
+    );
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (vault, _daemon) = mail_vault(&fake);
+    let server = fake_mail::start(Protocol::Imaps, &fake);
+    // aerc reads ~/.config/aerc; the tests' HOME is the vault's scratch home.
+    let config = vault.root.path().join("home/.config/aerc");
+    std::fs::create_dir_all(&config).unwrap();
+    crate::support::write_private(
+        &config.join("accounts.conf"),
+        &aerc_accounts("mail", server.port),
+    );
+    for empty in ["aerc.conf", "binds.conf"] {
+        std::fs::write(config.join(empty), "").unwrap();
+    }
+    let trusted = vault.root.path().join("fake-imap.pem");
+    std::fs::write(&trusted, &server.certificate).unwrap();
+
+    // aerc is a full-screen program: it runs in a detached tmux session, as on a terminal.
+    let tmux_socket = vault.root.path().join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        let mut tmux = vault.program("tmux");
+        tmux.arg("-S")
+            .arg(&tmux_socket)
+            .args(args)
+            .env("SSL_CERT_FILE", &trusted);
+        tmux.output().unwrap()
+    };
+    assert_ran(&tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "aerc",
+    ]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.seen(|seen| seen.logins) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let screen = tmux(&["capture-pane", "-p"]);
+    tmux(&["kill-server"]);
+    assert_logged_in_with_vault_tokens(&server, &fake, 1);
+    let screen = String::from_utf8_lossy(&screen.stdout);
+    assert!(screen.contains("gmail"), "{screen}");
+}
