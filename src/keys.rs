@@ -97,20 +97,20 @@ impl KeySource {
         }
     }
 
-    /// Loads the master key of the vault `vault_id` from this source.
-    pub fn load(&self, vault_id: &str) -> Result<MasterKey, KeyError> {
+    /// Loads the master key of the vault `vault_id` that wraps data-key `version` from this source.
+    pub fn load(&self, vault_id: &str, version: i64) -> Result<MasterKey, KeyError> {
         match self {
-            KeySource::Keyring => load_from_keyring(vault_id),
+            KeySource::Keyring => load_from_keyring(vault_id, version),
             KeySource::File(path) => load_key_file(path),
             KeySource::Env => load_from_env(),
         }
     }
 
     /// Loads the key from this source, creating it first where the source is empty (a new key file
-    /// or keyring entry). Used by `vault init`.
-    pub fn load_or_create(&self, vault_id: &str) -> Result<MasterKey, KeyError> {
+    /// or keyring entry). Used by `vault init` and `vault rekey`.
+    pub fn load_or_create(&self, vault_id: &str, version: i64) -> Result<MasterKey, KeyError> {
         match self {
-            KeySource::Keyring => create_in_keyring(vault_id),
+            KeySource::Keyring => create_in_keyring(vault_id, version),
             KeySource::File(path) if path.exists() => load_key_file(path),
             KeySource::File(path) => create_key_file(path),
             KeySource::Env => load_from_env(),
@@ -197,8 +197,19 @@ fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn keyring_entry(vault_id: &str) -> Result<keyring::Entry, KeyError> {
-    keyring::Entry::new(KEYRING_SERVICE, vault_id).map_err(keyring_unavailable)
+/// The keyring entry's user name for the master key that wraps data-key `version`: the vault id
+/// for the first, `ID.vN` after a rekey. A rekey thus writes the new key beside the old one, and a
+/// crash before its commit leaves the old entry, still the one in use, untouched.
+fn keyring_user(vault_id: &str, version: i64) -> String {
+    if version <= 1 {
+        vault_id.to_owned()
+    } else {
+        format!("{vault_id}.v{version}")
+    }
+}
+
+fn keyring_entry(user: &str) -> Result<keyring::Entry, KeyError> {
+    keyring::Entry::new(KEYRING_SERVICE, user).map_err(keyring_unavailable)
 }
 
 /// Keyring errors are reduced to their kind: some variants carry the stored bytes, which must not
@@ -213,28 +224,30 @@ fn keyring_unavailable(err: keyring::Error) -> KeyError {
     KeyError::NoKeyring(reason)
 }
 
-fn load_from_keyring(vault_id: &str) -> Result<MasterKey, KeyError> {
-    match keyring_entry(vault_id)?.get_password() {
+fn load_from_keyring(vault_id: &str, version: i64) -> Result<MasterKey, KeyError> {
+    let user = keyring_user(vault_id, version);
+    match keyring_entry(&user)?.get_password() {
         Ok(text) => {
             let text = SecretString::from(text);
-            decode_key(text.expose()).ok_or(KeyError::KeyringEntryMissing(vault_id.to_owned()))
+            decode_key(text.expose()).ok_or(KeyError::KeyringEntryMissing(user))
         }
-        Err(keyring::Error::NoEntry) => Err(KeyError::KeyringEntryMissing(vault_id.to_owned())),
+        Err(keyring::Error::NoEntry) => Err(KeyError::KeyringEntryMissing(user)),
         Err(err) => Err(keyring_unavailable(err)),
     }
 }
 
-fn create_in_keyring(vault_id: &str) -> Result<MasterKey, KeyError> {
+fn create_in_keyring(vault_id: &str, version: i64) -> Result<MasterKey, KeyError> {
     let key = crypto::random_bytes::<KEY_LEN>()?;
-    keyring_entry(vault_id)?
+    keyring_entry(&keyring_user(vault_id, version))?
         .set_password(encode_key(&key).expose())
         .map_err(keyring_unavailable)?;
     Ok(key)
 }
 
-/// Removes the keyring entry of a vault whose creation failed, so no orphan is left behind.
-pub fn forget_keyring_entry(vault_id: &str) {
-    if let Ok(entry) = keyring_entry(vault_id) {
+/// Removes the keyring entry of the master key for data-key `version`: after a rekey (the old
+/// key must not open old backups of the vault), or when creating a vault failed.
+pub fn forget_keyring_entry(vault_id: &str, version: i64) {
+    if let Ok(entry) = keyring_entry(&keyring_user(vault_id, version)) {
         let _ = entry.delete_credential();
     }
 }
@@ -247,10 +260,12 @@ mod tests {
     fn key_file_is_created_private_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/master.key");
-        let created = KeySource::File(path.clone()).load_or_create("v").unwrap();
+        let created = KeySource::File(path.clone())
+            .load_or_create("v", 1)
+            .unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let loaded = KeySource::File(path).load("v").unwrap();
+        let loaded = KeySource::File(path).load("v", 1).unwrap();
         assert_eq!(created.expose(), loaded.expose());
     }
 
@@ -258,9 +273,11 @@ mod tests {
     fn readable_key_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
-        KeySource::File(path.clone()).load_or_create("v").unwrap();
+        KeySource::File(path.clone())
+            .load_or_create("v", 1)
+            .unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = KeySource::File(path).load("v").unwrap_err();
+        let err = KeySource::File(path).load("v", 1).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 
@@ -271,7 +288,7 @@ mod tests {
         fs::write(&path, "not a key").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
-            KeySource::File(path).load("v"),
+            KeySource::File(path).load("v", 1),
             Err(KeyError::KeyFileMalformed(_))
         ));
     }

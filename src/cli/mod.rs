@@ -129,7 +129,7 @@ enum Command {
         /// Put the new master key in this file (created 0600; must not exist yet)
         #[arg(long = "new-key-file", value_name = "PATH", conflicts_with = "keyring")]
         new_key_file: Option<PathBuf>,
-        /// Put the new master key in the OS keyring (when the vault's key is not there already)
+        /// Put the new master key in the OS keyring (a new entry; the old one is removed)
         #[arg(long, required_unless_present = "new_key_file")]
         keyring: bool,
     },
@@ -195,8 +195,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         } => import(&context, &file, passphrase_file.as_deref()),
         Command::Rekey {
             new_key_file,
-            keyring,
-        } => rekey(&context, new_key_file, keyring),
+            // --keyring is the other choice: no new key file means the keyring.
+            keyring: _,
+        } => rekey(&context, new_key_file),
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|err| Error::Input(format!("cannot write the manual page: {err}"))),
@@ -313,7 +314,7 @@ fn import(
     Ok(())
 }
 
-fn rekey(context: &Context, new_key_file: Option<PathBuf>, keyring: bool) -> Result<(), Error> {
+fn rekey(context: &Context, new_key_file: Option<PathBuf>) -> Result<(), Error> {
     let mut store = context.open()?;
     let old = store.key_source().clone();
     let new = match new_key_file {
@@ -325,13 +326,9 @@ fn rekey(context: &Context, new_key_file: Option<PathBuf>, keyring: bool) -> Res
             )));
         }
         Some(path) => KeySource::File(std::path::absolute(&path).unwrap_or(path)),
-        None if keyring && old == KeySource::Keyring => {
-            return Err(Error::Input(
-                "the master key is in the OS keyring already; rekey to a --new-key-file".into(),
-            ));
-        }
         None => KeySource::Keyring,
     };
+    let old_version = store.key_version();
     store.rekey(new.clone())?;
     println!(
         "Rekeyed: every secret is re-sealed with a new data key, wrapped by the master key in {}.",
@@ -342,7 +339,7 @@ fn rekey(context: &Context, new_key_file: Option<PathBuf>, keyring: bool) -> Res
             "The old key file {} no longer opens the vault; delete it.",
             path.display()
         ),
-        KeySource::Keyring => keys::forget_keyring_entry(&store.vault_id()?),
+        KeySource::Keyring => keys::forget_keyring_entry(&store.vault_id()?, old_version),
         KeySource::Env => println!(
             "Unset VAULT_MASTER_KEY: the vault now uses {}.",
             new.describe()

@@ -99,13 +99,13 @@ impl Store {
         }
         create_private_dir(dir)?;
         let vault_id = hex(crypto::random_bytes::<16>()?.expose());
-        let master = key_source.load_or_create(&vault_id)?;
+        let master = key_source.load_or_create(&vault_id, 1)?;
         let result = Self::create_db(dir, &vault_id, &master, key_source.clone());
         if result.is_err() {
             // Leave nothing half-made: no database without its key, no orphaned keyring entry.
             let _ = std::fs::remove_file(&path);
             if key_source == KeySource::Keyring {
-                crate::keys::forget_keyring_entry(&vault_id);
+                crate::keys::forget_keyring_entry(&vault_id, 1);
             }
         }
         result
@@ -184,7 +184,7 @@ impl Store {
             _ => return Err(corrupt(&path, "malformed meta table")),
         };
         let key_source = key_override.unwrap_or_else(|| KeySource::from_record(&recorded));
-        let master = key_source.load(&vault_id)?;
+        let master = key_source.load(&vault_id, key_version)?;
         let data_key = Key::from_bytes(&master)
             .open(&wrapped, wrap_aad(&vault_id, key_version).as_bytes())
             .map_err(|_| StoreError::WrongMasterKey(key_source.describe()))?;
@@ -200,6 +200,11 @@ impl Store {
             key_version,
             key_source,
         })
+    }
+
+    /// The version of the data key; each rekey adds one.
+    pub fn key_version(&self) -> i64 {
+        self.key_version
     }
 
     pub fn key_source(&self) -> &KeySource {
@@ -487,8 +492,8 @@ impl Store {
     /// keeps working; a crash leaves the vault as it was.
     pub fn rekey(&mut self, new_source: KeySource) -> Result<(), StoreError> {
         let vault_id = self.vault_id()?;
-        let new_master = new_source.load_or_create(&vault_id)?;
         let new_version = self.key_version + 1;
+        let new_master = new_source.load_or_create(&vault_id, new_version)?;
         let new_data = crypto::random_bytes::<KEY_LEN>()?;
         let new_key = Key::from_bytes(&new_data);
         let wrapped = Key::from_bytes(&new_master).seal(

@@ -2,16 +2,15 @@
 //! msmtp (`passwordeval`), git send-email (through msmtp) and mbsync (`PassCmd`) log in with
 //! XOAUTH2 or OAUTHBEARER using the access token `vault token` printed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use crate::add_with_browser;
 use crate::daemon_support::Daemon;
 use crate::ecosystem::have;
 use crate::fake_mail::{self, FakeMail, Protocol};
 use crate::fake_oauth::{FakeOAuth, OfflineRule};
-use crate::support::TestVault;
+use crate::support::{TestVault, run_with_input};
 
 /// A vault with the account `mail` and its daemon, the way a user runs it.
 fn mail_vault(fake: &FakeOAuth) -> (TestVault, Daemon) {
@@ -40,22 +39,6 @@ fn msmtp_config(vault: &TestVault, account: &str, server: SmtpServer, auth: &str
     let path = vault.root.path().join(format!("msmtprc-{account}-{auth}"));
     crate::support::write_private(&path, &config);
     path
-}
-
-fn run_with_input(mut command: std::process::Command, input: &str) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn assert_ran(output: &Output) {

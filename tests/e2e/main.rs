@@ -11,6 +11,7 @@ mod fake_forge;
 mod fake_mail;
 mod fake_oauth;
 mod flows;
+mod keyring;
 mod lifecycle;
 mod mail;
 mod security;
