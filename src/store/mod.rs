@@ -120,35 +120,18 @@ impl Store {
         let path = Self::db_path(dir);
         let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_CREATE)?;
         schema::migrate(&mut conn, &path, true)?;
-        let data_key = crypto::random_bytes::<KEY_LEN>()?;
         let key_version = 1;
-        let wrapped = Key::from_bytes(master).seal(
-            data_key.expose(),
-            wrap_aad(vault_id, key_version).as_bytes(),
-        )?;
         let tx = conn.transaction()?;
-        for (key, value) in [
-            (
-                "vault_id",
-                rusqlite::types::Value::Text(vault_id.to_owned()),
-            ),
-            (
-                "key_source",
-                rusqlite::types::Value::Text(key_source.to_record()),
-            ),
-            ("key_version", rusqlite::types::Value::Integer(key_version)),
-            ("wrapped_data_key", rusqlite::types::Value::Blob(wrapped)),
-        ] {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-                params![key, value],
-            )?;
-        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('vault_id', ?1)",
+            params![vault_id],
+        )?;
+        let data_key = install_data_key(&tx, vault_id, master, &key_source, key_version)?;
         tx.commit()?;
         Ok(Store {
             dir: dir.to_owned(),
             conn,
-            data_key: Key::from_bytes(&data_key),
+            data_key,
             key_version,
             key_source,
         })
@@ -494,15 +477,10 @@ impl Store {
         let vault_id = self.vault_id()?;
         let new_version = self.key_version + 1;
         let new_master = new_source.load_or_create(&vault_id, new_version)?;
-        let new_data = crypto::random_bytes::<KEY_LEN>()?;
-        let new_key = Key::from_bytes(&new_data);
-        let wrapped = Key::from_bytes(&new_master).seal(
-            new_data.expose(),
-            wrap_aad(&vault_id, new_version).as_bytes(),
-        )?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let new_key = install_data_key(&tx, &vault_id, &new_master, &new_source, new_version)?;
         let rows: Vec<(i64, String, i64, Vec<u8>)> = {
             let mut stmt =
                 tx.prepare("SELECT account_id, kind, key_version, sealed FROM secrets")?;
@@ -529,19 +507,6 @@ impl Store {
             tx.execute(
                 "UPDATE secrets SET key_version = ?3, sealed = ?4 WHERE account_id = ?1 AND kind = ?2",
                 params![account_id, kind, new_version, resealed],
-            )?;
-        }
-        for (key, value) in [
-            (
-                "key_source",
-                rusqlite::types::Value::Text(new_source.to_record()),
-            ),
-            ("key_version", rusqlite::types::Value::Integer(new_version)),
-            ("wrapped_data_key", rusqlite::types::Value::Blob(wrapped)),
-        ] {
-            tx.execute(
-                "UPDATE meta SET value = ?2 WHERE key = ?1",
-                params![key, value],
             )?;
         }
         tx.commit()?;
@@ -697,6 +662,35 @@ fn secret_aad(account_id: i64, kind: SecretKind, key_version: i64) -> String {
 
 fn secret_aad_text(account_id: i64, kind: &str, key_version: i64) -> String {
     format!("tokenvault secret|account={account_id}|kind={kind}|key={key_version}")
+}
+
+/// Makes a new random data key the vault's, as `version`: wrapped by `master` and recorded in
+/// `meta` with the master key's source, inside the caller's transaction (`vault init`, `rekey`).
+fn install_data_key(
+    tx: &rusqlite::Transaction<'_>,
+    vault_id: &str,
+    master: &MasterKey,
+    key_source: &KeySource,
+    version: i64,
+) -> Result<Key, StoreError> {
+    let data_key = crypto::random_bytes::<KEY_LEN>()?;
+    let wrapped =
+        Key::from_bytes(master).seal(data_key.expose(), wrap_aad(vault_id, version).as_bytes())?;
+    for (key, value) in [
+        (
+            "key_source",
+            rusqlite::types::Value::Text(key_source.to_record()),
+        ),
+        ("key_version", rusqlite::types::Value::Integer(version)),
+        ("wrapped_data_key", rusqlite::types::Value::Blob(wrapped)),
+    ] {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+    }
+    Ok(Key::from_bytes(&data_key))
 }
 
 fn wrap_aad(vault_id: &str, key_version: i64) -> String {

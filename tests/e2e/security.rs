@@ -1,7 +1,9 @@
 //! Secrets stay sealed: on disk, across rows, in every output.
 
+use std::path::Path;
+
 use crate::fake_oauth::OfflineRule;
-use crate::support::TestVault;
+use crate::support::{Run, TestVault};
 use crate::{add_with_browser, token};
 
 #[test]
@@ -113,6 +115,16 @@ fn rekey_reseals_everything_under_a_new_master_key() {
     vault.assert_no_plaintext_on_disk();
 }
 
+/// `vault VERB FILE --passphrase-file PASSPHRASE` (export, import).
+fn with_passphrase(vault: &TestVault, verb: &str, file: &Path, passphrase: &Path) -> Run {
+    vault.run(&[
+        verb,
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        passphrase.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn export_and_import_round_trip_and_refuse_bad_archives() {
     let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
@@ -124,23 +136,8 @@ fn export_and_import_round_trip_and_refuse_bad_archives() {
     let passphrase = source.root.path().join("passphrase");
     crate::support::write_private(&passphrase, "correct horse battery staple\n");
     let archive = source.root.path().join("backup.tvx");
-    let pass = passphrase.to_str().unwrap();
-    source
-        .run(&[
-            "export",
-            archive.to_str().unwrap(),
-            "--passphrase-file",
-            pass,
-        ])
-        .ok();
-    source
-        .run(&[
-            "export",
-            archive.to_str().unwrap(),
-            "--passphrase-file",
-            pass,
-        ])
-        .fails_with(1, "must not exist");
+    with_passphrase(&source, "export", &archive, &passphrase).ok();
+    with_passphrase(&source, "export", &archive, &passphrase).fails_with(1, "must not exist");
     let bytes = std::fs::read(&archive).unwrap();
     for secret in source.all_planted() {
         assert!(
@@ -151,12 +148,7 @@ fn export_and_import_round_trip_and_refuse_bad_archives() {
 
     // Into a new vault: the account works there, refreshes included.
     let target = TestVault::new(Some(&fake));
-    let run = target.run(&[
-        "import",
-        archive.to_str().unwrap(),
-        "--passphrase-file",
-        pass,
-    ]);
+    let run = with_passphrase(&target, "import", &archive, &passphrase);
     run.ok();
     assert!(
         run.stdout.contains("Imported 1 account(s): mail"),
@@ -177,59 +169,31 @@ fn export_and_import_round_trip_and_refuse_bad_archives() {
     target.assert_no_plaintext_on_disk();
 
     // The same names again: nothing imported.
-    target
-        .run(&[
-            "import",
-            archive.to_str().unwrap(),
-            "--passphrase-file",
-            pass,
-        ])
+    with_passphrase(&target, "import", &archive, &passphrase)
         .fails_with(1, "already has account(s) mail");
 
     let other = TestVault::new(Some(&fake));
     let wrong = other.root.path().join("wrong");
     crate::support::write_private(&wrong, "not the right passphrase\n");
-    other
-        .run(&[
-            "import",
-            archive.to_str().unwrap(),
-            "--passphrase-file",
-            wrong.to_str().unwrap(),
-        ])
-        .fails_with(1, "wrong passphrase");
+    with_passphrase(&other, "import", &archive, &wrong).fails_with(1, "wrong passphrase");
     let truncated = other.root.path().join("truncated.tvx");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    other
-        .run(&[
-            "import",
-            truncated.to_str().unwrap(),
-            "--passphrase-file",
-            pass,
-        ])
-        .fails_with(1, "damaged");
+    with_passphrase(&other, "import", &truncated, &passphrase).fails_with(1, "damaged");
     let mut tampered = bytes.clone();
     let at = tampered.len() - 10;
     tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
     let tampered_file = other.root.path().join("tampered.tvx");
     std::fs::write(&tampered_file, &tampered).unwrap();
-    other
-        .run(&[
-            "import",
-            tampered_file.to_str().unwrap(),
-            "--passphrase-file",
-            pass,
-        ])
-        .fails_with(1, "altered");
+    with_passphrase(&other, "import", &tampered_file, &passphrase).fails_with(1, "altered");
     let short = other.root.path().join("short");
     crate::support::write_private(&short, "short\n");
-    other
-        .run(&[
-            "export",
-            "/tmp/never-written.tvx",
-            "--passphrase-file",
-            short.to_str().unwrap(),
-        ])
-        .fails_with(1, "12 characters");
+    with_passphrase(
+        &other,
+        "export",
+        Path::new("/tmp/never-written.tvx"),
+        &short,
+    )
+    .fails_with(1, "12 characters");
     assert!(
         other.run(&["list"]).stdout.contains("No accounts"),
         "nothing was half-imported"
