@@ -105,7 +105,7 @@ enum Command {
     Token(token::TokenArgs),
     /// Run a command with a fresh access token in its environment (ACCESS_TOKEN by default)
     Exec(token::ExecArgs),
-    /// git credential helper: git config credential.helper "vault git-credential --account NAME"
+    /// git credential helper: git config credential.helper "!vault git-credential --account NAME"
     GitCredential(token::GitCredentialArgs),
     /// Remove an account and its secrets
     Remove { name: String },
