@@ -155,7 +155,7 @@ fn send(config: &AlertConfig, http: &reqwest::Client, alert: Alert) {
 
 /// `/bin/sh -c COMMAND` with the alert in its environment (never interpolated into the command).
 async fn run_command(command: String, alert: Alert) {
-    let child = tokio::process::Command::new("/bin/sh")
+    let child = crate::process::with_allowed_env(&mut tokio::process::Command::new("/bin/sh"))
         .arg("-c")
         .arg(&command)
         .env("VAULT_ACCOUNT", &alert.account)
@@ -200,7 +200,7 @@ async fn post_webhook(http: reqwest::Client, url: url::Url, alert: Alert) {
 }
 
 async fn notify_desktop(alert: Alert) {
-    let _ = tokio::process::Command::new("notify-send")
+    let _ = crate::process::with_allowed_env(&mut tokio::process::Command::new("notify-send"))
         .args([
             "--app-name=tokenvault",
             &format!("tokenvault: {} {}", alert.account, alert.event),

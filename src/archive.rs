@@ -11,7 +11,7 @@ use crate::account::{AccountConfig, SecretKind};
 use crate::crypto::{self, KEY_LEN, Key};
 use crate::error::Error;
 use crate::secret::{Secret, SecretString};
-use crate::store::{Store, StoreError, TokenUpdate};
+use crate::store::{NewAccount, Store, StoreError, TokenUpdate};
 
 const FORMAT: &str = "tokenvault-export";
 const ITERATIONS: u32 = 600_000;
@@ -52,6 +52,50 @@ struct ExportedAccount {
     secrets: Vec<(String, String)>,
 }
 
+impl ExportedAccount {
+    fn secret(&self, kind: SecretKind) -> Option<SecretString> {
+        self.secrets
+            .iter()
+            .find(|(k, _)| k == kind.as_str())
+            .map(|(_, v)| SecretString::from(v.clone()))
+    }
+}
+
+/// The long-lived secrets an imported account brings (its access token goes with its tokens).
+fn long_lived_secrets(account: &ExportedAccount) -> Vec<(SecretKind, SecretString)> {
+    [
+        SecretKind::RefreshToken,
+        SecretKind::ClientSecret,
+        SecretKind::ServiceAccountKey,
+    ]
+    .into_iter()
+    .filter_map(|kind| account.secret(kind).map(|value| (kind, value)))
+    .collect()
+}
+
+/// What an archive brings is checked as if typed on the command line: names, endpoint URLs
+/// (https, or http on loopback) and schedules. Nothing is stored when any of it is wrong.
+fn check_payload(payload: &Payload) -> Result<(), Error> {
+    for account in &payload.accounts {
+        crate::account::validate_name(&account.name).map_err(Error::Input)?;
+        account.config.endpoints.check().map_err(|err| {
+            Error::Input(format!(
+                "account {:?} in the archive: {err}; nothing was imported",
+                account.name
+            ))
+        })?;
+        if let Some(schedule) = &account.validation_schedule {
+            crate::config::parse_schedule(schedule).map_err(|err| {
+                Error::Input(format!(
+                    "account {:?} in the archive: {err}; nothing was imported",
+                    account.name
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl Drop for ExportedAccount {
     fn drop(&mut self) {
         for (_, value) in &mut self.secrets {
@@ -60,18 +104,29 @@ impl Drop for ExportedAccount {
     }
 }
 
+/// An archive's iteration count is read from the file; past these bounds it is damaged or
+/// hostile (2^32-1 rounds would hold `vault import` for about 20 minutes).
+const ITERATIONS_ACCEPTED: std::ops::RangeInclusive<u32> = 100_000..=10_000_000;
+
 fn derive(passphrase: &SecretString, salt: &[u8], iterations: u32) -> Result<Key, Error> {
-    let iterations =
-        NonZeroU32::new(iterations).ok_or_else(|| Error::Input("the archive is damaged".into()))?;
-    let mut bytes = [0u8; KEY_LEN];
+    let iterations = NonZeroU32::new(iterations)
+        .filter(|count| ITERATIONS_ACCEPTED.contains(&count.get()))
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "the archive asks for {iterations} key-derivation rounds; tokenvault accepts {} to {}, so it is damaged or not from tokenvault; nothing was imported",
+                ITERATIONS_ACCEPTED.start(),
+                ITERATIONS_ACCEPTED.end()
+            ))
+        })?;
+    let mut bytes = Secret::new([0u8; KEY_LEN]);
     ring::pbkdf2::derive(
         ring::pbkdf2::PBKDF2_HMAC_SHA256,
         iterations,
         salt,
         passphrase.expose().as_bytes(),
-        &mut bytes,
+        bytes.expose_mut(),
     );
-    Ok(Key::from_bytes(&Secret::new(bytes)))
+    Ok(Key::from_bytes(&bytes))
 }
 
 /// The archive's bytes for every account of `store`.
@@ -141,9 +196,7 @@ pub fn import(
             )
         })?;
     let payload: Payload = serde_json::from_slice(plain.expose()).map_err(|_| damaged())?;
-    for account in &payload.accounts {
-        crate::account::validate_name(&account.name).map_err(Error::Input)?;
-    }
+    check_payload(&payload)?;
     let taken: Vec<&str> = payload
         .accounts
         .iter()
@@ -156,40 +209,54 @@ pub fn import(
             taken.join(", ")
         )));
     }
-    let mut names = Vec::new();
-    for account in payload.accounts {
-        let secret = |kind: SecretKind| {
-            account
-                .secrets
-                .iter()
-                .find(|(k, _)| k == kind.as_str())
-                .map(|(_, v)| SecretString::from(v.clone()))
-        };
-        let access =
-            secret(SecretKind::AccessToken).unwrap_or_else(|| SecretString::from(String::new()));
-        let long_lived: Vec<(SecretKind, SecretString)> = [
-            SecretKind::RefreshToken,
-            SecretKind::ClientSecret,
-            SecretKind::ServiceAccountKey,
-        ]
-        .into_iter()
-        .filter_map(|kind| secret(kind).map(|value| (kind, value)))
+    let empty = SecretString::from(String::new());
+    let secrets: Vec<Vec<(SecretKind, SecretString)>> =
+        payload.accounts.iter().map(long_lived_secrets).collect();
+    let secret_refs: Vec<Vec<(SecretKind, &SecretString)>> = secrets
+        .iter()
+        .map(|list| list.iter().map(|(kind, value)| (*kind, value)).collect())
         .collect();
-        let refs: Vec<(SecretKind, &SecretString)> = long_lived
-            .iter()
-            .map(|(kind, value)| (*kind, value))
-            .collect();
-        let update = TokenUpdate {
-            access_token: &access,
-            access_expires_at: account.access_expires_at.filter(|_| !access.is_empty()),
+    let access: Vec<Option<SecretString>> = payload
+        .accounts
+        .iter()
+        .map(|account| account.secret(SecretKind::AccessToken))
+        .collect();
+    let updates: Vec<TokenUpdate<'_>> = payload
+        .accounts
+        .iter()
+        .zip(&access)
+        .map(|(account, access)| TokenUpdate {
+            access_token: access.as_ref().unwrap_or(&empty),
+            access_expires_at: account.access_expires_at.filter(|_| access.is_some()),
             new_refresh_token: None,
             refresh_expires_at: account.refresh_expires_at,
             validated: false,
-        };
-        store.insert_account(&account.name, &account.config, &refs, &update)?;
-        store.set_validation_schedule(&account.name, account.validation_schedule.as_deref())?;
-        store.set_refresh_before(&account.name, account.refresh_before)?;
-        names.push(account.name.clone());
-    }
+        })
+        .collect();
+    let new: Vec<NewAccount<'_>> = payload
+        .accounts
+        .iter()
+        .zip(&secret_refs)
+        .zip(&updates)
+        .map(|((account, secrets), tokens)| NewAccount {
+            name: &account.name,
+            config: &account.config,
+            secrets,
+            tokens,
+            validation_schedule: account.validation_schedule.as_deref(),
+            refresh_before: account.refresh_before,
+        })
+        .collect();
+    store.insert_accounts(&new).map_err(|err| match err {
+        StoreError::AccountExists(name) => Error::Input(format!(
+            "the archive holds account {name:?} twice, or the vault gained it meanwhile; nothing was imported"
+        )),
+        other => other.into(),
+    })?;
+    let names = payload
+        .accounts
+        .iter()
+        .map(|account| account.name.clone())
+        .collect();
     Ok(names)
 }

@@ -4,7 +4,6 @@
 //! Records go through a channel to a writer task, so answering a request never waits on disk.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -49,11 +48,7 @@ pub struct Audit {
 impl Audit {
     /// Opens (appends to) `audit.log` in `vault_dir` and starts its writer task.
     pub fn start(vault_dir: &Path) -> std::io::Result<Audit> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(vault_dir.join("audit.log"))?;
+        let file = crate::files::open_append_nofollow(&vault_dir.join("audit.log"))?;
         let (sender, mut receiver) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);

@@ -33,24 +33,17 @@ struct Refusal {
 }
 
 /// Asks the daemon at `socket` for a token. `Ok(None)` when no daemon is listening there.
+/// Nothing is sent unless the socket's directory and the process listening on it are the user's
+/// own: another local user who got there first must not hand this user's programs its tokens.
 pub fn request_token(
     socket: &Path,
     name: &str,
     min_valid: u32,
 ) -> Result<Option<(TokenReply, SecretString)>, Error> {
-    let mut stream = match UnixStream::connect(socket) {
-        Ok(stream) => stream,
-        Err(err)
-            if matches!(
-                err.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(err) => return Err(daemon_error(socket, &err.to_string())),
-    };
     crate::account::validate_name(name).map_err(Error::Input)?;
+    let Some(mut stream) = connect_trusted(socket)? else {
+        return Ok(None);
+    };
     let request = format!(
         "GET /v1/token/{name}?min_valid={min_valid} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     );
@@ -76,6 +69,56 @@ pub fn request_token(
         error: refusal.error,
         message: refusal.message,
     })
+}
+
+/// Connects to the daemon at `socket` after checking its directory, then checks the peer.
+/// `Ok(None)` when nothing listens there.
+fn connect_trusted(socket: &Path) -> Result<Option<UnixStream>, Error> {
+    let untrusted = |problem: String, next: &'static str| Error::UntrustedSocket {
+        path: socket.to_owned(),
+        problem,
+        next,
+    };
+    let me = rustix::process::geteuid().as_raw();
+    match crate::files::check_private_dir(socket_dir(socket), me) {
+        Ok(()) => {}
+        Err(crate::files::DirProblem::Missing) => return Ok(None),
+        Err(problem) => {
+            return Err(untrusted(
+                problem.to_string(),
+                "Remove that directory (another user may have planted it) or give --socket a path in a directory of your own",
+            ));
+        }
+    }
+    let stream = match UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(err) => return Err(daemon_error(socket, &err.to_string())),
+    };
+    let peer = rustix::net::sockopt::socket_peercred(&stream)
+        .map_err(|err| daemon_error(socket, &format!("cannot learn who listens: {err}")))?;
+    let peer_uid = peer.uid.as_raw();
+    if peer_uid != me && peer_uid != 0 {
+        return Err(untrusted(
+            format!("it is served by uid {peer_uid}, not by you (uid {me}) or root"),
+            "Stop that process, or start your own daemon with: vault serve",
+        ));
+    }
+    Ok(Some(stream))
+}
+
+fn socket_dir(socket: &Path) -> &Path {
+    socket
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// The status and body of an HTTP/1.1 answer read to its end (the request said

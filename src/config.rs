@@ -32,6 +32,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "refusing {path} (owner uid {owner}, mode {mode:o}): its alert command runs as you, so it must be your own file that no one else can write. Run: chmod 600 {path}"
+    )]
+    Unsafe { path: PathBuf, owner: u32, mode: u32 },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -125,14 +129,25 @@ fn webhook_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<url::Url
 }
 
 impl Config {
-    /// Reads `config.toml` from the vault directory; no file means the defaults.
+    /// Reads `config.toml` from the vault directory; no file means the defaults. Its alert
+    /// command runs as the user, so the file must be the user's own, writable by no one else, and
+    /// not a symlink.
     pub fn load(vault_dir: &Path) -> Result<Config, ConfigError> {
+        use std::os::unix::fs::MetadataExt;
         let path = vault_dir.join(CONFIG_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let (meta, text) = match crate::files::read_nofollow(&path) {
+            Ok(read) => read,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(ConfigError::Unsafe {
+                path,
+                owner: meta.uid(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
         Self::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
     }
 

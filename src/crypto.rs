@@ -69,6 +69,31 @@ impl Key {
     }
 }
 
+/// HMAC-SHA256 that vouches for the plaintext settings deciding where secrets are sent.
+pub struct MacKey(ring::hmac::Key);
+
+impl MacKey {
+    /// Derived from the data key (HMAC with a fixed label): whoever can open the secrets can
+    /// vouch for the settings, and no one without the master key can.
+    pub fn derive(data_key: &Secret<[u8; KEY_LEN]>) -> MacKey {
+        use ring::hmac;
+        let root = hmac::Key::new(hmac::HMAC_SHA256, data_key.expose());
+        let tag = hmac::sign(&root, b"tokenvault account settings v1");
+        let mut derived = Secret::new([0u8; KEY_LEN]);
+        derived.expose_mut().copy_from_slice(tag.as_ref());
+        MacKey(hmac::Key::new(hmac::HMAC_SHA256, derived.expose()))
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        ring::hmac::sign(&self.0, message).as_ref().to_vec()
+    }
+
+    /// Constant-time comparison.
+    pub fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
+        ring::hmac::verify(&self.0, message, tag).is_ok()
+    }
+}
+
 /// `N` bytes from the system CSPRNG.
 pub fn random_bytes<const N: usize>() -> Result<Secret<[u8; N]>, CryptoError> {
     let mut bytes = [0u8; N];

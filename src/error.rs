@@ -48,6 +48,13 @@ pub enum Error {
     Internal(String),
     #[error("interrupted; everything the command created was removed")]
     Interrupted,
+    /// The daemon's socket or the process behind it is not the user's own: nothing was sent.
+    #[error("refusing the daemon socket {path}: {problem}. Nothing was sent to it. {next}")]
+    UntrustedSocket {
+        path: std::path::PathBuf,
+        problem: String,
+        next: &'static str,
+    },
     /// The daemon refused (`error` is its JSON error code); its message is the user-facing one.
     #[error("{message}")]
     Daemon {

@@ -118,9 +118,29 @@ impl KeySource {
     }
 }
 
-/// Whether `VAULT_MASTER_KEY` is set; it wins over every other source.
+/// `VAULT_MASTER_KEY` as this process found it, read once. `main` reads it and then removes it
+/// from the environment before any thread starts, so no child (`vault exec`, the alert command,
+/// the browser, notify-send) inherits the key that opens every secret.
+static ENV_KEY: std::sync::OnceLock<Option<SecretString>> = std::sync::OnceLock::new();
+
+/// Reads `VAULT_MASTER_KEY` into this process (once); `main` then removes it from the environment.
+pub fn capture_env_key() {
+    env_key();
+}
+
+fn env_key() -> Option<&'static SecretString> {
+    ENV_KEY
+        .get_or_init(|| {
+            std::env::var_os(MASTER_KEY_ENV)
+                // A value that is not UTF-8 stays present, and fails to decode with a clear error.
+                .map(|value| SecretString::from(value.into_string().unwrap_or_default()))
+        })
+        .as_ref()
+}
+
+/// Whether `VAULT_MASTER_KEY` was set; it wins over every other source.
 pub fn env_key_present() -> bool {
-    std::env::var_os(MASTER_KEY_ENV).is_some()
+    env_key().is_some()
 }
 
 fn decode_key(text: &str) -> Option<MasterKey> {
@@ -134,8 +154,7 @@ fn encode_key(key: &MasterKey) -> SecretString {
 }
 
 fn load_from_env() -> Result<MasterKey, KeyError> {
-    let value = std::env::var(MASTER_KEY_ENV).map_err(|_| KeyError::EnvMissing)?;
-    let value = SecretString::from(value);
+    let value = env_key().ok_or(KeyError::EnvMissing)?;
     decode_key(value.expose()).ok_or(KeyError::EnvMalformed)
 }
 

@@ -2,6 +2,8 @@
 //!
 //! The `vault` binary is a thin command line over this library.
 
+#![forbid(unsafe_code)]
+
 pub mod account;
 pub mod alert;
 pub mod archive;
@@ -18,6 +20,7 @@ pub mod error;
 pub mod files;
 pub mod keys;
 pub mod oauth;
+pub mod process;
 pub mod refresh;
 pub mod refresher;
 pub mod scheduler;

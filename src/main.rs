@@ -1,6 +1,11 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    tokenvault::process::harden();
+    tokenvault::keys::capture_env_key();
+    // SAFETY: nothing has started a thread yet, so no one reads the environment concurrently.
+    // The key stays in this process (read above), and no child started later inherits it.
+    unsafe { std::env::remove_var(tokenvault::keys::MASTER_KEY_ENV) };
     let cli = tokenvault::cli::Cli::from_args();
     match tokenvault::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -193,6 +193,10 @@ pub struct UpstreamCall {
 impl UpstreamCall {
     pub fn prepare(store: &Store, account: &Account) -> Result<UpstreamCall, Error> {
         let config = &account.config;
+        config
+            .endpoints
+            .check()
+            .map_err(|err| Error::Input(format!("account {:?}: {err}", account.name)))?;
         let stored = |kind| {
             store
                 .secret(account, kind)?

@@ -158,7 +158,12 @@ enum Command {
 pub fn run(cli: Cli) -> Result<(), Error> {
     let context = Context {
         dir: cli.locations.vault_dir.unwrap_or_else(default_vault_dir),
-        key_file: cli.locations.key_file,
+        // Recorded in the vault at init and rekey: relative, it would break every command run
+        // from another directory.
+        key_file: cli
+            .locations
+            .key_file
+            .map(|path| std::path::absolute(&path).unwrap_or(path)),
         socket: cli
             .locations
             .socket

@@ -136,17 +136,26 @@ impl ProviderChoice {
         endpoints.token_url = overrides.token_url.unwrap_or(endpoints.token_url);
         endpoints.auth_url = overrides.auth_url.or(endpoints.auth_url);
         endpoints.device_url = overrides.device_url.or(endpoints.device_url);
+        endpoints.check()?;
+        Ok(endpoints)
+    }
+}
+
+impl Endpoints {
+    /// Every URL is https (or plain http on loopback): checked when an account is added or
+    /// imported, and again before each upstream call.
+    pub fn check(&self) -> Result<(), OAuthError> {
         for url in [
-            Some(&endpoints.token_url),
-            endpoints.auth_url.as_ref(),
-            endpoints.device_url.as_ref(),
+            Some(&self.token_url),
+            self.auth_url.as_ref(),
+            self.device_url.as_ref(),
         ]
         .into_iter()
         .flatten()
         {
             check_endpoint_url(url)?;
         }
-        Ok(endpoints)
+        Ok(())
     }
 }
 

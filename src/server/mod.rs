@@ -34,9 +34,13 @@ pub enum ServerError {
     #[error("another vault daemon is already serving {0}; stop it first (or use --socket)")]
     AlreadyRunning(PathBuf),
     #[error(
-        "the socket directory {0} belongs to another user or is writable by others; refusing to use it"
+        "refusing the socket directory: {0}. Remove it (another user may have planted it) or give --socket a path in a directory of your own"
     )]
-    UnsafeDirectory(PathBuf),
+    UnsafeDirectory(crate::files::DirProblem),
+    #[error(
+        "--socket-group: the existing directory {0} is not open to that group, and vault serve changes only a directory it creates. Remove it, or give it that group and mode 0750 yourself"
+    )]
+    GroupCannotReach(PathBuf),
     #[error("cannot set up the socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -60,16 +64,32 @@ pub struct ServeOptions {
     pub metadata: Option<(std::net::SocketAddr, String)>,
 }
 
-/// `$XDG_RUNTIME_DIR/tokenvault/vault.sock`, else a per-user directory under /tmp.
+/// `tokenvault/vault.sock` in the user's runtime directory: `$XDG_RUNTIME_DIR`, else the one
+/// logind made (`/run/user/UID`, so cron jobs and `su` sessions find a socket-activated
+/// daemon), else the user's state directory (`~/.local/state`). Never a shared directory such as
+/// /tmp: another user could create the directory first and answer in the daemon's place.
 pub fn default_socket_path() -> PathBuf {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(runtime) if !runtime.is_empty() => PathBuf::from(runtime).join("tokenvault"),
-        _ => std::env::temp_dir().join(format!(
-            "tokenvault-{}",
-            rustix::process::geteuid().as_raw()
-        )),
-    };
-    dir.join("vault.sock")
+    runtime_dir()
+        .or_else(|| directories::BaseDirs::new().map(|dirs| state_dir(&dirs)))
+        .unwrap_or_else(|| PathBuf::from(".tokenvault"))
+        .join("tokenvault/vault.sock")
+}
+
+fn runtime_dir() -> Option<PathBuf> {
+    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        return Some(PathBuf::from(runtime));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    let logind = PathBuf::from(format!("/run/user/{me}"));
+    crate::files::check_private_dir(&logind, me)
+        .is_ok()
+        .then_some(logind)
+}
+
+fn state_dir(dirs: &directories::BaseDirs) -> PathBuf {
+    dirs.state_dir()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| dirs.home_dir().join(".local/state"))
 }
 
 /// Serves until `shutdown` completes, then answers what is in flight and removes the socket.
@@ -286,40 +306,82 @@ fn socket_error(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ 
     }
 }
 
-/// Creates the socket's directory (0700, or 0750 for a group) and the socket (0600 / 0660),
+/// Prepares the socket's directory, then binds the socket (0600, or 0660 for a group),
 /// refusing when a live daemon answers on it and replacing a stale socket file.
 async fn bind(socket: &Path, group: Option<u32>) -> Result<UnixListener, ServerError> {
     let dir = socket
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    crate::files::create_private_dir(dir).map_err(socket_error(dir))?;
-    let meta = std::fs::metadata(dir).map_err(socket_error(dir))?;
-    let owner = rustix::process::geteuid().as_raw();
-    if meta.uid() != owner || meta.permissions().mode() & 0o022 != 0 {
-        return Err(ServerError::UnsafeDirectory(dir.to_owned()));
-    }
-    if socket.exists() {
+    prepare_socket_dir(dir, group)?;
+    if socket.symlink_metadata().is_ok() {
         if UnixStream::connect(socket).await.is_ok() {
             return Err(ServerError::AlreadyRunning(socket.to_owned()));
         }
         std::fs::remove_file(socket).map_err(socket_error(socket))?;
     }
+    // Born 0700 under the process umask (077), in a directory only this user can write to.
     let listener = UnixListener::bind(socket).map_err(socket_error(socket))?;
-    let (dir_mode, socket_mode) = if group.is_some() {
-        (0o750, 0o660)
-    } else {
-        (0o700, 0o600)
-    };
-    if let Some(gid) = group {
-        let gid = Some(rustix::process::Gid::from_raw(gid));
-        for path in [dir, socket] {
-            rustix::fs::chown(path, None, gid).map_err(|err| socket_error(path)(err.into()))?;
+    let mode = match group {
+        Some(gid) => {
+            rustix::fs::chown(socket, None, Some(rustix::process::Gid::from_raw(gid)))
+                .map_err(|err| socket_error(socket)(err.into()))?;
+            0o660
         }
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
-        .map_err(socket_error(dir))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))
+        None => 0o600,
+    };
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
         .map_err(socket_error(socket))?;
     Ok(listener)
+}
+
+/// The socket's directory must be the user's own and closed to others' writes. It is created
+/// with one non-recursive mkdir (its parent made first when missing), and only a directory this
+/// call created gets its mode or group set: an existing one, or a symlink planted at its place,
+/// is checked through a descriptor opened without following links, and never changed.
+fn prepare_socket_dir(dir: &Path, group: Option<u32>) -> Result<(), ServerError> {
+    use rustix::fs::{Mode, OFlags};
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        if !parent.exists() {
+            crate::files::create_private_dir(parent).map_err(socket_error(parent))?;
+        }
+    }
+    let created = match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o700)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
+        Err(err) => return Err(socket_error(dir)(err.into())),
+    };
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|err| {
+        let problem = if err == rustix::io::Errno::LOOP || err == rustix::io::Errno::NOTDIR {
+            crate::files::DirProblem::Symlink(dir.display().to_string())
+        } else {
+            crate::files::DirProblem::Io {
+                path: dir.display().to_string(),
+                source: err.into(),
+            }
+        };
+        ServerError::UnsafeDirectory(problem)
+    })?;
+    let meta = std::fs::File::from(fd);
+    let stat = meta.metadata().map_err(socket_error(dir))?;
+    let owner = rustix::process::geteuid().as_raw();
+    crate::files::check_dir_metadata(&stat, owner, &dir.display().to_string())
+        .map_err(ServerError::UnsafeDirectory)?;
+    match (group, created) {
+        (Some(gid), true) => {
+            rustix::fs::fchown(&meta, None, Some(rustix::process::Gid::from_raw(gid)))
+                .and_then(|()| rustix::fs::fchmod(&meta, Mode::from_raw_mode(0o750)))
+                .map_err(|err| socket_error(dir)(err.into()))?;
+        }
+        (Some(gid), false) if stat.gid() != gid || stat.mode() & 0o010 == 0 => {
+            return Err(ServerError::GroupCannotReach(dir.to_owned()));
+        }
+        _ => {}
+    }
+    Ok(())
 }

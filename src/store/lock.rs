@@ -28,6 +28,7 @@ impl AccountLock {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(|source| StoreError::Dir {
                 path: path.clone(),

@@ -9,13 +9,14 @@ mod schema;
 
 pub use lock::AccountLock;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use thiserror::Error;
 
 use crate::account::{Account, AccountConfig, AccountState, AccountSummary, Principal, SecretKind};
-use crate::crypto::{self, CryptoError, KEY_LEN, Key};
+use crate::crypto::{self, CryptoError, KEY_LEN, Key, MacKey};
 use crate::keys::{KeyError, KeySource, MasterKey};
 use crate::secret::{Secret, SecretString};
 
@@ -49,12 +50,23 @@ pub enum StoreError {
         "the secret {kind} of account {account:?} failed to open: it was altered or moved from another row"
     )]
     SecretTampered { account: String, kind: &'static str },
+    #[error(
+        "the stored settings of account {0:?} (where and how its secrets are sent) were changed outside tokenvault; nothing was sent anywhere. Restore the vault from a backup, or remove the account and add it again: vault remove {0}"
+    )]
+    SettingsTampered(String),
     #[error("the stored settings of account {0:?} are unreadable ({1})")]
     BadConfig(String, String),
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error(
+        "refusing the vault directory {path}: {problem}. The vault must live in a directory only you can write to: fix it (chown/chmod 700) or choose another with --vault"
+    )]
+    UnsafeDir {
+        path: PathBuf,
+        problem: crate::files::DirProblem,
+    },
     #[error("cannot create the vault directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -62,6 +74,16 @@ pub enum StoreError {
     },
     #[error("vault database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// An account to store, with its secrets and its first tokens.
+pub struct NewAccount<'a> {
+    pub name: &'a str,
+    pub config: &'a AccountConfig,
+    pub secrets: &'a [(SecretKind, &'a SecretString)],
+    pub tokens: &'a TokenUpdate<'a>,
+    pub validation_schedule: Option<&'a str>,
+    pub refresh_before: Option<u64>,
 }
 
 /// What a successful token call changes on an account.
@@ -78,6 +100,8 @@ pub struct Store {
     dir: PathBuf,
     conn: Connection,
     data_key: Key,
+    /// Vouches for each account's plaintext settings (`accounts.config_mac`).
+    settings_key: MacKey,
     key_version: i64,
     key_source: KeySource,
 }
@@ -98,6 +122,8 @@ impl Store {
             return Err(StoreError::VaultExists(dir.to_owned()));
         }
         create_private_dir(dir)?;
+        let dir = &trusted_dir(dir)?;
+        let path = Self::db_path(dir);
         let vault_id = hex(crypto::random_bytes::<16>()?.expose());
         let master = key_source.load_or_create(&vault_id, 1)?;
         let result = Self::create_db(dir, &vault_id, &master, key_source.clone());
@@ -118,7 +144,17 @@ impl Store {
         key_source: KeySource,
     ) -> Result<Store, StoreError> {
         let path = Self::db_path(dir);
-        let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_CREATE)?;
+        // 0600 from the start, whatever the umask: SQLite gives `-wal` and `-shm` the same mode.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StoreError::Dir {
+                path: path.clone(),
+                source,
+            })?;
+        let mut conn = connect(&path, OpenFlags::empty())?;
         schema::migrate(&mut conn, &path, true)?;
         let key_version = 1;
         let tx = conn.transaction()?;
@@ -126,12 +162,15 @@ impl Store {
             "INSERT INTO meta (key, value) VALUES ('vault_id', ?1)",
             params![vault_id],
         )?;
-        let data_key = install_data_key(&tx, vault_id, master, &key_source, key_version)?;
+        let (data_key, settings_key) =
+            install_data_key(&tx, vault_id, master, &key_source, key_version)?;
+        mark_settings_signed(&tx)?;
         tx.commit()?;
         Ok(Store {
             dir: dir.to_owned(),
             conn,
             data_key,
+            settings_key,
             key_version,
             key_source,
         })
@@ -140,10 +179,11 @@ impl Store {
     /// Opens the vault in `dir`. The master key comes from `key_override` when given, else from
     /// the source recorded at `vault init`.
     pub fn open(dir: &Path, key_override: Option<KeySource>) -> Result<Store, StoreError> {
-        let path = Self::db_path(dir);
-        if !path.exists() {
+        if !Self::db_path(dir).exists() {
             return Err(StoreError::NoVault(dir.to_owned()));
         }
+        let dir = &trusted_dir(dir)?;
+        let path = Self::db_path(dir);
         let mut conn = connect(&path, OpenFlags::empty())?;
         schema::migrate(&mut conn, &path, false)?;
         let meta = |key: &str| -> Result<rusqlite::types::Value, StoreError> {
@@ -171,18 +211,42 @@ impl Store {
         let data_key = Key::from_bytes(&master)
             .open(&wrapped, wrap_aad(&vault_id, key_version).as_bytes())
             .map_err(|_| StoreError::WrongMasterKey(key_source.describe()))?;
-        let data_key: [u8; KEY_LEN] = data_key
-            .expose()
-            .as_slice()
-            .try_into()
-            .map_err(|_| corrupt(&path, "data key has the wrong length"))?;
-        Ok(Store {
+        let mut raw = Secret::new([0u8; KEY_LEN]);
+        if data_key.expose().len() != KEY_LEN {
+            return Err(corrupt(&path, "data key has the wrong length"));
+        }
+        raw.expose_mut().copy_from_slice(data_key.expose());
+        let mut store = Store {
             dir: dir.to_owned(),
             conn,
-            data_key: Key::from_bytes(&Secret::new(data_key)),
+            data_key: Key::from_bytes(&raw),
+            settings_key: MacKey::derive(&raw),
             key_version,
             key_source,
-        })
+        };
+        store.sign_settings_once()?;
+        Ok(store)
+    }
+
+    /// A vault made before settings were signed gets every account signed once, at its first
+    /// open with the master key; from then on (`meta.settings_signed`) an unsigned account is
+    /// as refused as a wrongly signed one, so clearing a tag cannot get settings re-signed.
+    fn sign_settings_once(&mut self) -> Result<(), StoreError> {
+        let signed: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'settings_signed')",
+            [],
+            |row| row.get(0),
+        )?;
+        if signed {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        sign_all_settings(&tx, &self.settings_key)?;
+        mark_settings_signed(&tx)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The version of the data key; each rekey adds one.
@@ -211,41 +275,34 @@ impl Store {
         secrets: &[(SecretKind, &SecretString)],
         tokens: &TokenUpdate<'_>,
     ) -> Result<(), StoreError> {
-        let config_json = serde_json::to_string(config)
-            .map_err(|err| StoreError::BadConfig(name.into(), err.to_string()))?;
+        self.insert_accounts(&[NewAccount {
+            name,
+            config,
+            secrets,
+            tokens,
+            validation_schedule: None,
+            refresh_before: None,
+        }])
+    }
+
+    /// Stores new accounts in one transaction: all of them, or none (a taken name, a failed
+    /// write) — what `vault import` promises.
+    pub fn insert_accounts(&mut self, accounts: &[NewAccount<'_>]) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?1)",
-            [name],
-            |row| row.get(0),
-        )?;
-        if exists {
-            return Err(StoreError::AccountExists(name.to_owned()));
+        for account in accounts {
+            insert_in(&tx, &self.data_key, &self.settings_key, self.key_version, account)?;
         }
-        let at = now();
-        tx.execute(
-            "INSERT INTO accounts (name, config, state, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, config_json, AccountState::Active.as_str(), at],
-        )?;
-        let id = tx.last_insert_rowid();
-        for (kind, value) in secrets {
-            put_secret(&tx, &self.data_key, self.key_version, id, *kind, value)?;
-        }
-        apply_token_update(&tx, &self.data_key, self.key_version, id, tokens)?;
-        log_event(&tx, name, "added", Some(config.grant.as_str()))?;
         tx.commit()?;
         Ok(())
     }
 
     pub fn account(&self, name: &str) -> Result<Account, StoreError> {
         self.conn
-            .query_row(
-                &format!("{ACCOUNT_COLUMNS} WHERE name = ?1"),
-                [name],
-                read_account,
-            )
+            .query_row(&format!("{ACCOUNT_COLUMNS} WHERE name = ?1"), [name], |row| {
+                read_account(row, &self.settings_key)
+            })
             .optional()?
             .ok_or_else(|| StoreError::NoSuchAccount(name.to_owned()))?
     }
@@ -254,7 +311,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(&format!("{ACCOUNT_COLUMNS} ORDER BY name"))?;
-        let rows = stmt.query_map([], read_account)?;
+        let rows = stmt.query_map([], |row| read_account(row, &self.settings_key))?;
         rows.map(|row| row?).collect()
     }
 
@@ -480,7 +537,9 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let new_key = install_data_key(&tx, &vault_id, &new_master, &new_source, new_version)?;
+        let (new_key, new_settings_key) =
+            install_data_key(&tx, &vault_id, &new_master, &new_source, new_version)?;
+        sign_all_settings(&tx, &new_settings_key)?;
         let rows: Vec<(i64, String, i64, Vec<u8>)> = {
             let mut stmt =
                 tx.prepare("SELECT account_id, kind, key_version, sealed FROM secrets")?;
@@ -511,6 +570,7 @@ impl Store {
         }
         tx.commit()?;
         self.data_key = new_key;
+        self.settings_key = new_settings_key;
         self.key_version = new_version;
         self.key_source = new_source;
         Ok(())
@@ -526,12 +586,24 @@ impl Store {
 
 const ACCOUNT_COLUMNS: &str = "SELECT id, name, config, state, created_at, last_refresh_at, \
      last_validated_at, last_error, access_expires_at, refresh_expires_at, validation_schedule, \
-     refresh_before FROM accounts";
+     refresh_before, config_mac FROM accounts";
 
-fn read_account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Account, StoreError>> {
+/// One row of `ACCOUNT_COLUMNS`; its settings are used only when their tag vouches for them.
+fn read_account(
+    row: &rusqlite::Row<'_>,
+    settings_key: &MacKey,
+) -> rusqlite::Result<Result<Account, StoreError>> {
+    let id: i64 = row.get(0)?;
     let name: String = row.get(1)?;
     let config: String = row.get(2)?;
     let state: String = row.get(3)?;
+    let tag: Option<Vec<u8>> = row.get(12)?;
+    let vouched = tag.is_some_and(|tag| {
+        settings_key.verify(&settings_message(id, &name, &config), &tag)
+    });
+    if !vouched {
+        return Ok(Err(StoreError::SettingsTampered(name)));
+    }
     let config = match serde_json::from_str::<AccountConfig>(&config) {
         Ok(config) => config,
         Err(err) => return Ok(Err(StoreError::BadConfig(name, err.to_string()))),
@@ -543,7 +615,7 @@ fn read_account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Account, Sto
         )));
     };
     Ok(Ok(Account {
-        id: row.get(0)?,
+        id,
         name,
         config,
         state,
@@ -556,6 +628,46 @@ fn read_account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Account, Sto
         validation_schedule: row.get(10)?,
         refresh_before: row.get(11)?,
     }))
+}
+
+fn insert_in(
+    tx: &rusqlite::Transaction<'_>,
+    key: &Key,
+    settings_key: &MacKey,
+    key_version: i64,
+    new: &NewAccount<'_>,
+) -> Result<(), StoreError> {
+    let name = new.name;
+    let config_json = serde_json::to_string(new.config)
+        .map_err(|err| StoreError::BadConfig(name.into(), err.to_string()))?;
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?1)",
+        [name],
+        |row| row.get(0),
+    )?;
+    if exists {
+        return Err(StoreError::AccountExists(name.to_owned()));
+    }
+    tx.execute(
+        "INSERT INTO accounts (name, config, state, created_at, validation_schedule, refresh_before)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            name,
+            config_json,
+            AccountState::Active.as_str(),
+            now(),
+            new.validation_schedule,
+            new.refresh_before
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    sign_settings(tx, settings_key, id, name, &config_json)?;
+    for (kind, value) in new.secrets {
+        put_secret(tx, key, key_version, id, *kind, value)?;
+    }
+    apply_token_update(tx, key, key_version, id, new.tokens)?;
+    log_event(tx, name, "added", Some(new.config.grant.as_str()))?;
+    Ok(())
 }
 
 fn apply_token_update(
@@ -656,6 +768,48 @@ fn log_event(
     Ok(())
 }
 
+/// What an account's settings tag covers: its row id, its name and its settings JSON as
+/// stored, so settings cannot be edited, swapped between accounts or renamed.
+fn settings_message(id: i64, name: &str, config_json: &str) -> Vec<u8> {
+    format!("tokenvault account settings\0{id}\0{name}\0{config_json}").into_bytes()
+}
+
+fn sign_settings(
+    tx: &rusqlite::Transaction<'_>,
+    key: &MacKey,
+    id: i64,
+    name: &str,
+    config_json: &str,
+) -> Result<(), StoreError> {
+    let tag = key.sign(&settings_message(id, name, config_json));
+    tx.execute(
+        "UPDATE accounts SET config_mac = ?2 WHERE id = ?1",
+        params![id, tag],
+    )?;
+    Ok(())
+}
+
+/// Signs every account's settings with `key` (a new vault's first open, and rekey).
+fn sign_all_settings(tx: &rusqlite::Transaction<'_>, key: &MacKey) -> Result<(), StoreError> {
+    let rows: Vec<(i64, String, String)> = {
+        let mut stmt = tx.prepare("SELECT id, name, config FROM accounts")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, name, config) in rows {
+        sign_settings(tx, key, id, &name, &config)?;
+    }
+    Ok(())
+}
+
+fn mark_settings_signed(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('settings_signed', 1)",
+        [],
+    )?;
+    Ok(())
+}
+
 fn secret_aad(account_id: i64, kind: SecretKind, key_version: i64) -> String {
     secret_aad_text(account_id, kind.as_str(), key_version)
 }
@@ -672,7 +826,7 @@ fn install_data_key(
     master: &MasterKey,
     key_source: &KeySource,
     version: i64,
-) -> Result<Key, StoreError> {
+) -> Result<(Key, MacKey), StoreError> {
     let data_key = crypto::random_bytes::<KEY_LEN>()?;
     let wrapped =
         Key::from_bytes(master).seal(data_key.expose(), wrap_aad(vault_id, version).as_bytes())?;
@@ -690,15 +844,36 @@ fn install_data_key(
             params![key, value],
         )?;
     }
-    Ok(Key::from_bytes(&data_key))
+    Ok((Key::from_bytes(&data_key), MacKey::derive(&data_key)))
 }
 
 fn wrap_aad(vault_id: &str, key_version: i64) -> String {
     format!("tokenvault data key|vault={vault_id}|key={key_version}")
 }
 
+/// The vault directory, checked to be the user's own and closed to others' writes (at every
+/// open), as a canonical path: SQLite then refuses a symlink at `vault.db` (`NOFOLLOW`; it opens
+/// its `-wal` and `-shm` with O_NOFOLLOW itself), and nothing else resolves one later.
+fn trusted_dir(dir: &Path) -> Result<PathBuf, StoreError> {
+    let unsafe_dir = |problem| StoreError::UnsafeDir {
+        path: dir.to_owned(),
+        problem,
+    };
+    crate::files::check_private_dir(dir, rustix::process::geteuid().as_raw())
+        .map_err(unsafe_dir)?;
+    std::fs::canonicalize(dir).map_err(|source| {
+        unsafe_dir(crate::files::DirProblem::Io {
+            path: dir.display().to_string(),
+            source,
+        })
+    })
+}
+
 fn connect(path: &Path, extra: OpenFlags) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+        | extra;
     let conn = Connection::open_with_flags(path, flags).map_err(|err| corrupt(path, err))?;
     // WAL for concurrent readers; FULL so a committed rotated refresh token survives power loss.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

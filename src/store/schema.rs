@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/002_grants.sql"),
     include_str!("../../schema/003_validation_schedule.sql"),
     include_str!("../../schema/004_refresh_before.sql"),
+    include_str!("../../schema/005_settings_mac.sql"),
 ];
 
 /// Brings the schema up to date. `fresh` is true only for a database `vault init` just created:
