@@ -10,7 +10,7 @@ use crate::{add_with_browser, token};
 
 /// Writes `config.toml` with an alert command that appends one line per alert to a file, and
 /// the fake server's webhook. Returns the file.
-fn alerting_config(vault: &TestVault, fake: &FakeOAuth, extra: &str) -> PathBuf {
+pub(crate) fn alerting_config(vault: &TestVault, fake: &FakeOAuth, extra: &str) -> PathBuf {
     let alerts = vault.root.path().join("alerts.log");
     let config = format!(
         "[alert]\ncommand = \"printf '%s|%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" \\\"$VAULT_REASON\\\" >> {}\"\nwebhook = \"{}/webhook\"\ndesktop = false\n{extra}",
@@ -21,7 +21,7 @@ fn alerting_config(vault: &TestVault, fake: &FakeOAuth, extra: &str) -> PathBuf 
     alerts
 }
 
-fn alert_lines(path: &PathBuf) -> Vec<String> {
+pub(crate) fn alert_lines(path: &PathBuf) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -30,7 +30,7 @@ fn alert_lines(path: &PathBuf) -> Vec<String> {
 }
 
 /// Waits until `done` holds, up to `limit`.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if done() {

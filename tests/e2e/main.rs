@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `vault` binary, a real SQLite vault, real HTTP to a fake OAuth
 //! server on 127.0.0.1.
 
+mod attacks;
 mod crash;
 mod daemon;
 mod daemon_support;

@@ -1,0 +1,471 @@
+//! The trust boundaries, attacked the way they would be: another local user (uid 65534 via
+//! setuid, the tests run as root), planted symlinks and directories, an edited database, a
+//! hostile archive. Each of these tests failed on the code before its fix.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::daemon_support::Daemon;
+use crate::fake_oauth::OfflineRule;
+use crate::support::{TestVault, write_private};
+use crate::add_with_browser;
+
+const NOBODY: u32 = 65534;
+
+fn running_as_root() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: needs root to act as another user");
+    }
+    root
+}
+
+/// A world-writable sticky directory like /tmp, private to this test, where "another user"
+/// can plant things.
+fn shared_tmp() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("tv-shared")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
+fn as_nobody(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command.uid(NOBODY).gid(NOBODY).env_clear().env("PATH", "/usr/bin:/bin");
+    command
+}
+
+/// Another user's process listening at `socket` (creating its directory, world-writable),
+/// answering every request with a token of its own choosing.
+struct Impostor(Child);
+
+const IMPOSTOR: &str = r#"
+import os, socket, sys
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+os.chmod(os.path.dirname(path), 0o777)
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+os.chmod(path, 0o777)
+s.listen(8)
+print("ready", flush=True)
+body = b'{"access_token":"impostor-token","token_type":"Bearer","expires_in":3600,"expires_at":9999999999,"scope":""}'
+while True:
+    c, _ = s.accept()
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    c.close()
+"#;
+
+impl Impostor {
+    fn listen(socket: &Path) -> Impostor {
+        let mut child = as_nobody("python3")
+            .args(["-c", IMPOSTOR])
+            .arg(socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the impostor did not start");
+        Impostor(child)
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn another_user_squatting_the_old_tmp_socket_gets_nothing_and_hands_out_nothing() {
+    if !running_as_root() {
+        return;
+    }
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    // cron, su, ssh without pam_systemd: no XDG_RUNTIME_DIR. The old fallback was
+    // $TMPDIR/tokenvault-$UID, which another user can create first.
+    let shared = shared_tmp();
+    let me = rustix::process::geteuid().as_raw();
+    let _impostor = Impostor::listen(&shared.path().join(format!("tokenvault-{me}/vault.sock")));
+    let mut command = vault.command(&["token", "mail"]);
+    command.env_remove("VAULT_SOCKET").env("TMPDIR", shared.path());
+    let run = vault.run_command(command, None);
+    run.ok();
+    assert!(
+        fake.is_access_token(run.stdout.trim()),
+        "the token came from someone else: {}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_socket_directory_of_another_user_is_refused_before_anything_is_sent() {
+    if !running_as_root() {
+        return;
+    }
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let shared = shared_tmp();
+    let planted = shared.path().join("tokenvault/vault.sock");
+    let _impostor = Impostor::listen(&planted);
+    for verb in [
+        &["token", "mail"][..],
+        &["exec", "mail", "--", "true"],
+        &["git-credential", "--account", "mail", "get"],
+    ] {
+        let run = vault.run(&[&["--socket", planted.to_str().unwrap()], verb].concat());
+        run.fails_with(1, &format!("belongs to uid {NOBODY}"));
+        assert!(!run.stdout.contains("impostor-token"), "{}", run.stdout);
+    }
+}
+
+#[test]
+fn a_daemon_of_another_user_behind_a_private_directory_is_refused() {
+    if !running_as_root() {
+        return;
+    }
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let shared = shared_tmp();
+    let listening = shared.path().join("p/vault.sock");
+    let _impostor = Impostor::listen(&listening);
+    // The directory is the user's own; only the peer's credentials give the impostor away (a
+    // socket file moved in, a bind mount, a directory the user chmod'ed back).
+    let private = vault.root.path().join("run");
+    std::fs::create_dir(&private).unwrap();
+    let socket = private.join("vault.sock");
+    std::fs::rename(&listening, &socket).unwrap();
+    let run = vault.run(&["--socket", socket.to_str().unwrap(), "token", "mail"]);
+    run.fails_with(1, &format!("served by uid {NOBODY}"));
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+#[test]
+fn serve_never_changes_a_planted_symlink_target_or_the_current_directory() {
+    if !running_as_root() {
+        return;
+    }
+    let vault = TestVault::new(None);
+    let ssh = vault.root.path().join("home/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let shared = shared_tmp();
+    let link = shared.path().join("tokenvault");
+    let planted = as_nobody("ln")
+        .arg("-s")
+        .arg(&ssh)
+        .arg(&link)
+        .status()
+        .unwrap();
+    assert!(planted.success());
+    let socket = link.join("vault.sock");
+    let run = vault.run(&[
+        "serve",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--socket-group",
+        "nogroup",
+    ]);
+    run.fails_with(1, "symbolic link");
+    let meta = std::fs::metadata(&ssh).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.gid()),
+        (0o700, 0),
+        "the symlink's target was changed"
+    );
+    assert!(!ssh.join("vault.sock").exists());
+
+    // `--socket x.sock`: the socket's directory is the current one, which is not the daemon's
+    // to chmod.
+    let work = vault.root.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = vault.command(&["serve", "--socket", "x.sock"]);
+    command.current_dir(&work).stderr(Stdio::null());
+    let mut daemon = command.spawn().unwrap();
+    assert!(crate::lifecycle::eventually(Duration::from_secs(20), || {
+        work.join("x.sock").exists()
+    }));
+    let mode = std::fs::metadata(&work).unwrap().mode() & 0o777;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(mode, 0o755, "vault serve chmod'ed the current directory");
+}
+
+#[test]
+fn no_child_inherits_the_master_key() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let run = vault.run(&["exec", "mail", "--", "sh", "-c", "env"]);
+    run.ok();
+    assert!(run.stdout.contains("ACCESS_TOKEN="), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("VAULT_MASTER_KEY"),
+        "vault exec passed the master key on"
+    );
+
+    // The alert command gets an allow-listed environment: not the master key, not anything
+    // else the daemon happened to be started with.
+    let seen = vault.root.path().join("alert-env");
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[alert]\ncommand = \"env > {}\"\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    let mut command = vault.command(&["serve"]);
+    command
+        .env("OTHER_TOOL_TOKEN", "not-for-children")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut daemon = command.spawn().unwrap();
+    fake.revoke_all();
+    let alerted = crate::lifecycle::eventually(Duration::from_secs(15), || {
+        std::fs::read_to_string(&seen).is_ok_and(|env| env.contains("VAULT_EVENT"))
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(alerted, "no alert");
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.contains("VAULT_ACCOUNT=mail"), "{env}");
+    assert!(env.contains("PATH="), "{env}");
+    assert!(!env.contains("VAULT_MASTER_KEY"), "{env}");
+    assert!(!env.contains("OTHER_TOOL_TOKEN"), "{env}");
+}
+
+#[test]
+fn a_vault_directory_others_can_write_is_refused() {
+    if !running_as_root() {
+        return;
+    }
+    // Created by another user (e.g. /tmp/vault, 0777) before the victim's init.
+    let shared = shared_tmp();
+    let theirs = shared.path().join("vault");
+    assert!(
+        as_nobody("mkdir")
+            .args(["-m", "777"])
+            .arg(&theirs)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let vault = TestVault::uninitialized(None);
+    let run = vault.run(&["--vault", theirs.to_str().unwrap(), "init"]);
+    run.fails_with(1, &format!("belongs to uid {NOBODY}"));
+    assert!(!theirs.join("vault.db").exists());
+
+    // An existing vault whose directory became group-writable is refused at every open.
+    let vault = TestVault::new(None);
+    std::fs::set_permissions(&vault.dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+    vault
+        .run(&["list"])
+        .fails_with(1, "can be written by group or others");
+}
+
+#[test]
+fn nothing_in_the_vault_directory_is_opened_through_a_symlink() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+
+    // vault.db itself.
+    let elsewhere = vault.root.path().join("elsewhere.db");
+    std::fs::rename(vault.db_path(), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, vault.db_path()).unwrap();
+    let run = vault.run(&["list"]);
+    assert_ne!(run.code, 0, "opened through a symlink: {}", run.stdout);
+    std::fs::remove_file(vault.db_path()).unwrap();
+    std::fs::rename(&elsewhere, vault.db_path()).unwrap();
+    vault.run(&["list"]).ok();
+
+    // audit.log pointing at a file of the user's: the daemon must not append to it.
+    let bashrc = vault.root.path().join("bashrc");
+    std::fs::write(&bashrc, "# mine\n").unwrap();
+    std::os::unix::fs::symlink(&bashrc, vault.dir.join("audit.log")).unwrap();
+    vault.run(&["serve"]).fails_with(1, "audit.log");
+    assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# mine\n");
+    std::fs::remove_file(vault.dir.join("audit.log")).unwrap();
+
+    // config.toml: its alert command runs as the user.
+    let config = vault.dir.join("config.toml");
+    let planted = vault.root.path().join("planted.toml");
+    std::fs::write(&planted, "[alert]\ncommand = \"touch /tmp/pwned\"\n").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&planted, &config).unwrap();
+    vault.run(&["serve"]).fails_with(1, "config.toml");
+    std::fs::remove_file(&config).unwrap();
+    std::fs::write(&config, "[alert]\ndesktop = false\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o620)).unwrap();
+    vault.run(&["serve"]).fails_with(1, "chmod 600");
+}
+
+#[test]
+fn vault_files_are_private_whatever_the_umask() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::uninitialized(Some(&fake));
+    let mut init = vault.command_via(&["sh", "-c", "umask 022; exec \"$0\" \"$@\""], &["init"]);
+    init.stdin(Stdio::null());
+    vault.run_command(init, None).ok();
+    add_with_browser(&vault, &fake, "mail").ok();
+    let daemon = Daemon::start(&vault, &[]);
+    assert_eq!(daemon.get("/v1/token/mail").status, 200);
+    let mut seen = Vec::new();
+    for (path, _) in vault.files_bytes() {
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+    }
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm", "audit.log"] {
+        assert!(seen.iter().any(|seen| seen == name), "{name} in {seen:?}");
+    }
+}
+
+/// Runs SQL on the vault's database, as someone with write access to the file would.
+fn edit_db(vault: &TestVault, sql: &str) {
+    let db = rusqlite::Connection::open(vault.db_path()).unwrap();
+    assert!(db.execute(sql, []).unwrap() > 0, "{sql}");
+}
+
+#[test]
+fn edited_account_settings_never_send_a_secret_anywhere() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let evil = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    add_with_browser(&vault, &fake, "work").ok();
+    edit_db(
+        &vault,
+        &format!(
+            "UPDATE accounts SET config = json_set(config, '$.endpoints.token_url', '{}') WHERE name = 'mail'",
+            evil.token_url()
+        ),
+    );
+    // A token that must be refreshed: the refresh token would go to the edited URL.
+    vault
+        .run(&["token", "mail", "--min-valid", "7200"])
+        .fails_with(1, "changed outside tokenvault");
+    assert_eq!(evil.counters(|c| c.token_requests), 0, "a secret was sent");
+
+    // A cleared tag is no way around it, nor is a renamed account.
+    edit_db(
+        &vault,
+        "UPDATE accounts SET config_mac = NULL WHERE name = 'work'",
+    );
+    vault
+        .run(&["token", "work", "--min-valid", "7200"])
+        .fails_with(1, "changed outside tokenvault");
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    edit_db(&vault, "UPDATE accounts SET name = 'other' WHERE name = 'mail'");
+    vault
+        .run(&["token", "other", "--min-valid", "7200"])
+        .fails_with(1, "changed outside tokenvault");
+    // Untouched accounts keep working, through a rekey too.
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let new_key = vault.root.path().join("new.key");
+    vault
+        .run(&["rekey", "--new-key-file", new_key.to_str().unwrap()])
+        .ok();
+    let mut command = vault.command(&[
+        "--key-file",
+        new_key.to_str().unwrap(),
+        "token",
+        "mail",
+        "--min-valid",
+        "7200",
+    ]);
+    command.env_remove("VAULT_MASTER_KEY");
+    let run = vault.run_command(command, None);
+    run.ok();
+    assert!(fake.is_access_token(run.stdout.trim()));
+}
+
+#[test]
+fn an_archive_cannot_bring_a_plain_http_token_url() {
+    use tokenvault::account::{AccountConfig, GrantKind, LoginMethod, SecretKind};
+    use tokenvault::oauth::ClientAuth;
+    use tokenvault::oauth::provider::{Endpoints, OfflineAccess};
+    // An archive made by hand (here: a scratch vault written through the library, whose URL
+    // checks the CLI would have refused).
+    let source = TestVault::new(None);
+    let mut store = source.open_store();
+    let config = AccountConfig {
+        grant: GrantKind::RefreshToken,
+        endpoints: Endpoints {
+            provider: "custom".into(),
+            token_url: "http://collector.example/token".into(),
+            auth_url: None,
+            device_url: None,
+            issuer: None,
+            offline: OfflineAccess::AsConfigured,
+        },
+        client_id: Some("id".into()),
+        client_auth: ClientAuth::Basic,
+        scopes: vec![],
+        login: LoginMethod::Browser,
+        service_account_email: None,
+        key_id: None,
+        subject: None,
+    };
+    let refresh = tokenvault::secret::SecretString::from("planted-refresh-token".to_owned());
+    let access = tokenvault::secret::SecretString::from(String::new());
+    store
+        .insert_account(
+            "leaky",
+            &config,
+            &[(SecretKind::RefreshToken, &refresh)],
+            &tokenvault::store::TokenUpdate {
+                access_token: &access,
+                access_expires_at: None,
+                new_refresh_token: None,
+                refresh_expires_at: None,
+                validated: false,
+            },
+        )
+        .unwrap();
+    drop(store);
+    let passphrase = source.root.path().join("passphrase");
+    write_private(&passphrase, "correct horse battery staple\n");
+    let archive: PathBuf = source.root.path().join("hostile.tvx");
+    crate::security::with_passphrase(&source, "export", &archive, &passphrase).ok();
+
+    let target = TestVault::new(None);
+    crate::security::with_passphrase(&target, "import", &archive, &passphrase)
+        .fails_with(1, "must be an https URL");
+    let list = target.run(&["list"]);
+    assert!(!list.stdout.contains("leaky"), "{}", list.stdout);
+}
+
+#[test]
+fn a_relative_key_file_keeps_working_from_another_directory() {
+    let vault = TestVault::uninitialized(None);
+    let work = vault.root.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let with_relative_key = |cwd: &Path, args: &[&str]| {
+        let mut command = vault.command(args);
+        command.env_remove("VAULT_MASTER_KEY").current_dir(cwd);
+        vault.run_command(command, None)
+    };
+    with_relative_key(&work, &["--key-file", "keys/master.key", "init"]).ok();
+    // Later, from elsewhere, without naming the key: the recorded path must still find it.
+    with_relative_key(vault.root.path(), &["list"]).ok();
+}
