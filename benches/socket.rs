@@ -140,6 +140,7 @@ fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
             auth_url: None,
             device_url: None,
             issuer: None,
+            iss_required: false,
             offline: OfflineAccess::AsConfigured,
         },
         client_id: Some("bench-client".into()),

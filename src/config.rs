@@ -35,7 +35,11 @@ pub enum ConfigError {
     #[error(
         "refusing {path} (owner uid {owner}, mode {mode:o}): its alert command runs as you, so it must be your own file that no one else can write. Run: chmod 600 {path}"
     )]
-    Unsafe { path: PathBuf, owner: u32, mode: u32 },
+    Unsafe {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }

@@ -599,14 +599,15 @@ async fn webhook(State(shared): Shared, body: String) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn device_authorization(State(shared): Shared, body: String) -> Response {
+/// RFC 8628 §3.1, as a certified server enforces it: the client authenticates here exactly as
+/// at the token endpoint, so a confidential client sending its bare `client_id` gets 401.
+async fn device_authorization(State(shared): Shared, headers: HeaderMap, body: String) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();
     let mut inner = lock(&shared);
-    let client_id = form.get("client_id").cloned().unwrap_or_default();
-    if client_id != CLIENT_ID && client_id != PUBLIC_CLIENT_ID {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+    if let Err(refusal) = authenticate(&inner, &headers, &form) {
+        return *refusal;
     }
     let device_code = random("dc-PLANTED-");
     inner.issued_secrets.push(device_code.clone());

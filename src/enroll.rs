@@ -250,6 +250,7 @@ async fn prove_service_account(
             auth_url: None,
             device_url: None,
             issuer: None,
+            iss_required: false,
             offline: OfflineAccess::AsConfigured,
         },
         client_id: None,

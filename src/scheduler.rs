@@ -39,15 +39,15 @@ pub fn refresh_due(account: &str, issued_at: i64, expires_at: i64, configured: O
 
 /// The pause after the `failures`-th transient failure in a row: exponential from 5 s, capped,
 /// with jitter (50–100 %) so that many accounts do not retry in step; never shorter than the
-/// provider's `Retry-After`.
+/// provider's `Retry-After`, which is itself capped: an absurd one must not silence an account
+/// for years.
 pub fn backoff(failures: u32, retry_after: Option<u64>, cap: u64, random: u32) -> i64 {
+    let cap = i64::try_from(cap).unwrap_or(i64::MAX);
     let exponent = failures.saturating_sub(1).min(20);
-    let full = BACKOFF_BASE
-        .saturating_mul(1 << exponent)
-        .min(cap as i64)
-        .max(1);
+    let full = BACKOFF_BASE.saturating_mul(1 << exponent).min(cap).max(1);
     let jittered = full / 2 + (i64::from(random) % (full / 2 + 1));
-    jittered.max(retry_after.map_or(0, |seconds| seconds as i64))
+    let asked = retry_after.map_or(0, |seconds| i64::try_from(seconds).unwrap_or(i64::MAX));
+    jittered.max(asked.min(cap))
 }
 
 #[cfg(test)]
@@ -85,5 +85,11 @@ mod tests {
         assert!((20..=40).contains(&backoff(4, None, 900, 7)));
         assert!((450..=900).contains(&backoff(30, None, 900, 12345)));
         assert_eq!(backoff(1, Some(120), 900, 0), 120);
+        assert_eq!(
+            backoff(1, Some(u64::MAX), 900, 0),
+            900,
+            "Retry-After is capped"
+        );
+        assert!(backoff(3, None, u64::MAX, 0) > 0);
     }
 }

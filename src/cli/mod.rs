@@ -394,8 +394,14 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Error> {
 
 /// "2026-11-24T13:00:00Z (in 59m 12s)" / "(3m ago)".
 fn when(unix: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
-    let delta = unix - crate::clock::now_unix();
+    // A stored time comes from a provider's numbers or an edited database: never panic on it
+    // (humantime's formatting fails, and `format!` then panics, past the year 9999).
+    const YEAR_10000: i64 = 253_402_300_800;
+    if !(0..YEAR_10000).contains(&unix) {
+        return format!("{unix} (not a date)");
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix as u64);
+    let delta = unix.saturating_sub(crate::clock::now_unix());
     let span = humantime::format_duration(std::time::Duration::from_secs(delta.unsigned_abs()));
     let relative = if delta >= 0 {
         format!("in {span}")

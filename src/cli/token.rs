@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 
 use clap::Args;
@@ -137,19 +137,30 @@ pub(super) struct GitCredentialArgs {
     /// The user name git sends with the token
     #[arg(long, default_value = "oauth2")]
     username: String,
+    /// Answer only for this host (as git names it, e.g. github.com); without it, any https host
+    #[arg(long)]
+    host: Option<String>,
     /// get, store or erase (git passes it)
     operation: String,
 }
 
 /// git's credential-helper protocol: `get` answers with the account's access token as the
 /// password; `store` and `erase` are no-ops, because the vault, not git, keeps credentials.
+/// The token goes only over https, and only to the configured host when one is: a helper set
+/// globally would otherwise hand it to any remote a repository names (`http://evil.example`).
+/// For anything else the helper answers nothing, and git goes on to its next helper or prompt.
 pub(super) fn git_credential(context: &Context, args: GitCredentialArgs) -> Result<(), Error> {
     if args.operation != "get" {
         return Ok(());
     }
-    // git sends protocol/host/path lines; the account is chosen by configuration, not by them.
     let mut request = String::new();
-    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut request);
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut request)
+        .map_err(|err| Error::Input(format!("cannot read git's request: {err}")))?;
+    if !git_request_allowed(&request, args.host.as_deref()) {
+        return Ok(());
+    }
     let obtained = obtain(context, &args.account, 60, false)?;
     let mut stdout = std::io::stdout().lock();
     writeln!(
@@ -160,4 +171,51 @@ pub(super) fn git_credential(context: &Context, args: GitCredentialArgs) -> Resu
     )
     .and_then(|()| stdout.flush())
     .map_err(|err| Error::Input(format!("cannot answer git: {err}")))
+}
+
+/// Whether git's request (`key=value` lines) is for https (or plain http on loopback, as for
+/// endpoint URLs) and, when `host` is set, for that host.
+fn git_request_allowed(request: &str, host: Option<&str>) -> bool {
+    let field = |name: &str| {
+        request
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
+    };
+    let asked = field("host").unwrap_or_default();
+    let scheme_ok = match field("protocol") {
+        Some("https") => true,
+        Some("http") => url::Url::parse(&format!("http://{asked}/"))
+            .is_ok_and(|url| matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))),
+        _ => false,
+    };
+    scheme_ok && host.is_none_or(|host| asked.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::git_request_allowed;
+
+    #[test]
+    fn git_gets_a_token_only_over_https_or_loopback_and_for_the_configured_host() {
+        let https = "protocol=https\nhost=github.com\npath=me/repo.git\n";
+        assert!(git_request_allowed(https, None));
+        assert!(git_request_allowed(https, Some("github.com")));
+        assert!(!git_request_allowed(https, Some("gitlab.com")));
+        assert!(!git_request_allowed(
+            "protocol=http\nhost=evil.example\n",
+            None
+        ));
+        assert!(git_request_allowed(
+            "protocol=http\nhost=127.0.0.1:8080\n",
+            None
+        ));
+        assert!(!git_request_allowed(
+            "protocol=http\nhost=127.0.0.1.evil.example\n",
+            None
+        ));
+        assert!(!git_request_allowed("host=github.com\n", None));
+        assert!(!git_request_allowed("", None));
+    }
 }

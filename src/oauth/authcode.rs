@@ -58,7 +58,10 @@ pub async fn authorize(
     let (stop, stopped) = oneshot::channel::<()>();
     let router = Router::new()
         .route("/", get(receive_redirect))
-        .with_state(Arc::new(Mutex::new(Some(sender))));
+        .with_state(Arc::new(Waiting {
+            state: state.clone(),
+            sender: Mutex::new(Some(sender)),
+        }));
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async {
@@ -72,7 +75,7 @@ pub async fn authorize(
     let _ = stop.send(());
     // Let the browser's page finish loading; never hang on a client that keeps its connection.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    let code = check_callback(callback?, &state, request.endpoints.issuer.as_deref())?;
+    let code = check_callback(callback?, &state, request.endpoints)?;
 
     let answer = token::request(
         http,
@@ -126,21 +129,45 @@ fn authorization_url(
     Ok(url)
 }
 
+/// The login the loopback listener waits for: its `state`, and where its redirect goes.
+struct Waiting {
+    state: SecretString,
+    sender: Mutex<Option<oneshot::Sender<Callback>>>,
+}
+
+/// Takes the redirect whose `state` is this login's. Any other request to the port (any local
+/// process can send one) is answered and ignored: it must not end the login.
 async fn receive_redirect(
-    State(sender): State<Arc<Mutex<Option<oneshot::Sender<Callback>>>>>,
+    State(waiting): State<Arc<Waiting>>,
     Query(params): Query<Callback>,
-) -> Html<&'static str> {
-    let taken = sender.lock().ok().and_then(|mut slot| slot.take());
+) -> (axum::http::StatusCode, Html<&'static str>) {
+    use axum::http::StatusCode;
+    let ours = params
+        .get("state")
+        .is_some_and(|state| state == waiting.state.expose());
+    if !ours {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(
+                "<h1>tokenvault</h1><p>This redirect is not for the login in progress; ignored.</p>",
+            ),
+        );
+    }
+    let taken = waiting.sender.lock().ok().and_then(|mut slot| slot.take());
     let Some(sender) = taken else {
-        return Html("<h1>tokenvault</h1><p>This login was already answered.</p>");
+        return (
+            StatusCode::OK,
+            Html("<h1>tokenvault</h1><p>This login was already answered.</p>"),
+        );
     };
     let denied = params.contains_key("error");
     let _ = sender.send(params);
-    if denied {
-        Html("<h1>tokenvault</h1><p>Authorization was not granted. You can close this tab.</p>")
+    let page = if denied {
+        "<h1>tokenvault</h1><p>Authorization was not granted. You can close this tab.</p>"
     } else {
-        Html("<h1>tokenvault</h1><p>Done. You can close this tab and return to the terminal.</p>")
-    }
+        "<h1>tokenvault</h1><p>Done. You can close this tab and return to the terminal.</p>"
+    };
+    (StatusCode::OK, Html(page))
 }
 
 /// Opens `url` with `$BROWSER` (the URL as its one argument), else xdg-open on a desktop. The URL
@@ -203,8 +230,9 @@ async fn wait_for_redirect(
 fn check_callback(
     mut callback: Callback,
     expected_state: &SecretString,
-    expected_issuer: Option<&str>,
+    endpoints: &Endpoints,
 ) -> Result<SecretString, OAuthError> {
+    let expected_issuer = endpoints.issuer.as_deref();
     let state_ok = callback
         .get("state")
         .is_some_and(|state| state == expected_state.expose());
@@ -216,12 +244,21 @@ fn check_callback(
             "access_denied" => OAuthError::ConsentDenied,
             _ => {
                 let description = callback.remove("error_description").unwrap_or_default();
-                OAuthError::AuthorizationFailed(format!("{error} {description}").trim().to_owned())
+                OAuthError::AuthorizationFailed(
+                    super::printable(&format!("{error} {description}"))
+                        .trim()
+                        .to_owned(),
+                )
             }
         });
     }
     if !state_ok {
         return Err(OAuthError::StateMismatch);
+    }
+    if let (Some(expected), true, None) =
+        (expected_issuer, endpoints.iss_required, callback.get("iss"))
+    {
+        return Err(OAuthError::IssuerMissing(expected.to_owned()));
     }
     if let (Some(expected), Some(got)) = (expected_issuer, callback.get("iss"))
         && expected.trim_end_matches('/') != got.trim_end_matches('/')
@@ -256,24 +293,41 @@ mod tests {
             .collect()
     }
 
+    fn endpoints(issuer: Option<&str>, iss_required: bool) -> Endpoints {
+        Endpoints {
+            provider: "oidc".into(),
+            token_url: "https://i/token".into(),
+            auth_url: None,
+            device_url: None,
+            issuer: issuer.map(str::to_owned),
+            iss_required,
+            offline: super::super::provider::OfflineAccess::OfflineAccessScope,
+        }
+    }
+
     #[test]
     fn callback_checks() {
         let state = SecretString::from("s1".to_owned());
+        let pinned = endpoints(Some("https://i"), false);
         let ok = check_callback(
             callback(&[("code", "c"), ("state", "s1"), ("iss", "https://i")]),
             &state,
-            Some("https://i"),
+            &pinned,
         );
         assert_eq!(ok.unwrap().expose(), "c");
         assert!(matches!(
-            check_callback(callback(&[("code", "c"), ("state", "x")]), &state, None),
+            check_callback(
+                callback(&[("code", "c"), ("state", "x")]),
+                &state,
+                &endpoints(None, false)
+            ),
             Err(OAuthError::StateMismatch)
         ));
         assert!(matches!(
             check_callback(
                 callback(&[("code", "c"), ("state", "s1"), ("iss", "https://evil")]),
                 &state,
-                Some("https://i")
+                &pinned
             ),
             Err(OAuthError::IssuerMismatch { .. })
         ));
@@ -281,9 +335,16 @@ mod tests {
             check_callback(
                 callback(&[("error", "access_denied"), ("state", "s1")]),
                 &state,
-                None
+                &pinned
             ),
             Err(OAuthError::ConsentDenied)
+        ));
+        // RFC 9207: a server that promises iss must send it.
+        let without_iss = callback(&[("code", "c"), ("state", "s1")]);
+        assert!(check_callback(without_iss.clone(), &state, &pinned).is_ok());
+        assert!(matches!(
+            check_callback(without_iss, &state, &endpoints(Some("https://i"), true)),
+            Err(OAuthError::IssuerMissing(_))
         ));
     }
 }

@@ -12,6 +12,11 @@ use crate::secret::SecretString;
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// RFC 8628 §3.5: `slow_down` adds 5 seconds to the polling interval.
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+/// A device code is typed by a person: its life is minutes (RFC 8628 suggests 30). A longer one
+/// from the provider is clamped, and so is the polling interval, so no answer can overflow a
+/// deadline or park the command for days.
+const MAX_DEVICE_LIFETIME: u64 = 3600;
+const MAX_INTERVAL: u64 = 60;
 
 #[derive(Deserialize)]
 struct DeviceAuthorization {
@@ -21,13 +26,20 @@ struct DeviceAuthorization {
     #[serde(alias = "verification_url")]
     verification_uri: String,
     verification_uri_complete: Option<String>,
-    expires_in: u64,
-    #[serde(default = "default_interval")]
-    interval: u64,
+    #[serde(deserialize_with = "token::number_or_string")]
+    expires_in: Option<u64>,
+    #[serde(default, deserialize_with = "token::number_or_string")]
+    interval: Option<u64>,
 }
 
-fn default_interval() -> u64 {
-    5
+impl DeviceAuthorization {
+    fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.expires_in.unwrap_or(1800).min(MAX_DEVICE_LIFETIME))
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval.unwrap_or(5).clamp(1, MAX_INTERVAL))
+    }
 }
 
 pub async fn authorize(
@@ -39,27 +51,28 @@ pub async fn authorize(
 ) -> Result<TokenGrant, OAuthError> {
     let (_, scopes) = endpoints.offline.apply(scopes);
     let scope = scope_string(&scopes);
-    let authorization = start(http, device_url, &client.id, &scope).await?;
+    let authorization = start(http, device_url, client, &scope).await?;
     eprintln!(
         "To authorize tokenvault, visit:\n\n    {}\n\nand enter the code:  {}\n",
-        authorization.verification_uri, authorization.user_code
+        super::printable(&authorization.verification_uri),
+        super::printable(&authorization.user_code)
     );
     if let Some(complete) = &authorization.verification_uri_complete {
-        eprintln!("(or open {complete})\n");
+        eprintln!("(or open {})\n", super::printable(complete));
     }
     poll(http, endpoints, client, &authorization).await
 }
 
+/// RFC 8628 §3.1: the device authorization request authenticates the client exactly as a token
+/// request does (basic or post for a confidential client; `client_id` alone for a public one).
 async fn start(
     http: &reqwest::Client,
     device_url: &str,
-    client_id: &str,
+    client: &Client,
     scope: &str,
 ) -> Result<DeviceAuthorization, OAuthError> {
     super::provider::check_endpoint_url(device_url)?;
-    let response = http
-        .post(device_url)
-        .form(&[("client_id", client_id), ("scope", scope)])
+    let response = token::build_request(http, device_url, Some(client), &[("scope", scope)])
         .send()
         .await
         .map_err(|_| {
@@ -68,17 +81,19 @@ async fn start(
             ))
         })?;
     let status = response.status().as_u16();
-    let body = response.bytes().await.unwrap_or_default();
-    if let Ok(authorization) = serde_json::from_slice::<DeviceAuthorization>(&body) {
+    let body = token::read_body(response)
+        .await
+        .unwrap_or_else(|_| crate::secret::Secret::new(Vec::new()));
+    if let Ok(authorization) = serde_json::from_slice::<DeviceAuthorization>(body.expose()) {
         return Ok(authorization);
     }
-    let detail = serde_json::from_slice::<serde_json::Value>(&body)
+    let detail = serde_json::from_slice::<serde_json::Value>(body.expose())
         .ok()
         .and_then(|value| {
             value
                 .get("error")
                 .and_then(|e| e.as_str())
-                .map(str::to_owned)
+                .map(super::printable)
         })
         .unwrap_or_else(|| "not a device authorization answer".to_owned());
     Err(OAuthError::Provider(format!(
@@ -92,8 +107,8 @@ async fn poll(
     client: &Client,
     authorization: &DeviceAuthorization,
 ) -> Result<TokenGrant, OAuthError> {
-    let deadline = Instant::now() + Duration::from_secs(authorization.expires_in);
-    let mut interval = Duration::from_secs(authorization.interval.max(1));
+    let deadline = Instant::now() + authorization.lifetime();
+    let mut interval = authorization.interval();
     loop {
         tokio::time::sleep(interval).await;
         if Instant::now() >= deadline {
@@ -112,7 +127,7 @@ async fn poll(
         match answer {
             TokenAnswer::Refused(refused) if refused.error == "authorization_pending" => {}
             TokenAnswer::Refused(refused) if refused.error == "slow_down" => {
-                interval += SLOW_DOWN_STEP
+                interval = (interval + SLOW_DOWN_STEP).min(Duration::from_secs(MAX_INTERVAL))
             }
             TokenAnswer::Refused(refused) if refused.error == "access_denied" => {
                 return Err(OAuthError::ConsentDenied);

@@ -118,6 +118,10 @@ pub enum OAuthError {
         "the redirect came from issuer {got:?}, not {expected:?} (a mix-up attack or the wrong provider); nothing was stored"
     )]
     IssuerMismatch { expected: String, got: String },
+    #[error(
+        "the redirect carried no iss, which issuer {0:?} promises to send (RFC 9207): it did not come from that server; nothing was stored"
+    )]
+    IssuerMissing(String),
     #[error("the redirect carried no authorization code")]
     NoCode,
     #[error(
@@ -161,6 +165,19 @@ pub(crate) fn require_refresh_token(
         ));
     }
     Ok(grant)
+}
+
+/// The longest provider text (`error_description` and the like) that is kept.
+const MAX_PROVIDER_TEXT: usize = 500;
+
+/// A provider's free text as it may be stored, logged, shown on a terminal or passed to an alert
+/// command: control characters (terminal escapes that write the clipboard or retitle windows; a
+/// NUL that stops the alert command from starting) become spaces, and it is cut to 500 characters.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .take(MAX_PROVIDER_TEXT)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Scopes as the wire wants them: one space-separated string.

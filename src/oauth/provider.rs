@@ -63,6 +63,10 @@ pub struct Endpoints {
     pub device_url: Option<String>,
     /// Expected `iss` on the redirect (RFC 9207), when known.
     pub issuer: Option<String>,
+    /// The server said it always sends `iss` on the redirect (discovery's
+    /// `authorization_response_iss_parameter_supported`): one without it is refused.
+    #[serde(default)]
+    pub iss_required: bool,
     pub offline: OfflineAccess,
 }
 
@@ -101,6 +105,7 @@ impl ProviderChoice {
                 auth_url: Some("https://accounts.google.com/o/oauth2/v2/auth".into()),
                 device_url: Some("https://oauth2.googleapis.com/device/code".into()),
                 issuer: Some("https://accounts.google.com".into()),
+                iss_required: false,
                 offline: OfflineAccess::AccessTypeOffline,
             },
             ProviderChoice::Microsoft { tenant } => {
@@ -112,6 +117,7 @@ impl ProviderChoice {
                     device_url: Some(format!("{base}/devicecode")),
                     // Multi-tenant issuers are templated ({tenantid}); iss cannot be pinned.
                     issuer: None,
+                    iss_required: false,
                     offline: OfflineAccess::OfflineAccessScope,
                 }
             }
@@ -126,12 +132,14 @@ impl ProviderChoice {
                 auth_url: None,
                 device_url: None,
                 issuer: None,
+                iss_required: false,
                 offline: OfflineAccess::AsConfigured,
             },
         };
         if overrides.token_url.is_some() || overrides.auth_url.is_some() {
             // A replaced authorization server cannot be expected to use the original issuer.
             endpoints.issuer = None;
+            endpoints.iss_required = false;
         }
         endpoints.token_url = overrides.token_url.unwrap_or(endpoints.token_url);
         endpoints.auth_url = overrides.auth_url.or(endpoints.auth_url);
@@ -165,6 +173,8 @@ struct Metadata {
     token_endpoint: String,
     authorization_endpoint: Option<String>,
     device_authorization_endpoint: Option<String>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 /// OIDC discovery, falling back to RFC 8414 authorization-server metadata.
@@ -203,11 +213,16 @@ async fn fetch_metadata(http: &reqwest::Client, url: &str) -> Result<Metadata, S
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status().as_u16()));
     }
-    let body = response
-        .bytes()
+    let body = super::token::read_body(response)
         .await
-        .map_err(|_| "the answer was cut short".to_owned())?;
-    serde_json::from_slice(&body).map_err(|_| "not discovery metadata JSON".to_owned())
+        .map_err(|problem| match problem {
+            super::token::BodyError::TooLarge => format!(
+                "the answer is larger than {} KiB",
+                super::token::MAX_ANSWER / 1024
+            ),
+            super::token::BodyError::Cut => "the answer was cut short".to_owned(),
+        })?;
+    serde_json::from_slice(body.expose()).map_err(|_| "not discovery metadata JSON".to_owned())
 }
 
 fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints, OAuthError> {
@@ -224,6 +239,7 @@ fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints
         auth_url: metadata.authorization_endpoint,
         device_url: metadata.device_authorization_endpoint,
         issuer: Some(metadata.issuer),
+        iss_required: metadata.authorization_response_iss_parameter_supported,
         offline: OfflineAccess::OfflineAccessScope,
     })
 }

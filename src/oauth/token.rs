@@ -12,6 +12,15 @@ use super::{Client, ClientAuth, Outcome, Rejection, RejectionKind, TokenGrant, T
 use crate::secret::{Secret, SecretString};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a provider's answer that is read. Token, discovery and device answers are a few
+/// KiB (tokens can exceed 2.5 KB); reading a bigger one whole would let a provider fill the
+/// daemon's memory, so it is treated as a passing fault.
+pub const MAX_ANSWER: usize = 64 * 1024;
+/// Longest accepted `expires_in` (one year): a bigger one is absurd, and near 2^63 it would wrap
+/// into the past and turn every request into a refresh.
+pub const MAX_LIFETIME: u64 = 365 * 24 * 3600;
+/// Longest `Retry-After` taken from a provider; the daemon caps it further with its backoff cap.
+pub const MAX_RETRY_AFTER: u64 = 24 * 3600;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An HTTP client for OAuth endpoints: rustls, timeouts, no redirects (a token endpoint that
@@ -63,19 +72,53 @@ struct GrantBody {
     refresh_token_expires_in: Option<u64>,
 }
 
-/// Some providers send `expires_in` as a string ("3599").
-fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// A lifetime in seconds as providers send it: a number, a float or a string ("3599"),
+/// clamped to 0..=[`MAX_LIFETIME`]. Anything else counts as absent.
+pub(crate) fn number_or_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Lifetime {
-        Number(u64),
+        Number(serde_json::Number),
         Text(String),
+        Other(serde::de::IgnoredAny),
     }
-    Ok(match Option::<Lifetime>::deserialize(d)? {
-        Some(Lifetime::Number(n)) => Some(n),
-        Some(Lifetime::Text(text)) => text.trim().parse().ok(),
-        None => None,
-    })
+    let seconds = match Option::<Lifetime>::deserialize(d)? {
+        Some(Lifetime::Number(number)) => number.as_f64(),
+        Some(Lifetime::Text(text)) => text.trim().parse::<f64>().ok(),
+        Some(Lifetime::Other(_)) | None => None,
+    };
+    Ok(seconds
+        .filter(|seconds| !seconds.is_nan())
+        // `as` saturates: negative → 0, huge → u64::MAX, then the clamp.
+        .map(|seconds| (seconds as u64).min(MAX_LIFETIME)))
+}
+
+/// Why a provider's answer could not be read.
+pub(crate) enum BodyError {
+    TooLarge,
+    Cut,
+}
+
+/// Reads at most [`MAX_ANSWER`] bytes of `response`, into a zeroized buffer (it may hold tokens).
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+) -> Result<Secret<Vec<u8>>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_ANSWER as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Secret::new(Vec::new());
+    while let Some(chunk) = response.chunk().await.map_err(|_| BodyError::Cut)? {
+        if body.expose().len() + chunk.len() > MAX_ANSWER {
+            return Err(BodyError::TooLarge);
+        }
+        body.expose_mut().extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// POSTs `params` to `url`, authenticating as `client` (if any) in exactly one way.
@@ -93,7 +136,7 @@ pub async fn request(
     read_answer(response).await
 }
 
-fn build_request(
+pub(super) fn build_request(
     http: &reqwest::Client,
     url: &str,
     client: Option<&Client>,
@@ -186,10 +229,18 @@ async fn read_answer(response: reqwest::Response) -> TokenAnswer {
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = match response.bytes().await {
-        Ok(bytes) => Secret::new(bytes.to_vec()),
-        Err(err) => return TokenAnswer::Unreachable(describe_transport_error(&err)),
+        .map(|seconds| Duration::from_secs(seconds.min(MAX_RETRY_AFTER)));
+    let body = match read_body(response).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return TokenAnswer::Unreachable(format!(
+                "the token endpoint's answer is larger than {} KiB, which no token answer is",
+                MAX_ANSWER / 1024
+            ));
+        }
+        Err(BodyError::Cut) => {
+            return TokenAnswer::Unreachable("the token endpoint's answer was cut short".into());
+        }
     };
     if (200..300).contains(&status) {
         return match serde_json::from_slice::<GrantBody>(body.expose()) {
@@ -209,6 +260,9 @@ async fn read_answer(response: reqwest::Response) -> TokenAnswer {
     match serde_json::from_slice::<ErrorAnswer>(body.expose()) {
         Ok(mut answer) => {
             answer.status = status;
+            answer.error = super::printable(&answer.error);
+            answer.error_description = answer.error_description.as_deref().map(super::printable);
+            answer.error_subtype = answer.error_subtype.as_deref().map(super::printable);
             answer.retry_after = retry_after;
             TokenAnswer::Refused(answer)
         }

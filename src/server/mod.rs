@@ -341,10 +341,11 @@ async fn bind(socket: &Path, group: Option<u32>) -> Result<UnixListener, ServerE
 /// is checked through a descriptor opened without following links, and never changed.
 fn prepare_socket_dir(dir: &Path, group: Option<u32>) -> Result<(), ServerError> {
     use rustix::fs::{Mode, OFlags};
-    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        if !parent.exists() {
-            crate::files::create_private_dir(parent).map_err(socket_error(parent))?;
-        }
+    if let Some(parent) = dir
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty() && !parent.exists())
+    {
+        crate::files::create_private_dir(parent).map_err(socket_error(parent))?;
     }
     let created = match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o700)) {
         Ok(()) => true,

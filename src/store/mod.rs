@@ -292,7 +292,13 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for account in accounts {
-            insert_in(&tx, &self.data_key, &self.settings_key, self.key_version, account)?;
+            insert_in(
+                &tx,
+                &self.data_key,
+                &self.settings_key,
+                self.key_version,
+                account,
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -300,9 +306,11 @@ impl Store {
 
     pub fn account(&self, name: &str) -> Result<Account, StoreError> {
         self.conn
-            .query_row(&format!("{ACCOUNT_COLUMNS} WHERE name = ?1"), [name], |row| {
-                read_account(row, &self.settings_key)
-            })
+            .query_row(
+                &format!("{ACCOUNT_COLUMNS} WHERE name = ?1"),
+                [name],
+                |row| read_account(row, &self.settings_key),
+            )
             .optional()?
             .ok_or_else(|| StoreError::NoSuchAccount(name.to_owned()))?
     }
@@ -598,9 +606,8 @@ fn read_account(
     let config: String = row.get(2)?;
     let state: String = row.get(3)?;
     let tag: Option<Vec<u8>> = row.get(12)?;
-    let vouched = tag.is_some_and(|tag| {
-        settings_key.verify(&settings_message(id, &name, &config), &tag)
-    });
+    let vouched =
+        tag.is_some_and(|tag| settings_key.verify(&settings_message(id, &name, &config), &tag));
     if !vouched {
         return Ok(Err(StoreError::SettingsTampered(name)));
     }

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::add_with_browser;
 use crate::daemon_support::Daemon;
 use crate::fake_oauth::OfflineRule;
 use crate::support::{TestVault, write_private};
-use crate::add_with_browser;
 
 const NOBODY: u32 = 65534;
 
@@ -37,7 +37,11 @@ fn shared_tmp() -> tempfile::TempDir {
 
 fn as_nobody(program: &str) -> Command {
     let mut command = Command::new(program);
-    command.uid(NOBODY).gid(NOBODY).env_clear().env("PATH", "/usr/bin:/bin");
+    command
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
     command
 }
 
@@ -101,7 +105,9 @@ fn another_user_squatting_the_old_tmp_socket_gets_nothing_and_hands_out_nothing(
     let me = rustix::process::geteuid().as_raw();
     let _impostor = Impostor::listen(&shared.path().join(format!("tokenvault-{me}/vault.sock")));
     let mut command = vault.command(&["token", "mail"]);
-    command.env_remove("VAULT_SOCKET").env("TMPDIR", shared.path());
+    command
+        .env_remove("VAULT_SOCKET")
+        .env("TMPDIR", shared.path());
     let run = vault.run_command(command, None);
     run.ok();
     assert!(
@@ -127,7 +133,10 @@ fn a_socket_directory_of_another_user_is_refused_before_anything_is_sent() {
         &["exec", "mail", "--", "true"],
         &["git-credential", "--account", "mail", "get"],
     ] {
-        let run = vault.run(&[&["--socket", planted.to_str().unwrap()], verb].concat());
+        let run = vault.run_with_stdin(
+            &[&["--socket", planted.to_str().unwrap()], verb].concat(),
+            "protocol=https\nhost=example.com\n",
+        );
         run.fails_with(1, &format!("belongs to uid {NOBODY}"));
         assert!(!run.stdout.contains("impostor-token"), "{}", run.stdout);
     }
@@ -198,9 +207,10 @@ fn serve_never_changes_a_planted_symlink_target_or_the_current_directory() {
     let mut command = vault.command(&["serve", "--socket", "x.sock"]);
     command.current_dir(&work).stderr(Stdio::null());
     let mut daemon = command.spawn().unwrap();
-    assert!(crate::lifecycle::eventually(Duration::from_secs(20), || {
-        work.join("x.sock").exists()
-    }));
+    assert!(crate::lifecycle::eventually(
+        Duration::from_secs(20),
+        || { work.join("x.sock").exists() }
+    ));
     let mode = std::fs::metadata(&work).unwrap().mode() & 0o777;
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -374,7 +384,10 @@ fn edited_account_settings_never_send_a_secret_anywhere() {
         .fails_with(1, "changed outside tokenvault");
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "mail").ok();
-    edit_db(&vault, "UPDATE accounts SET name = 'other' WHERE name = 'mail'");
+    edit_db(
+        &vault,
+        "UPDATE accounts SET name = 'other' WHERE name = 'mail'",
+    );
     vault
         .run(&["token", "other", "--min-valid", "7200"])
         .fails_with(1, "changed outside tokenvault");
@@ -416,6 +429,7 @@ fn an_archive_cannot_bring_a_plain_http_token_url() {
             auth_url: None,
             device_url: None,
             issuer: None,
+            iss_required: false,
             offline: OfflineAccess::AsConfigured,
         },
         client_id: Some("id".into()),
@@ -468,4 +482,37 @@ fn a_relative_key_file_keeps_working_from_another_directory() {
     with_relative_key(&work, &["--key-file", "keys/master.key", "init"]).ok();
     // Later, from elsewhere, without naming the key: the recorded path must still find it.
     with_relative_key(vault.root.path(), &["list"]).ok();
+}
+
+#[test]
+fn the_git_helper_answers_only_https_and_the_configured_host() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "forge").ok();
+    let ask = |extra: &[&str], request: &str| {
+        let run = vault.run_with_stdin(
+            &[&["git-credential", "--account", "forge"], extra, &["get"]].concat(),
+            request,
+        );
+        run.ok();
+        run.stdout
+    };
+    // A repository whose remote is plain http to another host gets nothing.
+    assert_eq!(ask(&[], "protocol=http\nhost=evil.example\n"), "");
+    assert_eq!(
+        ask(
+            &["--host", "github.com"],
+            "protocol=https\nhost=evil.example\n"
+        ),
+        ""
+    );
+    let answer = ask(
+        &["--host", "github.com"],
+        "protocol=https\nhost=github.com\n",
+    );
+    let password = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("password="))
+        .unwrap_or_default();
+    assert!(fake.is_access_token(password), "{answer}");
 }

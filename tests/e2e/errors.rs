@@ -206,12 +206,32 @@ fn bad_arguments() {
 fn forged_state_denied_consent_and_busy_port() {
     let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
+    // A redirect with another state is ignored (any local process can send one): the login
+    // goes on waiting for its own, here until its timeout.
     fake.configure(|b| b.forge_state = true);
-    add_with_browser(&vault, &fake, "a").fails_with(1, "state did not match");
-    fake.configure(|b| {
-        b.forge_state = false;
-        b.deny_consent = true;
-    });
+    let args = browser_add_args(&vault, &fake, "a", &["--timeout", "3"]);
+    vault
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .fails_with(1, "no redirect came back");
+    fake.configure(|b| b.forge_state = false);
+    // A local process racing the browser with a forged redirect does not end the login.
+    let racer = vault.root.path().join("racing-browser.sh");
+    std::fs::write(
+        &racer,
+        "#!/bin/sh
+redirect=$(printf '%s' \"$1\" | sed -n 's/.*redirect_uri=\\([^&]*\\).*/\\1/p' | sed 's/%3A/:/g; s/%2F/\\//g')
+curl -s -o /dev/null \"${redirect}?code=forged&state=forged\"
+exec curl -s -o /dev/null -L --max-time 20 \"$1\"
+",
+    )
+    .unwrap();
+    std::fs::set_permissions(&racer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = browser_add_args(&vault, &fake, "raced", &["--timeout", "30"]);
+    let mut command = vault.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    command.env("BROWSER", &racer);
+    vault.run_command(command, None).ok();
+    vault.run(&["remove", "raced"]).ok();
+    fake.configure(|b| b.deny_consent = true);
     add_with_browser(&vault, &fake, "a").fails_with(1, "denied");
     fake.configure(|b| b.deny_consent = false);
 

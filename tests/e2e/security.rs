@@ -116,7 +116,12 @@ fn rekey_reseals_everything_under_a_new_master_key() {
 }
 
 /// `vault VERB FILE --passphrase-file PASSPHRASE` (export, import).
-pub(crate) fn with_passphrase(vault: &TestVault, verb: &str, file: &Path, passphrase: &Path) -> Run {
+pub(crate) fn with_passphrase(
+    vault: &TestVault,
+    verb: &str,
+    file: &Path,
+    passphrase: &Path,
+) -> Run {
     vault.run(&[
         verb,
         file.to_str().unwrap(),
