@@ -42,6 +42,36 @@ pub enum Fault {
     Slow(Duration),
     Html,
     Garbage,
+    /// A hostile provider: 503 with this `Retry-After` value.
+    RetryAfter(String),
+    /// A hostile provider: `400 invalid_grant` with this `error_description` (control bytes…).
+    Rejected(String),
+    /// A hostile provider: 200 with a body of this many bytes, streamed without a length.
+    Huge(u64),
+}
+
+/// An endless-looking answer: `left` bytes of `{`, 64 KiB at a time, never held whole.
+struct Flood {
+    left: u64,
+}
+
+impl hyper::body::Body for Flood {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        const CHUNK: u64 = 64 * 1024;
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let size = self.left.min(CHUNK);
+        self.left -= size;
+        let chunk = bytes::Bytes::from(vec![b'{'; size as usize]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
 }
 
 struct Grant {
@@ -509,6 +539,25 @@ async fn token(State(shared): Shared, headers: HeaderMap, body: String) -> Respo
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
         Some(Fault::Html) => return page(StatusCode::OK, "<h1>Sign in to continue</h1>"),
         Some(Fault::Garbage) => return (StatusCode::OK, "\u{1}\u{2}garbage{{{").into_response(),
+        Some(Fault::RetryAfter(value)) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, value)],
+                "come back much later",
+            )
+                .into_response();
+        }
+        Some(Fault::Rejected(description)) => {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &description);
+        }
+        Some(Fault::Huge(size)) => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::new(Flood { left: size }),
+            )
+                .into_response();
+        }
         None => {}
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())

@@ -19,7 +19,12 @@ pub fn unit_files(exe: &Path, vault_dir: Option<&Path>) -> [(&'static str, Strin
         WantedBy=sockets.target\n"
         .to_owned();
     let environment = vault_dir
-        .map(|dir| format!("Environment=VAULT_DIR={}\n", dir.display()))
+        .map(|dir| {
+            format!(
+                "Environment={}\n",
+                quoted(&format!("VAULT_DIR={}", dir.display()))
+            )
+        })
         .unwrap_or_default();
     let service = format!(
         "[Unit]\n\
@@ -31,10 +36,48 @@ pub fn unit_files(exe: &Path, vault_dir: Option<&Path>) -> [(&'static str, Strin
         {environment}\
         Restart=on-failure\n\
         NoNewPrivileges=yes\n\
-        UMask=0077\n\n\
+        UMask=0077\n\
+        # The daemon's memory holds the data key and every live token: no core dumps.\n\
+        LimitCORE=0\n\
+        ProtectSystem=full\n\
+        PrivateTmp=yes\n\
+        LockPersonality=yes\n\
+        RestrictSUIDSGID=yes\n\n\
         [Install]\n\
         Also={SOCKET_UNIT}\n",
-        exe.display()
+        quoted(&exe.display().to_string())
     );
     [(SOCKET_UNIT, socket), (SERVICE_UNIT, service)]
+}
+
+/// A value as one systemd word: double-quoted, with `\\`, `"` and systemd's `%` specifiers
+/// escaped, so a path with spaces or a `%` stays one literal argument.
+fn quoted(value: &str) -> String {
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%");
+    format!("\"{escaped}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_with_spaces_and_specifiers_stay_one_literal_word() {
+        let [_, (_, service)] = unit_files(
+            Path::new("/opt/my tools/vault"),
+            Some(Path::new("/home/me/100% \"vault\"")),
+        );
+        assert!(
+            service.contains("ExecStart=\"/opt/my tools/vault\" serve\n"),
+            "{service}"
+        );
+        assert!(
+            service.contains("Environment=\"VAULT_DIR=/home/me/100%% \\\"vault\\\"\"\n"),
+            "{service}"
+        );
+        assert!(service.contains("LimitCORE=0\n"), "{service}");
+    }
 }

@@ -335,6 +335,11 @@ fn rekey(context: &Context, new_key_file: Option<PathBuf>) -> Result<(), Error> 
     };
     let old_version = store.key_version();
     store.rekey(new.clone())?;
+    if !store.checkpoint() {
+        eprintln!(
+            "vault: warning: a reader kept vault.db from being checkpointed; until SQLite checkpoints it (automatically, or when the last process using the vault, the daemon included, closes it), a copy of vault.db without its -wal file still opens with the old key. Take backups after that"
+        );
+    }
     println!(
         "Rekeyed: every secret is re-sealed with a new data key, wrapped by the master key in {}.",
         new.describe()

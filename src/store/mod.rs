@@ -584,6 +584,18 @@ impl Store {
         Ok(())
     }
 
+    /// Moves everything committed from the WAL into `vault.db` and empties the WAL. After a
+    /// rekey the new key's rows otherwise live only in the WAL, and `vault.db` alone (a file
+    /// backup taken then) would still open with the old master key. False when a reader (a
+    /// running daemon mid-read) kept it from finishing.
+    pub fn checkpoint(&self) -> bool {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .is_ok_and(|busy| busy == 0)
+    }
+
     /// Changes whenever another connection (another `vault` process) commits to the vault.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -889,6 +901,8 @@ fn connect(path: &Path, extra: OpenFlags) -> Result<Connection, StoreError> {
         .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
         .and_then(|()| conn.pragma_update(None, "cache_size", -512))
         .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
+        // Freed pages (a removed account's sealed secrets, a rekey's old wrapped key) are zeroed.
+        .and_then(|()| conn.pragma_update(None, "secure_delete", "ON"))
         .map_err(|err| corrupt(path, err))?;
     Ok(conn)
 }

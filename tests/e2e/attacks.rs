@@ -516,3 +516,45 @@ fn the_git_helper_answers_only_https_and_the_configured_host() {
         .unwrap_or_default();
     assert!(fake.is_access_token(password), "{answer}");
 }
+
+#[test]
+fn after_a_rekey_the_database_file_alone_no_longer_opens_with_the_old_key() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let daemon = Daemon::start(&vault, &[]);
+    let old_key = vault.key_file();
+    let new_key = vault.root.path().join("new.key");
+    vault
+        .run(&["rekey", "--new-key-file", new_key.to_str().unwrap()])
+        .ok();
+    // A file backup of vault.db taken now, without its -wal, with the daemon still running.
+    let backup = vault.root.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    std::fs::copy(vault.db_path(), backup.join("vault.db")).unwrap();
+    let mut command = vault.command(&[
+        "--vault",
+        backup.to_str().unwrap(),
+        "--key-file",
+        old_key.to_str().unwrap(),
+        "list",
+    ]);
+    command.env_remove("VAULT_MASTER_KEY");
+    vault
+        .run_command(command, None)
+        .fails_with(6, "does not open this vault");
+    drop(daemon);
+}
+
+#[test]
+fn vault_processes_leave_no_core_dump() {
+    let vault = TestVault::new(None);
+    let daemon = Daemon::start(&vault, &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|line| line.starts_with("Max core file size"))
+        .unwrap();
+    let values: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
+    assert_eq!(values, ["0", "0"], "{core}");
+}

@@ -12,6 +12,7 @@ mod fake_forge;
 mod fake_mail;
 mod fake_oauth;
 mod flows;
+mod hostile_provider;
 mod keyring;
 mod lifecycle;
 mod mail;

@@ -1,0 +1,127 @@
+//! A provider answering absurd numbers, 400 MB, or control characters: clamped, bounded,
+//! stripped — never a panic, a stalled account or a terminal escape.
+
+use std::time::Duration;
+
+use crate::daemon_support::Daemon;
+use crate::fake_oauth::{Fault, OfflineRule};
+use crate::lifecycle::{alert_lines, alerting_config, eventually};
+use crate::support::TestVault;
+use crate::{add_with_browser, token};
+
+const YEAR: i64 = 365 * 24 * 3600;
+
+#[test]
+fn absurd_lifetimes_are_clamped_and_never_panic() {
+    // u64::MAX and 2^63 wrapped to the past (a refresh every second); 3·10^11 overflowed the
+    // date formatting: add-account stored the account and then panicked, and so did status.
+    for lifetime in [u64::MAX, 1 << 63, 300_000_000_000] {
+        let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+        fake.configure(|b| b.access_lifetime = lifetime);
+        let vault = TestVault::new(Some(&fake));
+        add_with_browser(&vault, &fake, "mail").ok();
+        vault.run(&["status"]).ok();
+        vault.run(&["status", "mail"]).ok();
+        let asked = fake.counters(|c| c.token_requests);
+        token(&vault, &fake, &["mail", "--no-daemon"]);
+        assert_eq!(
+            fake.counters(|c| c.token_requests),
+            asked,
+            "served from the cache"
+        );
+        let expires_at = vault
+            .open_store()
+            .account("mail")
+            .unwrap()
+            .access_expires_at
+            .unwrap();
+        let now = tokenvault::clock::now_unix();
+        assert!(
+            expires_at > now && expires_at <= now + YEAR,
+            "{lifetime}: {expires_at}"
+        );
+    }
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_400_mb_answer_is_not_read() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let daemon = Daemon::start(&vault, &[]);
+    fake.inject(Fault::Huge(400 << 20));
+    // A token valid 2 hours cannot come from the cache: the daemon must ask the provider.
+    let answer = daemon.get("/v1/token/mail?min_valid=7200");
+    assert!(
+        matches!(answer.status, 200 | 503),
+        "{} {}",
+        answer.status,
+        answer.body
+    );
+    let rss = resident_kib(daemon.child.id());
+    assert!(rss < 100 * 1024, "the daemon grew to {rss} KiB");
+    // The account is only degraded: the next good answer heals it.
+    let answer = daemon.get("/v1/token/mail?min_valid=60");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+#[test]
+fn control_characters_from_a_provider_are_stripped_and_the_alert_still_runs() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let alerts = alerting_config(&vault, &fake, "");
+    let daemon = Daemon::start(&vault, &[]);
+    // OSC 52 writes the clipboard of the terminal that prints it; a NUL in VAULT_REASON kept
+    // the alert command from starting, so a provider could silence its own revocation alert.
+    fake.inject(Fault::Rejected(
+        "\u{1b}]52;c;cHduZWQ=\u{7}revoked\u{0}by an admin\r\n".into(),
+    ));
+    assert_eq!(daemon.get("/v1/token/mail?min_valid=7200").status, 409);
+    assert!(
+        eventually(Duration::from_secs(8), || !alert_lines(&alerts).is_empty()),
+        "no alert"
+    );
+    let lines = alert_lines(&alerts);
+    assert!(lines[0].contains("revoked by an admin"), "{lines:?}");
+    let status = vault.run(&["status", "mail"]);
+    status.ok();
+    for shown in [&status.stdout, &lines[0]] {
+        assert!(
+            !shown.contains(['\u{1b}', '\u{7}', '\u{0}']),
+            "a control character got through: {shown:?}"
+        );
+    }
+}
+
+#[test]
+fn an_absurd_retry_after_is_capped_by_the_backoff() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.access_lifetime = 2);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        "[refresh]\nmax_backoff_seconds = 60\n[alert]\ndesktop = false\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // No valid token is cached any more; the provider asks to come back in 3,000 years.
+    for _ in 0..4 {
+        fake.inject(Fault::RetryAfter("99999999999".into()));
+    }
+    let daemon = Daemon::start(&vault, &[]);
+    let answer = daemon.get("/v1/token/mail");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after <= 60, "Retry-After {retry_after}");
+}
