@@ -62,7 +62,15 @@ struct Flight {
     failures: u32,
     /// No upstream call before this time (backoff after a transient failure).
     pause_until: i64,
+    /// When a caller's `min_valid` last made the daemon refresh.
+    last_on_demand: i64,
 }
+
+/// At most one refresh per this many seconds is made because a caller asked for more validity
+/// than the cached token has: a `min_valid` beyond the token's lifetime can never be met, and
+/// must not turn every request into an upstream call (and every call into a rotation).
+/// Background refreshes and validations are not counted.
+const ON_DEMAND_SPACING: i64 = 30;
 
 /// When the account's token was issued and expires, and when it is next validated.
 #[derive(Debug, Clone, Copy, Default)]
@@ -297,6 +305,16 @@ impl Tokens {
         let now = now_unix();
         if now < flight.pause_until {
             return slot.cached(1).ok_or_else(|| paused_failure(&flight, now));
+        }
+        let on_demand = matches!(need, Need::Valid { .. });
+        if on_demand && now - flight.last_on_demand < ON_DEMAND_SPACING {
+            // The freshest token there is, though shorter-lived than asked for.
+            if let Some(token) = slot.cached(1) {
+                return Ok(token);
+            }
+        }
+        if on_demand {
+            flight.last_on_demand = now;
         }
         let result = self.refresh(name, slot, need).await;
         let transient = match &result {

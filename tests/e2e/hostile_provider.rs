@@ -125,3 +125,25 @@ fn an_absurd_retry_after_is_capped_by_the_backoff() {
     let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
     assert!(retry_after <= 60, "Retry-After {retry_after}");
 }
+
+#[test]
+fn a_min_valid_beyond_the_lifetime_does_not_turn_requests_into_refreshes() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.access_lifetime = 600;
+        b.rotate = true;
+    });
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let daemon = Daemon::start(&vault, &[]);
+    let before = fake.counters(|c| c.refresh_grants);
+    for _ in 0..20 {
+        let answer = daemon.get("/v1/token/mail?min_valid=3600");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let refreshes = fake.counters(|c| c.refresh_grants) - before;
+    assert!(
+        refreshes <= 1,
+        "{refreshes} upstream refreshes for 20 requests"
+    );
+}
