@@ -4,7 +4,7 @@
 //! Records go through a channel to a writer task, so answering a request never waits on disk.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -15,7 +15,9 @@ pub enum Record {
     /// One answer to a token request.
     Token {
         at: i64,
-        uid: u32,
+        /// The caller's uid: from SO_PEERCRED on the socket; on the metadata endpoint's TCP, from
+        /// the kernel's socket table when it can be found there.
+        uid: Option<u32>,
         pid: Option<i32>,
         account: String,
         status: u16,
@@ -48,15 +50,14 @@ pub struct Audit {
 impl Audit {
     /// Opens (appends to) `audit.log` in `vault_dir` and starts its writer task.
     pub fn start(vault_dir: &Path) -> std::io::Result<Audit> {
-        let file = crate::files::open_append_nofollow(&vault_dir.join("audit.log"))?;
+        let mut out = AuditFile::open(vault_dir.join("audit.log"))?;
         let (sender, mut receiver) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
             let mut flush = tokio::time::interval(FLUSH_EVERY);
             loop {
                 tokio::select! {
                     received = receiver.recv() => match received {
-                        Some(Message::Record(record)) => write_line(&mut out, &record),
+                        Some(Message::Record(record)) => out.write_record(&record),
                         Some(Message::Flush(done)) => {
                             let _ = out.flush();
                             let _ = done.send(());
@@ -87,8 +88,55 @@ impl Audit {
     }
 }
 
-fn write_line(out: &mut impl Write, record: &Record) {
-    if serde_json::to_writer(&mut *out, record).is_ok() {
-        let _ = out.write_all(b"\n");
+/// Past this size `audit.log` becomes `audit.log.1` (replacing the previous one) and a new log
+/// starts: however many requests a caller makes, the log takes at most twice this on disk.
+const ROTATE_AT: u64 = 16 << 20;
+
+/// The open log, and how much it holds.
+struct AuditFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    size: u64,
+}
+
+impl AuditFile {
+    fn open(path: PathBuf) -> std::io::Result<AuditFile> {
+        let file = crate::files::open_append_nofollow(&path)?;
+        let size = file.metadata()?.len();
+        Ok(AuditFile {
+            path,
+            out: std::io::BufWriter::with_capacity(64 * 1024, file),
+            size,
+        })
+    }
+
+    fn write_record(&mut self, record: &Record) {
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
+        line.push(b'\n');
+        if self.out.write_all(&line).is_ok() {
+            self.size += line.len() as u64;
+        }
+        if self.size >= ROTATE_AT {
+            self.rotate();
+        }
+    }
+
+    fn rotate(&mut self) {
+        let _ = self.out.flush();
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        if std::fs::rename(&self.path, &old).is_err() {
+            return;
+        }
+        match AuditFile::open(self.path.clone()) {
+            Ok(fresh) => *self = fresh,
+            Err(err) => eprintln!("vault: cannot start a new audit log: {err}"),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }

@@ -33,13 +33,6 @@ pub fn raise_open_file_limit() {
     }
 }
 
-/// The open-file limit in force (soft), for sizing connection caps.
-pub fn open_file_limit() -> u64 {
-    rustix::process::getrlimit(Resource::Nofile)
-        .current
-        .unwrap_or(u64::MAX)
-}
-
 /// The variables a child the daemon starts on its own (the alert command, notify-send) gets from
 /// the daemon's environment: what a shell script and a desktop notification need, nothing else.
 /// The daemon may run with credentials of other tools in its environment; none reaches them.

@@ -81,7 +81,7 @@ async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> 
     };
     tokens.audit().record(Record::Token {
         at: now_unix(),
-        uid: peer.uid,
+        uid: Some(peer.uid),
         pid: peer.pid,
         account: name.chars().take(64).collect(),
         status: response.status().as_u16(),

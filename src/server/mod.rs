@@ -1,6 +1,7 @@
 //! `vault serve`: the daemon that hands out access tokens over a Unix socket.
 
 mod api;
+mod limits;
 mod metadata;
 pub mod tokens;
 
@@ -26,6 +27,11 @@ use tokens::{Peer, RefreshSettings, Tokens};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests are tiny; hyper's smallest buffer bounds a request head (oversized → 431).
 const MAX_BUFFER: usize = 8 * 1024;
+/// Open connections per caller uid (other than the vault's owner) on the socket: far more than
+/// a granted user's apps need at once, far fewer than the daemon's file descriptors.
+const SOCKET_CONNECTIONS_PER_CALLER: usize = 512;
+/// Open connections per caller on the metadata endpoint (its clients make one or two).
+const METADATA_CONNECTIONS_PER_CALLER: usize = 64;
 /// How long in-flight requests get to finish after SIGTERM/SIGINT.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -101,6 +107,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let owner_uid = rustix::process::geteuid().as_raw();
+    crate::process::raise_open_file_limit();
     let audit = Audit::start(store.dir()).map_err(|source| ServerError::Socket {
         path: store.dir().join("audit.log"),
         source,
@@ -150,17 +157,19 @@ pub async fn serve(
         config.validation.schedule,
     ));
     let graceful = GracefulShutdown::new();
+    let socket_caps = limits::ConnectionCaps::new(SOCKET_CONNECTIONS_PER_CALLER, owner_uid);
+    let metadata_caps = limits::ConnectionCaps::new(METADATA_CONNECTIONS_PER_CALLER, owner_uid);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(stream, &tokens, &graceful),
+                Ok((stream, _)) => serve_connection(stream, &tokens, &socket_caps, &graceful),
                 // Out of file descriptors and the like: keep serving the connections we have.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
             accepted = accept_metadata(&metadata) => {
                 if let (Ok((stream, _)), Some((_, account))) = (accepted, &metadata) {
-                    serve_metadata_connection(stream, &tokens, account, &graceful);
+                    serve_metadata_connection(stream, &tokens, account, &metadata_caps, &graceful);
                 }
             }
             _ = &mut shutdown => break,
@@ -178,7 +187,12 @@ pub async fn serve(
     Ok(())
 }
 
-fn serve_connection(stream: UnixStream, tokens: &Arc<Tokens>, graceful: &GracefulShutdown) {
+fn serve_connection(
+    stream: UnixStream,
+    tokens: &Arc<Tokens>,
+    caps: &Arc<limits::ConnectionCaps>,
+    graceful: &GracefulShutdown,
+) {
     let Ok(credentials) = stream.peer_cred() else {
         return;
     };
@@ -187,15 +201,37 @@ fn serve_connection(stream: UnixStream, tokens: &Arc<Tokens>, graceful: &Gracefu
         gid: credentials.gid(),
         pid: credentials.pid(),
     };
+    // A caller holding its share already: the new connection is closed at once.
+    let Some(admitted) = caps.admit(Some(peer.uid)) else {
+        return;
+    };
     let tokens = tokens.clone();
     let service = service_fn(move |request| {
         let tokens = tokens.clone();
         async move { Ok::<_, std::convert::Infallible>(api::handle(request, peer, tokens).await) }
     });
-    let connection = http1_builder().serve_connection(TokioIo::new(stream), service);
+    spawn_connection(stream, service, admitted, graceful);
+}
+
+/// Serves one admitted connection: HTTP/1.1, writes under a deadline, its place in the caps
+/// held until it closes.
+fn spawn_connection<I, S>(
+    stream: I,
+    service: S,
+    admitted: limits::Admitted,
+    graceful: &GracefulShutdown,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = api::Body> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(limits::WriteDeadline::new(stream));
+    let connection = http1_builder().serve_connection(io, service);
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         let _ = connection.await;
+        drop(admitted);
     });
 }
 
@@ -266,23 +302,27 @@ fn serve_metadata_connection(
     stream: tokio::net::TcpStream,
     tokens: &Arc<Tokens>,
     account: &Arc<metadata::MetadataAccount>,
+    caps: &Arc<limits::ConnectionCaps>,
     graceful: &GracefulShutdown,
 ) {
+    let caller = match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(client), Ok(ours)) => metadata::tcp_peer_uid(client, ours),
+        _ => None,
+    };
+    let Some(admitted) = caps.admit(caller) else {
+        return;
+    };
     let (tokens, account) = (tokens.clone(), account.clone());
     let owner = tokens.owner();
     let service = service_fn(move |request| {
         let (tokens, account) = (tokens.clone(), account.clone());
         async move {
             Ok::<_, std::convert::Infallible>(
-                metadata::handle(request, tokens, account, owner).await,
+                metadata::handle(request, tokens, account, owner, caller).await,
             )
         }
     });
-    let connection = http1_builder().serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    spawn_connection(stream, service, admitted, graceful);
 }
 
 /// The listening socket systemd passed (LISTEN_FDS / LISTEN_PID), if any.

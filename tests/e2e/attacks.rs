@@ -558,3 +558,63 @@ fn vault_processes_leave_no_core_dump() {
     let values: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
     assert_eq!(values, ["0", "0"], "{core}");
 }
+
+/// Another user opens connections to the daemon and pipelines requests without reading answers.
+const FLOOD: &str = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+path, count = sys.argv[1], int(sys.argv[2])
+held = []
+request = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n" * 100
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        s.setblocking(False)
+        s.send(request)
+    except OSError:
+        pass
+    held.append(s)
+print("flooding", flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn another_user_flooding_the_socket_cannot_stall_the_owner() {
+    if !running_as_root() {
+        return;
+    }
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+    let mut flood = as_nobody("python3")
+        .args(["-c", FLOOD])
+        .arg(&daemon.socket)
+        .arg("2000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(flood.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "flooding");
+    // The owner still gets a token at once.
+    let run = vault.run_command(
+        vault.command_via(&["timeout", "20"], &["token", "mail"]),
+        None,
+    );
+    run.ok();
+    let open = std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+        .unwrap()
+        .count();
+    let _ = flood.kill();
+    let _ = flood.wait();
+    assert!(
+        open < 700,
+        "the daemon holds {open} descriptors for one caller"
+    );
+}

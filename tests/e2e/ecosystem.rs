@@ -343,6 +343,50 @@ fn google_auth_gets_the_token_from_the_metadata_endpoint() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&refused.stdout), "403");
+    // With the header, but from a web page: a rebound DNS name as Host, an Origin, a cross-site
+    // fetch. The metadata names and loopback are served.
+    let token_url =
+        format!("http://{addr}/computeMetadata/v1/instance/service-accounts/default/token");
+    let status_of = |extra: &[&str], as_nobody: bool| {
+        use std::os::unix::process::CommandExt;
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-H", "Metadata-Flavor: Google"])
+            .args(extra)
+            .arg(&token_url);
+        if as_nobody {
+            curl.uid(65534).gid(65534);
+        }
+        String::from_utf8_lossy(&curl.output().unwrap().stdout).into_owned()
+    };
+    assert_eq!(
+        status_of(&["-H", "Host: attacker.example:80"], false),
+        "403"
+    );
+    assert_eq!(
+        status_of(&["-H", "Origin: http://attacker.example"], false),
+        "403"
+    );
+    assert_eq!(
+        status_of(&["-H", "Sec-Fetch-Site: cross-site"], false),
+        "403"
+    );
+    assert_eq!(
+        status_of(&["-H", "Host: metadata.google.internal"], false),
+        "200"
+    );
+    // The audit log names the uid behind each TCP client, learned from the kernel.
+    if rustix::process::geteuid().is_root() {
+        assert_eq!(status_of(&[], true), "200");
+        let audit = vault.dir.join("audit.log");
+        assert!(
+            crate::lifecycle::eventually(std::time::Duration::from_secs(3), || {
+                std::fs::read_to_string(&audit).is_ok_and(|log| log.contains("\"uid\":65534"))
+            }),
+            "{}",
+            std::fs::read_to_string(&audit).unwrap_or_default()
+        );
+    }
     vault
         .run(&[
             "serve",
