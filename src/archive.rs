@@ -260,3 +260,99 @@ pub fn import(
         .collect();
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeySource;
+
+    fn scratch_store() -> (tempfile::TempDir, Store) {
+        let root = tempfile::tempdir().unwrap();
+        let key = KeySource::File(root.path().join("master.key"));
+        let store = Store::init(&root.path().join("vault"), key).unwrap();
+        (root, store)
+    }
+
+    fn passphrase() -> SecretString {
+        SecretString::from("correct horse battery staple".to_owned())
+    }
+
+    /// An archive sealed like `export` does, around a payload made by hand.
+    fn sealed(payload: &serde_json::Value, iterations: u32) -> Vec<u8> {
+        let salt = [7u8; 16];
+        let key = derive(&passphrase(), &salt, iterations).unwrap();
+        let sealed = key.seal(payload.to_string().as_bytes(), AAD).unwrap();
+        serde_json::to_vec(&Archive {
+            format: FORMAT.into(),
+            version: 1,
+            kdf: "pbkdf2-hmac-sha256".into(),
+            iterations,
+            salt: STANDARD.encode(salt),
+            sealed: STANDARD.encode(sealed),
+        })
+        .unwrap()
+    }
+
+    fn account(name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "config": {
+                "grant": "refresh_token",
+                "endpoints": {"provider": "custom", "token_url": "https://example.com/token",
+                              "auth_url": null, "device_url": null, "issuer": null,
+                              "offline": "as_configured"},
+                "client_id": "id", "client_auth": "basic", "scopes": [], "login": "browser",
+                "service_account_email": null, "key_id": null, "subject": null
+            },
+            "access_expires_at": null, "refresh_expires_at": null,
+            "validation_schedule": null, "refresh_before": null,
+            "secrets": [["refresh_token", "rt"]]
+        })
+    }
+
+    #[test]
+    fn an_archive_holding_a_name_twice_imports_nothing() {
+        let (_root, mut store) = scratch_store();
+        let payload = serde_json::json!({"accounts": [account("a"), account("b"), account("a")]});
+        let err = import(&mut store, &sealed(&payload, 100_000), &passphrase()).unwrap_err();
+        assert!(err.to_string().contains("nothing was imported"), "{err}");
+        assert!(store.accounts().unwrap().is_empty(), "a partial import");
+        let payload = serde_json::json!({"accounts": [account("a"), account("b")]});
+        assert_eq!(
+            import(&mut store, &sealed(&payload, 100_000), &passphrase()).unwrap(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn an_absurd_iteration_count_is_refused_at_once() {
+        let (_root, mut store) = scratch_store();
+        let mut archive: serde_json::Value =
+            serde_json::from_slice(&sealed(&serde_json::json!({"accounts": []}), 100_000)).unwrap();
+        for iterations in [0, 1, 99_999, 10_000_001, u32::MAX] {
+            archive["iterations"] = iterations.into();
+            let started = std::time::Instant::now();
+            let bytes = serde_json::to_vec(&archive).unwrap();
+            let err = import(&mut store, &bytes, &passphrase()).unwrap_err();
+            assert!(err.to_string().contains("key-derivation rounds"), "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Any file given to `vault import` is refused with a message before anything is
+        /// written.
+        #[test]
+        fn any_archive_bytes_are_refused_cleanly(
+            body in crate::fuzzing::untrusted_json(&[
+                "format", "version", "kdf", "iterations", "salt", "sealed",
+            ]),
+        ) {
+            let (_root, mut store) = scratch_store();
+            let result = import(&mut store, &body, &passphrase());
+            proptest::prop_assert!(result.is_err());
+            proptest::prop_assert!(store.accounts().unwrap().is_empty());
+        }
+    }
+}

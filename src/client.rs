@@ -180,4 +180,23 @@ mod tests {
         assert_eq!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n"), None);
         assert_eq!(parse_response(b"garbage"), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Whatever answers on the socket, the client's parser returns or refuses.
+        #[test]
+        fn any_socket_answer_parses_or_is_refused(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            length in ".{0,24}",
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let _ = parse_response(&raw);
+            let mut framed = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n").into_bytes();
+            framed.extend_from_slice(&body);
+            if let Some((status, parsed)) = parse_response(&framed) {
+                proptest::prop_assert_eq!(status, 200);
+                proptest::prop_assert!(parsed.len() <= body.len());
+            }
+        }
+    }
 }

@@ -193,4 +193,17 @@ mod tests {
         let err = Config::parse("[refresh]\nmax_backoff_seconds = -1\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Any config.toml is read or refused with a message, never a panic.
+        #[test]
+        fn any_config_file_parses_or_is_refused(
+            text in "(\\[(refresh|validation|alert)\\]\n|[a-z_]{1,24} = (\"[^\"]{0,30}\"|-?[0-9]{1,25}|true)\n|.{0,30}\n){0,8}",
+        ) {
+            if let Err(message) = Config::parse(&text) {
+                proptest::prop_assert!(!message.is_empty());
+            }
+        }
+    }
 }

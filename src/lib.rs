@@ -18,6 +18,8 @@ pub mod devprovider;
 pub mod enroll;
 pub mod error;
 pub mod files;
+#[cfg(test)]
+mod fuzzing;
 pub mod keys;
 pub mod oauth;
 pub mod process;

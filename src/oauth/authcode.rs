@@ -347,4 +347,23 @@ mod tests {
             Err(OAuthError::IssuerMissing(_))
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Any redirect a local process sends is checked, never a panic.
+        #[test]
+        fn any_redirect_is_checked(
+            pairs in proptest::collection::vec(
+                (proptest::sample::select(&["code", "state", "iss", "error", "error_description", "x"][..]), ".{0,20}"),
+                0..6,
+            ),
+            iss_required in proptest::prelude::any::<bool>(),
+        ) {
+            let callback: Callback = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            let state = SecretString::from("s1".to_owned());
+            if let Err(err) = check_callback(callback, &state, &endpoints(Some("https://i"), iss_required)) {
+                proptest::prop_assert!(!err.to_string().contains(char::is_control));
+            }
+        }
+    }
 }

@@ -141,3 +141,29 @@ async fn poll(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Whatever a device authorization endpoint answers, its numbers cannot overflow a
+        /// deadline or park the command.
+        #[test]
+        fn device_answers_have_bounded_numbers(
+            body in crate::fuzzing::untrusted_json(&[
+                "device_code", "user_code", "verification_uri", "verification_url",
+                "verification_uri_complete", "expires_in", "interval",
+            ]),
+        ) {
+            if let Ok(answer) = serde_json::from_slice::<DeviceAuthorization>(&body) {
+                proptest::prop_assert!(answer.lifetime() <= Duration::from_secs(MAX_DEVICE_LIFETIME));
+                let interval = answer.interval();
+                proptest::prop_assert!(interval >= Duration::from_secs(1));
+                proptest::prop_assert!(interval <= Duration::from_secs(MAX_INTERVAL));
+                let _ = std::time::Instant::now() + answer.lifetime();
+            }
+        }
+    }
+}

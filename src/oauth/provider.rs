@@ -285,4 +285,23 @@ mod tests {
         assert!(check_endpoint_url("http://example.com/token").is_err());
         assert!(check_endpoint_url("not a url").is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Any discovery document is turned into checked endpoints or a clear refusal.
+        #[test]
+        fn any_discovery_document_is_checked(
+            body in crate::fuzzing::untrusted_json(&[
+                "issuer", "token_endpoint", "authorization_endpoint",
+                "device_authorization_endpoint", "authorization_response_iss_parameter_supported",
+            ]),
+        ) {
+            if let Ok(metadata) = serde_json::from_slice::<Metadata>(&body) {
+                let issuer = metadata.issuer.clone();
+                if let Ok(endpoints) = endpoints_from_metadata(&issuer, metadata) {
+                    proptest::prop_assert!(endpoints.check().is_ok());
+                }
+            }
+        }
+    }
 }

@@ -149,3 +149,25 @@ fn describe_json_error(err: &serde_json::Error) -> String {
     };
     format!("{what} at line {} column {}", err.line(), err.column())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Any file given as a Google key is used or refused with a message that quotes none
+        /// of it.
+        #[test]
+        fn any_key_file_is_refused_clearly(
+            body in crate::fuzzing::untrusted_json(&[
+                "type", "client_email", "private_key", "private_key_id", "token_uri",
+            ]),
+        ) {
+            let text = SecretString::from(String::from_utf8_lossy(&body).into_owned());
+            if let Err(err) = ServiceAccountKey::parse(&text) {
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
+    }
+}

@@ -242,8 +242,20 @@ async fn read_answer(response: reqwest::Response) -> TokenAnswer {
             return TokenAnswer::Unreachable("the token endpoint's answer was cut short".into());
         }
     };
+    parse_answer(status, content_type, retry_after, body.expose())
+}
+
+/// What a token endpoint's answer says: a grant, an OAuth error, or something else. Every byte
+/// of it is the provider's; nothing here may panic on it (fuzzed below).
+fn parse_answer(
+    status: u16,
+    content_type: String,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> TokenAnswer {
+    let content_type = super::printable(&content_type);
     if (200..300).contains(&status) {
-        return match serde_json::from_slice::<GrantBody>(body.expose()) {
+        return match serde_json::from_slice::<GrantBody>(body) {
             Ok(grant) => TokenAnswer::Granted(TokenGrant {
                 access_token: grant.access_token,
                 expires_in: grant.expires_in,
@@ -257,7 +269,7 @@ async fn read_answer(response: reqwest::Response) -> TokenAnswer {
             },
         };
     }
-    match serde_json::from_slice::<ErrorAnswer>(body.expose()) {
+    match serde_json::from_slice::<ErrorAnswer>(body) {
         Ok(mut answer) => {
             answer.status = status;
             answer.error = super::printable(&answer.error);
@@ -420,5 +432,36 @@ mod tests {
         let body: GrantBody =
             serde_json::from_str(r#"{"access_token":"a","expires_in":"3599"}"#).unwrap();
         assert_eq!(body.expires_in, Some(3599));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Any answer a token endpoint can give is classified, with clamped numbers and
+        /// printable text, and never a panic.
+        #[test]
+        fn any_token_answer_is_classified_safely(
+            status in 100u16..600,
+            content_type in ".{0,64}",
+            body in crate::fuzzing::untrusted_json(&[
+                "access_token", "expires_in", "refresh_token", "refresh_token_expires_in",
+                "scope", "token_type", "error", "error_description", "error_subtype",
+            ]),
+        ) {
+            match parse_answer(status, content_type, None, &body).classify() {
+                Outcome::Refreshed(grant) => {
+                    proptest::prop_assert!(grant.expires_in.is_none_or(|s| s <= MAX_LIFETIME));
+                    proptest::prop_assert!(
+                        grant.refresh_token_expires_in.is_none_or(|s| s <= MAX_LIFETIME)
+                    );
+                }
+                Outcome::Transient(transient) => {
+                    proptest::prop_assert!(!transient.reason.contains(char::is_control));
+                }
+                Outcome::Permanent(rejection) => {
+                    let shown = rejection.to_string();
+                    proptest::prop_assert!(!shown.contains(char::is_control), "{shown:?}");
+                }
+            }
+        }
     }
 }

@@ -154,3 +154,23 @@ fn body_response(status: StatusCode, body: Bytes) -> Response<Body> {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Any query string gives a bounded min_valid or a bad request; any path segment is an
+        /// allowed account name or refused.
+        #[test]
+        fn any_query_and_name_are_bounded(query in ".{0,64}", name in ".{0,80}") {
+            if let Ok(seconds) = min_valid(Some(&query)) {
+                proptest::prop_assert!((0..=MAX_MIN_VALID).contains(&seconds));
+            }
+            if crate::account::validate_name(&name).is_ok() {
+                proptest::prop_assert!(!name.contains(['/', '\0']) && !name.starts_with('.'));
+            }
+        }
+    }
+}
