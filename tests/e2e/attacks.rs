@@ -96,9 +96,7 @@ fn another_user_squatting_the_old_tmp_socket_gets_nothing_and_hands_out_nothing(
     if !running_as_root() {
         return;
     }
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     // cron, su, ssh without pam_systemd: no XDG_RUNTIME_DIR. The old fallback was
     // $TMPDIR/tokenvault-$UID, which another user can create first.
     let shared = shared_tmp();
@@ -122,9 +120,7 @@ fn a_socket_directory_of_another_user_is_refused_before_anything_is_sent() {
     if !running_as_root() {
         return;
     }
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (_fake, vault) = crate::vault_with_account("mail");
     let shared = shared_tmp();
     let planted = shared.path().join("tokenvault/vault.sock");
     let _impostor = Impostor::listen(&planted);
@@ -147,9 +143,7 @@ fn a_daemon_of_another_user_behind_a_private_directory_is_refused() {
     if !running_as_root() {
         return;
     }
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (_fake, vault) = crate::vault_with_account("mail");
     let shared = shared_tmp();
     let listening = shared.path().join("p/vault.sock");
     let _impostor = Impostor::listen(&listening);
@@ -219,9 +213,7 @@ fn serve_never_changes_a_planted_symlink_target_or_the_current_directory() {
 
 #[test]
 fn no_child_inherits_the_master_key() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     let run = vault.run(&["exec", "mail", "--", "sh", "-c", "env"]);
     run.ok();
     assert!(run.stdout.contains("ACCESS_TOKEN="), "{}", run.stdout);
@@ -292,9 +284,7 @@ fn a_vault_directory_others_can_write_is_refused() {
 
 #[test]
 fn nothing_in_the_vault_directory_is_opened_through_a_symlink() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (_fake, vault) = crate::vault_with_account("mail");
 
     // vault.db itself.
     let elsewhere = vault.root.path().join("elsewhere.db");
@@ -486,9 +476,7 @@ fn a_relative_key_file_keeps_working_from_another_directory() {
 
 #[test]
 fn the_git_helper_answers_only_https_and_the_configured_host() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "forge").ok();
+    let (fake, vault) = crate::vault_with_account("forge");
     let ask = |extra: &[&str], request: &str| {
         let run = vault.run_with_stdin(
             &[&["git-credential", "--account", "forge"], extra, &["get"]].concat(),
@@ -519,9 +507,7 @@ fn the_git_helper_answers_only_https_and_the_configured_host() {
 
 #[test]
 fn after_a_rekey_the_database_file_alone_no_longer_opens_with_the_old_key() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (_fake, vault) = crate::vault_with_account("mail");
     let daemon = Daemon::start(&vault, &[]);
     let old_key = vault.key_file();
     let new_key = vault.root.path().join("new.key");
@@ -585,9 +571,7 @@ fn another_user_flooding_the_socket_cannot_stall_the_owner() {
     if !running_as_root() {
         return;
     }
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (_fake, vault) = crate::vault_with_account("mail");
     std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
     let mut flood = as_nobody("python3")

@@ -54,9 +54,7 @@ fn resident_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_400_mb_answer_is_not_read() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     let daemon = Daemon::start(&vault, &[]);
     fake.inject(Fault::Huge(400 << 20));
     // A token valid 2 hours cannot come from the cache: the daemon must ask the provider.
@@ -76,9 +74,7 @@ fn a_400_mb_answer_is_not_read() {
 
 #[test]
 fn control_characters_from_a_provider_are_stripped_and_the_alert_still_runs() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     let alerts = alerting_config(&vault, &fake, "");
     let daemon = Daemon::start(&vault, &[]);
     // OSC 52 writes the clipboard of the terminal that prints it; a NUL in VAULT_REASON kept

@@ -58,6 +58,14 @@ fn browser_add_args(
         .collect()
 }
 
+/// The usual start: the provider, a new vault, and account `name` added through the browser.
+fn vault_with_account(name: &str) -> (FakeOAuth, TestVault) {
+    let fake = fake_oauth::start(fake_oauth::OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, name).ok();
+    (fake, vault)
+}
+
 fn add_with_browser(vault: &TestVault, fake: &FakeOAuth, name: &str) -> Run {
     let args = browser_add_args(vault, fake, name, &["--timeout", "30"]);
     vault.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
