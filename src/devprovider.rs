@@ -400,10 +400,12 @@ async fn authorize(
         || get("code_challenge_method") != "S256"
         || get("code_challenge").is_empty()
     {
+        // RFC 9207: error responses carry `iss` too, as the certified server's do.
         return redirect(vec![
             ("error", "invalid_request".into()),
             ("error_description", "PKCE with S256 is required".into()),
             ("state", state),
+            ("iss", iss),
         ]);
     }
     if inner.behaviour.deny_consent {

@@ -79,11 +79,8 @@ pub enum Plan {
 /// A dead grant is an error at once: calling the provider again cannot revive it.
 pub fn plan(store: &Store, name: &str, need: Need) -> Result<Plan, Error> {
     let account = store.account(name)?;
-    if let Need::Valid { min_valid } = need
-        && let Some(token) = cached_token(store, &account, min_valid)?
-    {
-        return Ok(Plan::Cached(token));
-    }
+    // A dead grant first: its access tokens are likely revoked with it (the daemon answers
+    // 409 at once too), so even a cached one that has not expired is not handed out.
     if account.state == AccountState::ReauthRequired {
         let reason = account.last_error.clone().unwrap_or_default();
         return Err(rejected_error(
@@ -91,6 +88,11 @@ pub fn plan(store: &Store, name: &str, need: Need) -> Result<Plan, Error> {
             RejectionKind::InvalidGrant,
             reason,
         ));
+    }
+    if let Need::Valid { min_valid } = need
+        && let Some(token) = cached_token(store, &account, min_valid)?
+    {
+        return Ok(Plan::Cached(token));
     }
     let call = UpstreamCall::prepare(store, &account)?;
     Ok(Plan::Call(Box::new((account, call))))

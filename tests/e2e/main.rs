@@ -2,6 +2,7 @@
 //! server on 127.0.0.1.
 
 mod attacks;
+mod conformance;
 mod crash;
 mod daemon;
 mod daemon_support;

@@ -1,0 +1,555 @@
+//! Conformance: the `vault` binary against an independent, certified OpenID provider (panva's
+//! oidc-provider, pinned in tests/conformance/package-lock.json, started by each test on
+//! 127.0.0.1 through tests/conformance/server.mjs). Where these tests and the built-in provider
+//! (src/devprovider.rs) disagree, the built-in provider is what is wrong.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokenvault::account::SecretKind;
+
+use crate::daemon_support::Daemon;
+use crate::lifecycle::{alert_lines, eventually};
+use crate::support::{TestVault, write_private};
+
+const BASIC: (&str, &str) = ("conf-basic", "conf-basic-secret-0123456789");
+const POST: (&str, &str) = ("conf-post", "conf-post-secret-0123456789");
+const PUBLIC: &str = "public-app";
+
+fn conformance_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
+}
+
+/// The certified provider, as a child process.
+struct Certified {
+    child: Child,
+    issuer: String,
+}
+
+impl Certified {
+    fn start() -> Certified {
+        Certified::start_with(0, "", 3600)
+    }
+
+    /// On `port` (0: any), every client secret ending in `suffix`, access tokens living
+    /// `access_ttl` seconds.
+    fn start_with(port: u16, suffix: &str, access_ttl: u64) -> Certified {
+        let dir = conformance_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "oidc-provider is missing: run `npm ci --prefix tests/conformance` (.ci/run does)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .arg(port.to_string())
+            .arg(suffix)
+            .env("ACCESS_TTL", access_ttl.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node (.ci/run installs it)");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // Keep reading: node dies of EPIPE if it writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let started: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("the certified provider did not start: {line:?}"));
+        Certified {
+            child,
+            issuer: started["issuer"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.issuer.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// GET on the provider, as curl sees it: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        curl(&[&format!("{}{path}", self.issuer)])
+    }
+
+    /// The user types the code on the verification page and approves.
+    fn approve_device(&self, user_code: &str) {
+        let (status, body) = self.get(&format!("/admin/approve-device?user_code={user_code}"));
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// The user revokes the app's access at the provider.
+    fn revoke_grants(&self) {
+        let (status, body) = self.get("/admin/revoke-grants?account=alice");
+        assert_eq!((status, body.trim() != "0"), (200, true), "{body}");
+    }
+
+    /// RFC 7662 introspection, as the resource server would ask: is `token` live?
+    fn is_active(&self, token: &str) -> bool {
+        let (status, body) = curl(&[
+            "-u",
+            &format!("{}:{}", BASIC.0, BASIC.1),
+            "-d",
+            &format!("token={token}"),
+            &format!("{}/token/introspection", self.issuer),
+        ]);
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        answer["active"] == true
+    }
+
+    /// A refresh request as any client could send it: (status, body).
+    fn refresh_with(&self, client: (&str, &str), refresh_token: &str) -> (u16, String) {
+        curl(&[
+            "-u",
+            &format!("{}:{}", client.0, client.1),
+            "-d",
+            &format!("grant_type=refresh_token&refresh_token={refresh_token}"),
+            &format!("{}/token", self.issuer),
+        ])
+    }
+}
+
+impl Drop for Certified {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+/// A vault whose `$BROWSER` is a user who approves (curl with cookies, which the certified
+/// provider's login and consent need).
+fn vault() -> TestVault {
+    let vault = TestVault::new(None);
+    let browser = vault.root.path().join("cookie-browser.sh");
+    std::fs::write(
+        &browser,
+        "#!/bin/sh\nexec curl -s -o /dev/null -L -b /dev/null --max-time 20 \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    vault
+}
+
+fn run(vault: &TestVault, args: &[&str]) -> crate::support::Run {
+    let mut command = vault.command(args);
+    command.env("BROWSER", vault.root.path().join("cookie-browser.sh"));
+    vault.run_command(command, None)
+}
+
+fn secret_file(vault: &TestVault, secret: &str) -> String {
+    let path = vault.root.path().join(format!("{secret}.txt"));
+    write_private(&path, secret);
+    path.to_str().unwrap().to_owned()
+}
+
+/// `add-account NAME --issuer … --client-id ID` with the client's secret (or as a public client)
+/// and `extra` arguments.
+fn add(
+    vault: &TestVault,
+    server: &Certified,
+    name: &str,
+    client: (&str, Option<&str>),
+    extra: &[&str],
+) -> crate::support::Run {
+    let secret = client.1.map(|secret| secret_file(vault, secret));
+    let mut args = vec![
+        "add-account",
+        name,
+        "--issuer",
+        &server.issuer,
+        "--client-id",
+        client.0,
+        "--timeout",
+        "30",
+    ];
+    match &secret {
+        Some(path) => args.extend(["--client-secret-file", path.as_str()]),
+        None => args.push("--public-client"),
+    }
+    args.extend(extra);
+    run(vault, &args)
+}
+
+fn token(vault: &TestVault, name: &str, extra: &[&str]) -> String {
+    let run = run(vault, &[&["token", name, "--no-daemon"], extra].concat());
+    run.ok();
+    run.stdout.trim().to_owned()
+}
+
+fn stored_refresh_token(vault: &TestVault, name: &str) -> String {
+    let store = vault.open_store();
+    let account = store.account(name).unwrap();
+    store
+        .secret(&account, SecretKind::RefreshToken)
+        .unwrap()
+        .unwrap()
+        .expose()
+        .clone()
+}
+
+#[test]
+fn authorization_code_with_pkce_state_and_iss_for_basic_and_post_clients() {
+    let server = Certified::start();
+    let vault = vault();
+    // Discovery advertises authorization_response_iss_parameter_supported: the redirect's iss
+    // is required and checked; the loopback port is random (RFC 8252 §7.3).
+    add(
+        &vault,
+        &server,
+        "basic",
+        (BASIC.0, Some(BASIC.1)),
+        &["--scope", "openid email"],
+    )
+    .ok();
+    add(
+        &vault,
+        &server,
+        "post",
+        (POST.0, Some(POST.1)),
+        &["--client-auth", "post", "--scope", "openid email"],
+    )
+    .ok();
+    add(
+        &vault,
+        &server,
+        "public",
+        (PUBLIC, None),
+        &["--scope", "openid email"],
+    )
+    .ok();
+    for name in ["basic", "post", "public"] {
+        assert!(server.is_active(&token(&vault, name, &[])), "{name}");
+        // A token that must outlive the cached one: a real refresh, with rotation.
+        let before = stored_refresh_token(&vault, name);
+        let fresh = token(&vault, name, &["--min-valid", "7200"]);
+        assert!(server.is_active(&fresh), "{name}");
+        assert_ne!(
+            stored_refresh_token(&vault, name),
+            before,
+            "{name}: rotated"
+        );
+    }
+    let store = vault.open_store();
+    let endpoints = store.account("basic").unwrap().config.endpoints;
+    assert!(endpoints.iss_required, "discovery promised iss");
+    vault.assert_no_plaintext_on_disk();
+}
+
+/// Runs `add-account … --device`, plays the user who approves the code shown, and waits.
+fn add_with_device(
+    vault: &TestVault,
+    server: &Certified,
+    name: &str,
+    client: (&str, Option<&str>),
+) -> crate::support::Run {
+    let secret = client.1.map(|secret| secret_file(vault, secret));
+    let mut args = vec![
+        "add-account",
+        name,
+        "--issuer",
+        &server.issuer,
+        "--client-id",
+        client.0,
+        "--device",
+        "--timeout",
+        "30",
+        "--scope",
+        "openid email",
+    ];
+    match &secret {
+        Some(path) => args.extend(["--client-secret-file", path.as_str()]),
+        None => args.push("--public-client"),
+    }
+    let mut child = vault
+        .command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut shown = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        shown.push_str(&line);
+        if let Some(code) = line.split("the code:").nth(1) {
+            server.approve_device(code.trim());
+            break;
+        }
+    }
+    let _ = stderr.read_to_string(&mut shown);
+    let mut stdout = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut stdout);
+    let status = child.wait().unwrap();
+    crate::support::Run {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr: shown,
+    }
+}
+
+#[test]
+fn device_flow_with_a_confidential_and_a_public_client() {
+    let server = Certified::start();
+    let vault = vault();
+    // RFC 8628 §3.1: the confidential client authenticates at the device endpoint too; a bare
+    // client_id gets 401 invalid_client from this server.
+    add_with_device(&vault, &server, "tv", (BASIC.0, Some(BASIC.1))).ok();
+    add_with_device(&vault, &server, "kiosk", (PUBLIC, None)).ok();
+    for name in ["tv", "kiosk"] {
+        assert!(server.is_active(&token(&vault, name, &["--min-valid", "7200"])));
+    }
+}
+
+#[test]
+fn client_credentials_and_a_rotated_client_secret() {
+    let server = Certified::start();
+    let vault = vault();
+    add(
+        &vault,
+        &server,
+        "robot",
+        (BASIC.0, Some(BASIC.1)),
+        &["--client-credentials", "--scope", "api:read"],
+    )
+    .ok();
+    assert!(server.is_active(&token(&vault, "robot", &[])));
+    // A wrong secret is refused and nothing is stored.
+    add(
+        &vault,
+        &server,
+        "wrong",
+        (BASIC.0, Some("not-the-secret")),
+        &["--client-credentials", "--scope", "api:read"],
+    )
+    .fails_with(1, "invalid_client");
+    // The administrator rotates the client's secret: the account is a client error, not a
+    // dead grant.
+    let port = server.port();
+    drop(server);
+    let _rotated = Certified::start_with(port, "-rotated", 3600);
+    run(&vault, &["validate", "robot"]).fails_with(4, "invalid_client");
+    let status = run(&vault, &["status", "robot"]);
+    assert!(status.stdout.contains("client_error"), "{}", status.stdout);
+}
+
+#[test]
+fn a_replayed_rotated_refresh_token_kills_the_grant_and_validation_finds_it_once() {
+    let server = Certified::start();
+    let vault = vault();
+    add(
+        &vault,
+        &server,
+        "mail",
+        (BASIC.0, Some(BASIC.1)),
+        &["--scope", "openid email"],
+    )
+    .ok();
+    let stale = stored_refresh_token(&vault, "mail");
+    token(&vault, "mail", &["--min-valid", "7200"]);
+    // Someone replays the refresh token the vault has already rotated away: the server treats
+    // it as theft and revokes the whole grant, the vault's new refresh token included.
+    let (status, body) = server.refresh_with(BASIC, &stale);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_grant"), "{body}");
+    let alerts = vault.root.path().join("alerts.log");
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[alert]\ncommand = \"printf '%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" >> {}\"\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",
+            alerts.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&vault, &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || !alert_lines(&alerts).is_empty()),
+        "no alert"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(alert_lines(&alerts), ["mail|reauth_required"], "one alert");
+    assert_eq!(daemon.get("/v1/token/mail").status, 409);
+}
+
+#[test]
+fn a_grant_the_user_revoked_is_found_by_validation() {
+    let server = Certified::start();
+    let vault = vault();
+    add(
+        &vault,
+        &server,
+        "mail",
+        (BASIC.0, Some(BASIC.1)),
+        &["--scope", "openid email"],
+    )
+    .ok();
+    run(&vault, &["validate", "mail"]).ok();
+    server.revoke_grants();
+    run(&vault, &["validate", "mail"]).fails_with(3, "invalid_grant");
+    run(&vault, &["token", "mail", "--no-daemon"]).fails_with(3, "vault login mail");
+}
+
+#[test]
+fn the_daemon_hands_out_the_servers_live_tokens_and_refreshes_them_ahead() {
+    // Access tokens living 20 s: the daemon refreshes ahead (with rotation) on its own.
+    let server = Certified::start_with(0, "", 20);
+    let vault = vault();
+    add(
+        &vault,
+        &server,
+        "mail",
+        (BASIC.0, Some(BASIC.1)),
+        &["--scope", "openid email"],
+    )
+    .ok();
+    let daemon = Daemon::start(&vault, &[]);
+    let first = daemon.get("/v1/token/mail").json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(server.is_active(&first));
+    let mut later = first.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            later = daemon.get("/v1/token/mail?min_valid=5").json()["access_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            later != first
+        }),
+        "never refreshed"
+    );
+    assert!(server.is_active(&later), "the refreshed token is live");
+    let _ = server.get("/"); // still up
+}
+
+/// One server as the probes below see it.
+struct Probed<'a> {
+    token_url: String,
+    auth_url: String,
+    device_url: String,
+    client: (&'a str, &'a str),
+}
+
+impl Probed<'_> {
+    /// A token-endpoint request: its status and OAuth `error`.
+    fn token(&self, auth: &[&str], form: &str) -> (u16, String) {
+        let mut args: Vec<&str> = auth.to_vec();
+        args.extend(["-d", form, &self.token_url]);
+        let (status, body) = curl(&args);
+        let error = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|answer| answer["error"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        (status, error)
+    }
+
+    fn basic(&self) -> String {
+        format!("{}:{}", self.client.0, self.client.1)
+    }
+
+    /// An authorization request: refused outright, an error redirect (with or without `iss`),
+    /// or on its way to login and consent.
+    fn authorize(&self, redirect_uri: &str, pkce: &str) -> &'static str {
+        let url = format!(
+            "{}?response_type=code&client_id={}&redirect_uri={}&scope=openid&state=s{pkce}",
+            self.auth_url,
+            self.client.0,
+            url::form_urlencoded::byte_serialize(redirect_uri.as_bytes()).collect::<String>()
+        );
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                &url,
+            ])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (status, location) = text.split_once(' ').unwrap_or(("0", ""));
+        match (status.parse::<u16>().unwrap_or(0), location) {
+            (400..=499, _) => "refused",
+            (_, location) if location.contains("error=") && location.contains("iss=") => {
+                "error redirect with iss"
+            }
+            (_, location) if location.contains("error=") => "error redirect without iss",
+            _ => "proceeds",
+        }
+    }
+}
+
+const CHALLENGE: &str = "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// What the built-in provider imitates, asked of both servers with the same requests: where
+/// they disagree, the built-in one is wrong (and was fixed: the device endpoint's client
+/// authentication, `iss` on error redirects).
+#[test]
+fn the_built_in_provider_answers_like_the_certified_one() {
+    let certified = Certified::start();
+    let built_in = crate::fake_oauth::start(crate::fake_oauth::OfflineRule::OfflineAccessScope);
+    let servers = [
+        Probed {
+            token_url: format!("{}/token", certified.issuer),
+            auth_url: format!("{}/auth", certified.issuer),
+            device_url: format!("{}/device/auth", certified.issuer),
+            client: BASIC,
+        },
+        Probed {
+            token_url: built_in.token_url(),
+            auth_url: built_in.auth_url(),
+            device_url: built_in.device_url(),
+            client: (
+                crate::fake_oauth::CLIENT_ID,
+                crate::fake_oauth::CLIENT_SECRET,
+            ),
+        },
+    ];
+    let verdicts: Vec<Vec<String>> = servers
+        .iter()
+        .map(|server| {
+            let wrong = format!("{}:wrong-secret", server.client.0);
+            let both_ways = format!("client_id={}&client_secret={}", server.client.0, server.client.1);
+            let device_bare = format!("client_id={}&scope=openid", server.client.0);
+            let (status, error) = curl(&["-d", &device_bare, &server.device_url]);
+            let device_error = serde_json::from_str::<serde_json::Value>(&error)
+                .ok()
+                .and_then(|answer| answer["error"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            [
+                format!("{:?}", server.token(&["-u", &wrong], "grant_type=refresh_token&refresh_token=x")),
+                format!("{:?}", server.token(&["-u", &server.basic()], "grant_type=refresh_token&refresh_token=unknown")),
+                format!("{:?}", server.token(&["-u", &server.basic()], &format!("grant_type=refresh_token&refresh_token=x&{both_ways}"))),
+                format!("{:?}", server.token(&["-u", &server.basic()], "grant_type=authorization_code&code=forged&redirect_uri=http://127.0.0.1:1/&code_verifier=v")),
+                format!("device, confidential client without authentication: {:?}", (status, device_error)),
+                format!("no trailing slash: {}", server.authorize("http://127.0.0.1:5555", CHALLENGE)),
+                format!("another host: {}", server.authorize("http://evil.example:5555/", CHALLENGE)),
+                format!("any loopback port: {}", server.authorize("http://127.0.0.1:5555/", &format!("{CHALLENGE}&code_challenge_method=S256"))),
+                format!("plain PKCE: {}", server.authorize("http://127.0.0.1:5555/", &format!("{CHALLENGE}&code_challenge_method=plain"))),
+                format!("no PKCE: {}", server.authorize("http://127.0.0.1:5555/", "")),
+            ]
+            .to_vec()
+        })
+        .collect();
+    for (certified, built_in) in verdicts[0].iter().zip(&verdicts[1]) {
+        assert_eq!(built_in, certified, "the built-in provider differs");
+    }
+}
