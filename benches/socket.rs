@@ -141,6 +141,7 @@ fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
             device_url: None,
             issuer: None,
             iss_required: false,
+            revocation_url: None,
             offline: OfflineAccess::AsConfigured,
         },
         client_id: Some("bench-client".into()),

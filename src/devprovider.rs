@@ -48,6 +48,24 @@ pub enum Fault {
     Rejected(String),
     /// A hostile provider: 200 with a body of this many bytes, streamed without a length.
     Huge(u64),
+    /// The request is processed (a refresh rotates the token) and then the connection drops
+    /// before the answer arrives: a lost answer.
+    LoseAnswer,
+}
+
+/// An answer that breaks off before its first byte.
+struct Broken;
+
+impl hyper::body::Body for Broken {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("connection lost"))))
+    }
 }
 
 /// An endless-looking answer: `left` bytes of `{`, 64 KiB at a time, never held whole.
@@ -78,6 +96,8 @@ struct Grant {
     alive: bool,
     current_refresh: String,
     previous_refresh: Option<String>,
+    /// When the current refresh token replaced the previous one.
+    rotated_at: Option<Instant>,
     scope: String,
 }
 
@@ -108,6 +128,10 @@ pub struct Behaviour {
     pub delay: Option<Duration>,
     /// Until then, every token request gets a bare 503 (no Retry-After).
     pub down_until: Option<Instant>,
+    /// How long after a rotation the previous refresh token is still accepted (Okta's leeway,
+    /// Auth0's reuse interval, Cognito's grace; FAPI 2.0 requires accepting a retry). `None`:
+    /// any reuse kills the grant (Keycloak, Dex, Okta with leeway 0, oidc-provider).
+    pub reuse_grace: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -180,6 +204,7 @@ impl DevProvider {
                 device_slow_down_first: false,
                 delay: None,
                 down_until: None,
+                reuse_grace: None,
             },
             counters: Counters::default(),
             codes: HashMap::new(),
@@ -312,6 +337,7 @@ fn new_grant(inner: &mut Inner, scope: &str) -> String {
         alive: true,
         current_refresh: refresh.clone(),
         previous_refresh: None,
+        rotated_at: None,
         scope: scope.to_owned(),
     });
     inner
@@ -560,17 +586,27 @@ async fn token(State(shared): Shared, headers: HeaderMap, body: String) -> Respo
             )
                 .into_response();
         }
+        Some(Fault::LoseAnswer) => {
+            // Processed in full, then the answer is lost on the way.
+            drop(answer(&shared, &headers, &body));
+            return (StatusCode::OK, axum::body::Body::new(Broken)).into_response();
+        }
         None => {}
     }
+    answer(&shared, &headers, &body)
+}
+
+/// The token endpoint's answer to a request, as the server processes it.
+fn answer(shared: &Arc<Mutex<Inner>>, headers: &HeaderMap, body: &str) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();
-    let mut inner = lock(&shared);
+    let mut inner = lock(shared);
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     if grant_type == "urn:ietf:params:oauth:grant-type:jwt-bearer" {
         return jwt_bearer(&mut inner, &form);
     }
-    let client_id = match authenticate(&inner, &headers, &form) {
+    let client_id = match authenticate(&inner, headers, &form) {
         Ok(id) => id,
         Err(response) => return *response,
     };
@@ -624,6 +660,17 @@ fn refresh(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
         return invalid();
     };
     if !current {
+        let grant = &inner.grants[index];
+        let within_grace = grant.previous_refresh.as_deref() == Some(presented.as_str())
+            && grant
+                .rotated_at
+                .zip(inner.behaviour.reuse_grace)
+                .is_some_and(|(at, grace)| at.elapsed() < grace);
+        if within_grace && grant.alive {
+            // A retry after a lost answer: the current refresh token again.
+            let (scope, current) = (grant.scope.clone(), grant.current_refresh.clone());
+            return issue_access(inner, &scope, Some(current));
+        }
         // Reuse of a rotated token: the whole grant dies, the newest token too.
         inner.grants[index].alive = false;
         return invalid();
@@ -640,6 +687,7 @@ fn refresh(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     inner.refresh_tokens.insert(next.clone(), (index, true));
     let previous = std::mem::replace(&mut inner.grants[index].current_refresh, next.clone());
     inner.grants[index].previous_refresh = Some(previous);
+    inner.grants[index].rotated_at = Some(Instant::now());
     inner.issued_secrets.push(next.clone());
     issue_access(inner, &scope, Some(next))
 }

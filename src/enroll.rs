@@ -251,6 +251,7 @@ async fn prove_service_account(
             device_url: None,
             issuer: None,
             iss_required: false,
+            revocation_url: None,
             offline: OfflineAccess::AsConfigured,
         },
         client_id: None,

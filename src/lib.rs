@@ -25,6 +25,7 @@ pub mod oauth;
 pub mod process;
 pub mod refresh;
 pub mod refresher;
+pub mod revoke;
 pub mod scheduler;
 pub mod secret;
 pub mod server;

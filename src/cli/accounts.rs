@@ -201,12 +201,28 @@ fn print_details(account: &Account, status: &Status<'_>) {
     println!("  added            {}", when(account.created_at));
 }
 
-pub(super) fn remove(context: &Context, name: &str) -> Result<(), Error> {
+/// Revokes the account's grant at the provider (unless `keep_grant`), then removes it here.
+/// A failed revocation is reported; the local removal happens all the same.
+pub(super) fn remove(context: &Context, name: &str, keep_grant: bool) -> Result<(), Error> {
+    use crate::revoke::{Revocation, revoke_grant};
     let mut store = context.open()?;
     let _lock = store.lock_account(name)?;
+    let account = store.account(name)?;
+    let upstream = if keep_grant {
+        "The grant was kept at the provider (--keep-grant).".to_owned()
+    } else {
+        let http = crate::oauth::token::http_client();
+        match super::block_on(revoke_grant(&store, &account, &http))?? {
+            Revocation::Revoked => "The provider revoked its grant.".to_owned(),
+            Revocation::NoGrant => "It held no grant to revoke.".to_owned(),
+            Revocation::NoEndpoint => "The provider has no revocation endpoint tokenvault knows: revoke the app's access in the provider's account settings if it should end.".to_owned(),
+            Revocation::Failed(reason) => {
+                eprintln!("vault: warning: the grant could not be revoked at the provider: {reason}. Revoke the app's access in the provider's account settings.");
+                "The provider still knows the grant.".to_owned()
+            }
+        }
+    };
     store.remove_account(name)?;
-    println!(
-        "Removed account {name} and its secrets. The provider still knows the grant: revoke it there if it should end."
-    );
+    println!("Removed account {name} and its secrets. {upstream}");
     Ok(())
 }

@@ -107,8 +107,13 @@ enum Command {
     Exec(token::ExecArgs),
     /// git credential helper: git config credential.helper "!vault git-credential --account NAME"
     GitCredential(token::GitCredentialArgs),
-    /// Remove an account and its secrets
-    Remove { name: String },
+    /// Remove an account and its secrets, revoking its grant at the provider first
+    Remove {
+        name: String,
+        /// Do not revoke the grant at the provider (another tool still uses it)
+        #[arg(long)]
+        keep_grant: bool,
+    },
     /// Run the daemon: hand out access tokens over a Unix socket (foreground)
     Serve(serve::ServeArgs),
     /// Let another user or group fetch an account's access tokens from the daemon
@@ -179,7 +184,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Token(args) => token::run(&context, args),
         Command::Exec(args) => token::exec(&context, args),
         Command::GitCredential(args) => token::git_credential(&context, args),
-        Command::Remove { name } => accounts::remove(&context, &name),
+        Command::Remove { name, keep_grant } => accounts::remove(&context, &name, keep_grant),
         Command::Serve(args) => serve::run(&context, args),
         Command::Grant(args) => grant::run(&context, args, true),
         Command::RevokeGrant(args) => grant::run(&context, args, false),

@@ -301,6 +301,7 @@ mod tests {
             device_url: None,
             issuer: issuer.map(str::to_owned),
             iss_required,
+            revocation_url: None,
             offline: super::super::provider::OfflineAccess::OfflineAccessScope,
         }
     }

@@ -67,6 +67,9 @@ pub struct Endpoints {
     /// `authorization_response_iss_parameter_supported`): one without it is refused.
     #[serde(default)]
     pub iss_required: bool,
+    /// RFC 7009 token revocation (`vault remove` ends the grant there), when known.
+    #[serde(default)]
+    pub revocation_url: Option<String>,
     pub offline: OfflineAccess,
 }
 
@@ -106,6 +109,7 @@ impl ProviderChoice {
                 device_url: Some("https://oauth2.googleapis.com/device/code".into()),
                 issuer: Some("https://accounts.google.com".into()),
                 iss_required: false,
+                revocation_url: Some("https://oauth2.googleapis.com/revoke".into()),
                 offline: OfflineAccess::AccessTypeOffline,
             },
             ProviderChoice::Microsoft { tenant } => {
@@ -118,6 +122,7 @@ impl ProviderChoice {
                     // Multi-tenant issuers are templated ({tenantid}); iss cannot be pinned.
                     issuer: None,
                     iss_required: false,
+                    revocation_url: None,
                     offline: OfflineAccess::OfflineAccessScope,
                 }
             }
@@ -133,6 +138,7 @@ impl ProviderChoice {
                 device_url: None,
                 issuer: None,
                 iss_required: false,
+                revocation_url: None,
                 offline: OfflineAccess::AsConfigured,
             },
         };
@@ -140,6 +146,7 @@ impl ProviderChoice {
             // A replaced authorization server cannot be expected to use the original issuer.
             endpoints.issuer = None;
             endpoints.iss_required = false;
+            endpoints.revocation_url = None;
         }
         endpoints.token_url = overrides.token_url.unwrap_or(endpoints.token_url);
         endpoints.auth_url = overrides.auth_url.or(endpoints.auth_url);
@@ -157,6 +164,7 @@ impl Endpoints {
             Some(&self.token_url),
             self.auth_url.as_ref(),
             self.device_url.as_ref(),
+            self.revocation_url.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -175,6 +183,7 @@ struct Metadata {
     device_authorization_endpoint: Option<String>,
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
+    revocation_endpoint: Option<String>,
 }
 
 /// OIDC discovery, falling back to RFC 8414 authorization-server metadata.
@@ -240,6 +249,7 @@ fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints
         device_url: metadata.device_authorization_endpoint,
         issuer: Some(metadata.issuer),
         iss_required: metadata.authorization_response_iss_parameter_supported,
+        revocation_url: metadata.revocation_endpoint,
         offline: OfflineAccess::OfflineAccessScope,
     })
 }

@@ -41,8 +41,12 @@ pub enum TokenAnswer {
     Granted(TokenGrant),
     /// An OAuth error body (RFC 6749 §5.2).
     Refused(ErrorAnswer),
-    /// No HTTP answer at all: refused connection, DNS, TLS, timeout.
+    /// No HTTP answer at all: refused connection, DNS, TLS, connect timeout. The request never
+    /// reached the provider.
     Unreachable(String),
+    /// The request was sent, but its answer never arrived whole (a timeout or a reset after
+    /// sending): the provider may have processed it — and rotated the refresh token.
+    Lost(String),
     /// An HTTP answer that is not OAuth JSON (an HTML page, garbage, a 5xx from a proxy).
     Unexpected {
         status: u16,
@@ -131,7 +135,10 @@ pub async fn request(
     // The body holds credentials; once handed to the HTTP stack it cannot be zeroized (SECURITY.md).
     let response = match build_request(http, url, client, params).send().await {
         Ok(response) => response,
-        Err(err) => return TokenAnswer::Unreachable(describe_transport_error(&err)),
+        Err(err) if err.is_connect() => {
+            return TokenAnswer::Unreachable(describe_transport_error(&err));
+        }
+        Err(err) => return TokenAnswer::Lost(describe_transport_error(&err)),
     };
     read_answer(response).await
 }
@@ -164,7 +171,11 @@ pub(super) fn build_request(
     builder.body(form.finish())
 }
 
-/// The refresh-token grant (RFC 6749 §6).
+/// The refresh-token grant (RFC 6749 §6). When the request left but its answer was lost, it is
+/// sent once more at once with the same refresh token: a server that rotated it meanwhile and
+/// keeps a reuse grace (Okta, Auth0, Cognito; FAPI 2.0 requires it) answers the retry, where
+/// waiting would let the grace run out. A strict server refuses it and the grant is dead either
+/// way — that window opens when the first request leaves (SECURITY.md).
 pub async fn refresh_token_grant(
     http: &reqwest::Client,
     token_url: &str,
@@ -175,7 +186,10 @@ pub async fn refresh_token_grant(
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose().as_str()),
     ];
-    request(http, token_url, client, &params).await.classify()
+    match request(http, token_url, client, &params).await {
+        TokenAnswer::Lost(_) => request(http, token_url, client, &params).await.classify(),
+        answer => answer.classify(),
+    }
 }
 
 /// The client-credentials grant (RFC 6749 §4.4).
@@ -193,6 +207,38 @@ pub async fn client_credentials_grant(
     request(http, token_url, Some(client), &params)
         .await
         .classify()
+}
+
+/// RFC 7009: asks the provider to revoke `refresh_token` (and so its grant), authenticating as
+/// at the token endpoint. Any 2xx is success (an unknown token is answered 200 too).
+pub async fn revoke(
+    http: &reqwest::Client,
+    url: &str,
+    client: Option<&Client>,
+    refresh_token: &SecretString,
+) -> Result<(), String> {
+    super::provider::check_endpoint_url(url).map_err(|err| err.to_string())?;
+    let params = [
+        ("token", refresh_token.expose().as_str()),
+        ("token_type_hint", "refresh_token"),
+    ];
+    let response = build_request(http, url, client, &params)
+        .send()
+        .await
+        .map_err(|_| format!("cannot reach the revocation endpoint {url}"))?;
+    let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let error = read_body(response)
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice::<ErrorAnswer>(body.expose()).ok())
+        .map(|answer| format!(" ({})", super::printable(&answer.error)))
+        .unwrap_or_default();
+    Err(format!(
+        "the revocation endpoint answered HTTP {status}{error}"
+    ))
 }
 
 /// RFC 6749 §2.3.1: id and secret are form-urlencoded before they are joined and base64-encoded.
@@ -239,7 +285,7 @@ async fn read_answer(response: reqwest::Response) -> TokenAnswer {
             ));
         }
         Err(BodyError::Cut) => {
-            return TokenAnswer::Unreachable("the token endpoint's answer was cut short".into());
+            return TokenAnswer::Lost("the token endpoint's answer was cut short".into());
         }
     };
     parse_answer(status, content_type, retry_after, body.expose())
@@ -297,10 +343,12 @@ impl TokenAnswer {
     pub fn classify(self) -> Outcome {
         match self {
             TokenAnswer::Granted(grant) => Outcome::Refreshed(grant),
-            TokenAnswer::Unreachable(reason) => Outcome::Transient(Transient {
-                reason,
-                retry_after: None,
-            }),
+            TokenAnswer::Unreachable(reason) | TokenAnswer::Lost(reason) => {
+                Outcome::Transient(Transient {
+                    reason,
+                    retry_after: None,
+                })
+            }
             TokenAnswer::Unexpected {
                 status,
                 content_type,

@@ -420,6 +420,7 @@ fn an_archive_cannot_bring_a_plain_http_token_url() {
             device_url: None,
             issuer: None,
             iss_required: false,
+            revocation_url: None,
             offline: OfflineAccess::AsConfigured,
         },
         client_id: Some("id".into()),

@@ -553,3 +553,42 @@ fn the_built_in_provider_answers_like_the_certified_one() {
         assert_eq!(built_in, certified, "the built-in provider differs");
     }
 }
+
+#[test]
+fn remove_revokes_the_grant_at_the_provider_unless_told_to_keep_it() {
+    let server = Certified::start();
+    let vault = vault();
+    for name in ["gone", "kept", "offline"] {
+        add(
+            &vault,
+            &server,
+            name,
+            (BASIC.0, Some(BASIC.1)),
+            &["--scope", "openid email"],
+        )
+        .ok();
+    }
+    let gone = stored_refresh_token(&vault, "gone");
+    let kept = stored_refresh_token(&vault, "kept");
+    assert!(server.is_active(&gone) && server.is_active(&kept));
+    let removed = run(&vault, &["remove", "gone"]);
+    removed.ok();
+    assert!(
+        removed.stdout.contains("The provider revoked its grant"),
+        "{}",
+        removed.stdout
+    );
+    assert!(!server.is_active(&gone), "the refresh token still works");
+    run(&vault, &["remove", "kept", "--keep-grant"]).ok();
+    assert!(server.is_active(&kept), "--keep-grant revoked it");
+    // The provider unreachable: said so, and the account is removed here all the same.
+    drop(server);
+    let removed = run(&vault, &["remove", "offline"]);
+    removed.ok();
+    assert!(
+        removed.stderr.contains("could not be revoked"),
+        "{}",
+        removed.stderr
+    );
+    assert!(!run(&vault, &["list"]).stdout.contains("offline"));
+}

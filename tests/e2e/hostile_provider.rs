@@ -143,3 +143,45 @@ fn a_min_valid_beyond_the_lifetime_does_not_turn_requests_into_refreshes() {
         "{refreshes} upstream refreshes for 20 requests"
     );
 }
+
+#[test]
+fn a_lost_refresh_answer_is_retried_at_once_with_the_same_token() {
+    let (fake, vault) = crate::vault_with_account("mail");
+    fake.configure(|b| {
+        b.rotate = true;
+        b.reuse_grace = Some(Duration::from_secs(30));
+    });
+    // The provider rotates the refresh token, and the answer is lost on the way back. A server
+    // with a reuse grace answers the immediate retry: the command succeeds as if nothing happened.
+    fake.inject(Fault::LoseAnswer);
+    token(
+        &vault,
+        &fake,
+        &["mail", "--no-daemon", "--min-valid", "7200"],
+    );
+    assert_eq!(fake.counters(|c| c.refresh_grants), 2, "one retry");
+    token(
+        &vault,
+        &fake,
+        &["mail", "--no-daemon", "--min-valid", "7200"],
+    );
+    vault.run(&["validate", "mail"]).ok();
+}
+
+#[test]
+fn a_lost_refresh_answer_on_a_strict_server_is_a_dead_grant_said_at_once() {
+    let (fake, vault) = crate::vault_with_account("mail");
+    fake.configure(|b| b.rotate = true);
+    // No grace: the retry is a reuse, and the server kills the grant. Nothing could have saved
+    // it once the first request left; the vault says so now instead of at the next refresh.
+    fake.inject(Fault::LoseAnswer);
+    vault
+        .run(&["token", "mail", "--no-daemon", "--min-valid", "7200"])
+        .fails_with(3, "vault login mail");
+    let status = vault.run(&["status", "mail"]);
+    assert!(
+        status.stdout.contains("reauth_required"),
+        "{}",
+        status.stdout
+    );
+}
