@@ -31,16 +31,26 @@ pub struct Change {
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
     pub account: String,
-    /// `reauth_required`, `client_error`, `degraded` or `recovered`.
+    /// `reauth_required`, `client_error`, `degraded`, `recovered` or `expiring`.
     pub event: &'static str,
     pub reason: String,
     pub at: i64,
 }
 
+/// What the alerter is told.
+enum Message {
+    Changed(Change),
+    /// A refresh token dies at `at` (its announced deadline), whatever the vault does.
+    Expiring {
+        account: String,
+        at: i64,
+    },
+}
+
 /// The alerter's handle: state changes in, alerts out on its own task.
 #[derive(Clone)]
 pub struct Alerts {
-    sender: mpsc::UnboundedSender<Change>,
+    sender: mpsc::UnboundedSender<Message>,
 }
 
 impl Alerts {
@@ -51,7 +61,11 @@ impl Alerts {
     }
 
     pub fn state_changed(&self, change: Change) {
-        let _ = self.sender.send(change);
+        let _ = self.sender.send(Message::Changed(change));
+    }
+
+    pub fn refresh_token_expiring(&self, account: String, at: i64) {
+        let _ = self.sender.send(Message::Expiring { account, at });
     }
 }
 
@@ -67,19 +81,20 @@ struct Watch {
 async fn run(
     config: AlertConfig,
     http: reqwest::Client,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut messages: mpsc::UnboundedReceiver<Message>,
 ) {
     let mut watches: HashMap<String, Watch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            change = changes.recv() => match change {
-                Some(change) => {
+            message = messages.recv() => match message {
+                Some(Message::Changed(change)) => {
                     let watch = watches.entry(change.account.clone()).or_default();
                     if let Some(alert) = on_change(watch, &change) {
                         send(&config, &http, alert);
                     }
                 }
+                Some(Message::Expiring { account, at }) => send(&config, &http, expiring(account, at)),
                 None => return,
             },
             _ = tick.tick() => {
@@ -117,6 +132,21 @@ fn on_change(watch: &mut Watch, change: &Change) -> Option<Alert> {
         reason,
         at: now_unix(),
     })
+}
+
+/// The alert ahead of a refresh token's own deadline: only a new authorization helps.
+fn expiring(account: String, at: i64) -> Alert {
+    let left = humantime::format_duration(Duration::from_secs(
+        at.saturating_sub(now_unix()).max(0) as u64,
+    ));
+    Alert {
+        reason: format!(
+            "the provider gave its refresh token a deadline: it stops working in {left} (a Google app in \"Testing\" status, or time-bound access). Authorize again before then: vault login {account}"
+        ),
+        account,
+        event: "expiring",
+        at: now_unix(),
+    }
 }
 
 /// A "degraded" alert once an account has been degraded for `threshold` seconds.

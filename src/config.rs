@@ -14,6 +14,7 @@
 //! webhook = "https://ntfy.sh/my-topic"
 //! desktop = true                # notify-send when a session bus exists
 //! degraded_after_seconds = 900  # alert when transient failures last this long
+//! expiring_before_seconds = 86400  # alert this long before a refresh token's own deadline
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -95,6 +96,8 @@ pub struct AlertConfig {
     pub webhook: Option<url::Url>,
     pub desktop: bool,
     pub degraded_after_seconds: u64,
+    /// Alert this long before a refresh token's announced deadline (`refresh_token_expires_in`).
+    pub expiring_before_seconds: u64,
 }
 
 impl Default for AlertConfig {
@@ -104,6 +107,7 @@ impl Default for AlertConfig {
             webhook: None,
             desktop: true,
             degraded_after_seconds: 900,
+            expiring_before_seconds: 86_400,
         }
     }
 }

@@ -132,6 +132,9 @@ pub struct Behaviour {
     /// Auth0's reuse interval, Cognito's grace; FAPI 2.0 requires accepting a retry). `None`:
     /// any reuse kills the grant (Keycloak, Dex, Okta with leeway 0, oidc-provider).
     pub reuse_grace: Option<Duration>,
+    /// Google for apps in "Testing" status: refresh tokens die after this many seconds, and the
+    /// answers say so (`refresh_token_expires_in`).
+    pub refresh_token_lifetime: Option<u64>,
 }
 
 #[derive(Default)]
@@ -205,6 +208,7 @@ impl DevProvider {
                 delay: None,
                 down_until: None,
                 reuse_grace: None,
+                refresh_token_lifetime: None,
             },
             counters: Counters::default(),
             codes: HashMap::new(),
@@ -529,6 +533,9 @@ fn issue_access(inner: &mut Inner, scope: &str, refresh: Option<String>) -> Resp
     });
     if let Some(refresh) = refresh {
         body["refresh_token"] = json!(refresh);
+    }
+    if let Some(lifetime) = inner.behaviour.refresh_token_lifetime {
+        body["refresh_token_expires_in"] = json!(lifetime);
     }
     axum::Json(body).into_response()
 }

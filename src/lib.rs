@@ -13,6 +13,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod deadline_watch;
 pub mod demo;
 pub mod devprovider;
 pub mod enroll;

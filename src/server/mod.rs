@@ -113,6 +113,7 @@ pub async fn serve(
         source,
     })?;
     let config = Config::load(store.dir()).map_err(ServerError::Config)?;
+    let expiring_before = config.alert.expiring_before_seconds;
     let alerts = Alerts::start(config.alert, crate::oauth::token::http_client());
     let settings = RefreshSettings {
         refresh_before: config.refresh.before_seconds,
@@ -156,6 +157,7 @@ pub async fn serve(
         tokens.clone(),
         config.validation.schedule,
     ));
+    let deadline_watch = tokio::spawn(crate::deadline_watch::run(tokens.clone(), expiring_before));
     let graceful = GracefulShutdown::new();
     let socket_caps = limits::ConnectionCaps::new(SOCKET_CONNECTIONS_PER_CALLER, owner_uid);
     let metadata_caps = limits::ConnectionCaps::new(METADATA_CONNECTIONS_PER_CALLER, owner_uid);
@@ -179,7 +181,7 @@ pub async fn serve(
     if owns_socket {
         let _ = std::fs::remove_file(&options.socket);
     }
-    for duty in [reloader, refresher, validator] {
+    for duty in [reloader, refresher, validator, deadline_watch] {
         duty.abort();
     }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;

@@ -468,6 +468,26 @@ impl Tokens {
         });
     }
 
+    /// Alerts `expiring` for every refresh token whose announced deadline is less than
+    /// `before` seconds away, once per deadline (recorded in the vault).
+    pub async fn alert_refresh_deadlines(&self, before: u64) {
+        let store = self.store.clone();
+        let until = now_unix().saturating_add(i64::try_from(before).unwrap_or(i64::MAX));
+        let due = blocking(move || {
+            let mut store = store.lock().map_err(|_| poisoned())?;
+            Ok(store.take_refresh_deadlines(until)?)
+        })
+        .await;
+        match due {
+            Ok(due) => {
+                for (name, at) in due {
+                    self.alerts.refresh_token_expiring(name, at);
+                }
+            }
+            Err(err) => eprintln!("vault: cannot check refresh-token deadlines: {err}"),
+        }
+    }
+
     /// How the metadata endpoint names an account: its service-account email, else its name.
     /// `None` when there is no such account. Reads the store; for start-up, not the hot path.
     pub fn service_account_email(&self, name: &str) -> Option<String> {

@@ -596,6 +596,33 @@ impl Store {
             .is_ok_and(|busy| busy == 0)
     }
 
+    /// The accounts whose refresh token has an announced deadline before `until` (and after
+    /// now) that has not been alerted yet, as (name, deadline); each is recorded as an
+    /// `expiring` event in the same transaction, so it is alerted once, across restarts too.
+    pub fn take_refresh_deadlines(&mut self, until: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let due: Vec<(String, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT a.name, a.refresh_expires_at FROM accounts a
+                 WHERE a.refresh_expires_at > ?1 AND a.refresh_expires_at <= ?2 AND a.state != ?3
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.account = a.name
+                       AND e.event = 'expiring' AND e.detail = CAST(a.refresh_expires_at AS TEXT))",
+            )?;
+            let rows = stmt.query_map(
+                params![now(), until, AccountState::ReauthRequired.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (name, at) in &due {
+            log_event(&tx, name, "expiring", Some(&at.to_string()))?;
+        }
+        tx.commit()?;
+        Ok(due)
+    }
+
     /// Changes whenever another connection (another `vault` process) commits to the vault.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         Ok(self

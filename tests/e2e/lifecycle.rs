@@ -327,3 +327,34 @@ fn vault_validate_proves_each_account_now() {
         status.stdout
     );
 }
+
+#[test]
+fn a_refresh_token_deadline_is_alerted_once_ahead_of_it() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    // A Google app in "Testing" status: the refresh token dies in an hour, and says so.
+    fake.configure(|b| b.refresh_token_lifetime = Some(3600));
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let alerts = alerting_config(&vault, &fake, "expiring_before_seconds = 7200\n");
+    let daemon = Daemon::start(&vault, &[]);
+    assert!(
+        eventually(Duration::from_secs(8), || !alert_lines(&alerts).is_empty()),
+        "no alert"
+    );
+    let lines = alert_lines(&alerts);
+    assert!(
+        lines[0].starts_with("mail|expiring|") && lines[0].contains("vault login mail"),
+        "{lines:?}"
+    );
+    // Once per deadline, across restarts of the daemon too.
+    drop(daemon);
+    let _daemon = Daemon::start(&vault, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(alert_lines(&alerts).len(), 1, "{:?}", alert_lines(&alerts));
+    let status = vault.run(&["status", "mail"]);
+    assert!(
+        status.stdout.contains("refresh expires"),
+        "{}",
+        status.stdout
+    );
+}
