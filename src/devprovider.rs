@@ -48,6 +48,8 @@ pub enum Fault {
     Rejected(String),
     /// A hostile provider: 200 with a body of this many bytes, streamed without a length.
     Huge(u64),
+    /// An answer as a real provider words it: this status and JSON body.
+    Answer(u16, Value),
     /// The request is processed (a refresh rotates the token) and then the connection drops
     /// before the answer arrives: a lost answer.
     LoseAnswer,
@@ -592,6 +594,10 @@ async fn token(State(shared): Shared, headers: HeaderMap, body: String) -> Respo
                 axum::body::Body::new(Flood { left: size }),
             )
                 .into_response();
+        }
+        Some(Fault::Answer(status, body)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return (status, axum::Json(body)).into_response();
         }
         Some(Fault::LoseAnswer) => {
             // Processed in full, then the answer is lost on the way.

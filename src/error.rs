@@ -6,6 +6,9 @@ use crate::keys::KeyError;
 use crate::oauth::OAuthError;
 use crate::store::StoreError;
 
+/// What an undiagnosed `invalid_grant` usually means.
+pub const LIKELY_CAUSES: &str = "Likely causes: access was revoked by the user or an admin; the token expired (unused for 6 months, or after 7 days for a Google app in \"Testing\" status); a password change; too many refresh tokens issued for this client (the oldest die); reuse of a refresh token that had been rotated. ";
+
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(transparent)]
@@ -17,12 +20,15 @@ pub enum Error {
     #[error("account {account:?} was not re-authorized: {source}")]
     LoginFailed { account: String, source: OAuthError },
     #[error(
-        "account {account:?} must be authorized again: the provider rejected its {credential} ({reason}). Likely causes: access was revoked by the user or an admin; the token expired (unused for 6 months, or after 7 days for a Google app in \"Testing\" status); a password change; too many refresh tokens issued for this client (the oldest die); reuse of a refresh token that had been rotated. Next: {next}"
+        "account {account:?} must be authorized again: the provider rejected its {credential} ({reason}). {}Next: {next}",
+        if *.undiagnosed { LIKELY_CAUSES } else { "" }
     )]
     ReauthRequired {
         account: String,
         credential: &'static str,
         reason: String,
+        /// The provider's answer did not name the cause: the usual suspects are listed.
+        undiagnosed: bool,
         next: String,
     },
     #[error(

@@ -246,6 +246,7 @@ impl UpstreamCall {
                         error: "invalid_key".into(),
                         description: Some(err.to_string()),
                         subtype: None,
+                        cause: None,
                     }),
                 }
             }
@@ -334,10 +335,13 @@ fn rejected_error(account: &Account, kind: RejectionKind, reason: String) -> Err
                     ),
                 ),
             };
+            // A diagnosed refusal names its cause; otherwise the usual suspects are listed.
+            let undiagnosed = !reason.contains(crate::oauth::CAUSE_MARK);
             Error::ReauthRequired {
                 account: name,
                 credential,
                 reason,
+                undiagnosed,
                 next,
             }
         }

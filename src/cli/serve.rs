@@ -44,7 +44,7 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
             server::shutdown_signal(),
         ))
         .map_err(|err| match err {
-            server::ServerError::Vault(err) => err,
+            server::ServerError::Vault(err) => *err,
             other => Error::Input(other.to_string()),
         })?;
     eprintln!("vault: stopped");

@@ -2,6 +2,7 @@
 //! every token-endpoint answer into refreshed / transient / permanent.
 
 pub mod authcode;
+pub mod catalog;
 pub mod device;
 pub mod provider;
 pub mod service_account;
@@ -80,7 +81,12 @@ pub struct Rejection {
     pub description: Option<String>,
     /// Google's `error_subtype`, e.g. `invalid_rapt` (a session-control policy, not a revocation).
     pub subtype: Option<String>,
+    /// What the provider's answer says really happened, and the fix (`catalog`), when it says.
+    pub cause: Option<&'static str>,
 }
+
+/// Separates a refusal's diagnosed cause from the provider's words in its text.
+pub const CAUSE_MARK: &str = " — cause: ";
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,6 +96,9 @@ impl fmt::Display for Rejection {
         }
         if let Some(description) = &self.description {
             write!(f, ": {description}")?;
+        }
+        if let Some(cause) = self.cause {
+            write!(f, "{CAUSE_MARK}{cause}")?;
         }
         Ok(())
     }

@@ -61,8 +61,22 @@ pub struct ErrorAnswer {
     pub error: String,
     pub error_description: Option<String>,
     pub error_subtype: Option<String>,
+    /// Microsoft's `error_codes` (the AADSTS numbers).
+    #[serde(default, deserialize_with = "lenient_codes")]
+    pub error_codes: Vec<u64>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+}
+
+/// `error_codes` as numbers where they are numbers; anything else in it is ignored, so a
+/// malformed extra field cannot turn a refusal into an unreadable answer.
+fn lenient_codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => {
+            items.iter().filter_map(serde_json::Value::as_u64).collect()
+        }
+        _ => Vec::new(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -329,6 +343,7 @@ fn parse_answer(
             error: format!("HTTP {status}"),
             error_description: None,
             error_subtype: None,
+            error_codes: Vec::new(),
             retry_after,
         }),
         Err(_) => TokenAnswer::Unexpected {
@@ -382,17 +397,27 @@ impl ErrorAnswer {
                 retry_after: self.retry_after,
             });
         }
-        let kind = match self.error.as_str() {
-            "invalid_grant" => RejectionKind::InvalidGrant,
-            "invalid_client" => RejectionKind::InvalidClient,
-            _ if self.status == 401 => RejectionKind::InvalidClient,
-            _ => RejectionKind::Configuration,
-        };
+        let diagnosis = super::catalog::diagnose(
+            &self.error,
+            self.error_subtype.as_deref(),
+            self.error_description.as_deref(),
+            &self.error_codes,
+        );
+        let kind = diagnosis.map_or_else(
+            || match self.error.as_str() {
+                "invalid_grant" => RejectionKind::InvalidGrant,
+                "invalid_client" => RejectionKind::InvalidClient,
+                _ if self.status == 401 => RejectionKind::InvalidClient,
+                _ => RejectionKind::Configuration,
+            },
+            |diagnosis| diagnosis.kind,
+        );
         Outcome::Permanent(Rejection {
             kind,
             error: self.error,
             description: self.error_description,
             subtype: self.error_subtype,
+            cause: diagnosis.map(|d| d.cause),
         })
     }
 }
@@ -407,6 +432,7 @@ mod tests {
             error: error.to_owned(),
             error_description: None,
             error_subtype: None,
+            error_codes: Vec::new(),
             retry_after: None,
         })
         .classify()

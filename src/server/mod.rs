@@ -59,7 +59,13 @@ pub enum ServerError {
     #[error("{0}. Fix the file and start again")]
     Config(crate::config::ConfigError),
     #[error(transparent)]
-    Vault(#[from] crate::error::Error),
+    Vault(Box<crate::error::Error>),
+}
+
+impl From<crate::error::Error> for ServerError {
+    fn from(error: crate::error::Error) -> ServerError {
+        ServerError::Vault(Box::new(error))
+    }
 }
 
 pub struct ServeOptions {

@@ -185,3 +185,54 @@ fn a_lost_refresh_answer_on_a_strict_server_is_a_dead_grant_said_at_once() {
         status.stdout
     );
 }
+
+#[test]
+fn microsoft_and_google_refusals_name_their_real_cause_and_fix() {
+    use serde_json::json;
+    let cases = [
+        // (answer, exit code, state, words the user must see)
+        (
+            400,
+            json!({"error": "invalid_grant", "error_description": "AADSTS700082: The refresh token has expired due to inactivity. The token was issued on 2026-08-01 and was inactive for 90.00:00:00.", "error_codes": [700082]}),
+            3,
+            "reauth_required",
+            "90 days without use",
+        ),
+        (
+            401,
+            json!({"error": "invalid_client", "error_description": "AADSTS7000222: The provided client secret keys for app 'x' are expired.", "error_codes": [7000222]}),
+            4,
+            "client_error",
+            "create a new one in the app registration",
+        ),
+        (
+            400,
+            json!({"error": "invalid_grant", "error_description": "reauth related error (invalid_rapt)", "error_subtype": "invalid_rapt"}),
+            3,
+            "reauth_required",
+            "not a revocation",
+        ),
+        (
+            400,
+            json!({"error": "invalid_grant", "error_description": "AADSTS50076: Due to a configuration change made by your administrator, you must use multi-factor authentication.", "error_codes": "not a list"}),
+            3,
+            "reauth_required",
+            "multi-factor authentication",
+        ),
+    ];
+    for (status, answer, code, state, words) in cases {
+        let (fake, vault) = crate::vault_with_account("mail");
+        fake.inject(Fault::Answer(status, answer));
+        let run = vault.run(&["token", "mail", "--no-daemon", "--min-valid", "7200"]);
+        run.fails_with(code, words);
+        if state == "reauth_required" {
+            assert!(!run.stderr.contains("Likely causes"), "{}", run.stderr);
+        }
+        let shown = vault.run(&["status", "mail"]);
+        assert!(
+            shown.stdout.contains(state) && shown.stdout.contains(words),
+            "{}",
+            shown.stdout
+        );
+    }
+}
