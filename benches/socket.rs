@@ -151,6 +151,7 @@ fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
         service_account_email: None,
         key_id: None,
         subject: None,
+        identity: None,
     };
     let refresh = SecretString::from("rt-bench-not-used".to_owned());
     let expires = tokenvault::clock::now_unix() + 86_400;

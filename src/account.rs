@@ -100,6 +100,9 @@ pub struct AccountConfig {
     pub service_account_email: Option<String>,
     pub key_id: Option<String>,
     pub subject: Option<String>,
+    /// The user whose grant this is (from the ID token), so `vault login` can refuse another.
+    #[serde(default)]
+    pub identity: Option<crate::oauth::identity::Identity>,
 }
 
 /// The kinds of sealed secret an account can hold. The kind is part of each blob's AAD.

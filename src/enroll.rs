@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::account::{Account, AccountConfig, GrantKind, LoginMethod, SecretKind, validate_name};
 use crate::error::Error;
+use crate::oauth::identity::Identity;
 use crate::oauth::provider::{EndpointOverrides, Endpoints, OfflineAccess, ProviderChoice};
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, ClientAuth, OAuthError, Outcome, TokenGrant, authcode, device, token};
@@ -181,6 +182,7 @@ async fn prove_oauth(
         service_account_email: None,
         key_id: None,
         subject: None,
+        identity: grant.id_token.as_ref().and_then(Identity::from_id_token),
     };
     Ok(Proven {
         config,
@@ -261,6 +263,7 @@ async fn prove_service_account(
         service_account_email: Some(key.client_email.clone()),
         key_id: key.private_key_id.clone(),
         subject,
+        identity: None,
     };
     Ok(Proven {
         config,
@@ -270,12 +273,14 @@ async fn prove_service_account(
 }
 
 /// Re-authorizes a refresh-token account with its stored client and settings, replacing its
-/// refresh token; the account returns to `active`.
+/// refresh token; the account returns to `active`. A grant of another user than the one
+/// recorded is refused (and revoked where the provider allows) unless `allow_other_identity`.
 pub async fn login(
     store: &mut Store,
     http: &reqwest::Client,
     name: &str,
     options: BrowserOptions,
+    allow_other_identity: bool,
 ) -> Result<AccessToken, Error> {
     let account = store.account(name)?;
     let config = &account.config;
@@ -297,5 +302,26 @@ pub async fn login(
         account: name.to_owned(),
         source,
     })?;
+    let identity = grant.id_token.as_ref().and_then(Identity::from_id_token);
+    match (&config.identity, &identity) {
+        (Some(recorded), Some(new)) if recorded.subject != new.subject && !allow_other_identity => {
+            // Not kept: the new grant is ended at the provider where it can be.
+            if let (Some(url), Some(refresh_token)) =
+                (&config.endpoints.revocation_url, &grant.refresh_token)
+            {
+                let _ = token::revoke(http, url, Some(&client), refresh_token).await;
+            }
+            return Err(Error::IdentityChanged {
+                account: name.to_owned(),
+                recorded: recorded.shown().to_owned(),
+                got: new.shown().to_owned(),
+            });
+        }
+        (recorded, Some(new)) if recorded.as_ref() != Some(new) => {
+            store.set_identity(&account, Some(new))?;
+        }
+        _ => {}
+    }
+    let account = store.account(name)?;
     refresh::settle(store, &account, Outcome::Refreshed(grant), true)
 }

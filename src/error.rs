@@ -48,6 +48,14 @@ pub enum Error {
         /// The provider's `Retry-After`, in seconds.
         retry_after: Option<u64>,
     },
+    #[error(
+        "account {account:?} was not re-authorized: the login was by {got}, but the account belongs to {recorded} (a browser profile or account picker on the wrong user?). Nothing was changed. Sign in as {recorded}, or, if the account should now be {got}'s: vault login {account} --allow-different-identity"
+    )]
+    IdentityChanged {
+        account: String,
+        recorded: String,
+        got: String,
+    },
     #[error("{0}")]
     Input(String),
     #[error("internal error: {0}")]

@@ -44,6 +44,8 @@ struct Status<'a> {
     state: &'static str,
     kind: &'static str,
     provider: &'a str,
+    /// Whose grant it is (from the ID token), when known.
+    identity: Option<&'a str>,
     token_expires_at: Option<i64>,
     refresh_token_expires_at: Option<i64>,
     last_refresh_at: Option<i64>,
@@ -67,6 +69,11 @@ fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> 
         state: account.state.as_str(),
         kind: account.config.grant.as_str(),
         provider: &account.config.endpoints.provider,
+        identity: account
+            .config
+            .identity
+            .as_ref()
+            .map(|identity| identity.shown()),
         token_expires_at: account.access_expires_at,
         refresh_token_expires_at: account.refresh_expires_at,
         last_refresh_at: account.last_refresh_at,
@@ -172,6 +179,9 @@ fn print_details(account: &Account, status: &Status<'_>) {
     println!("  kind             {} ({})", status.kind, status.provider);
     if let Some(client_id) = &config.client_id {
         println!("  client id        {client_id}");
+    }
+    if let Some(identity) = status.identity {
+        println!("  signed in as     {identity}");
     }
     if let Some(email) = &config.service_account_email {
         println!("  service account  {email}");

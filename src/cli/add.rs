@@ -106,6 +106,9 @@ pub(super) struct LoginArgs {
     name: String,
     #[command(flatten)]
     browser: BrowserArgs,
+    /// Accept a login by another user than the one the account was added for
+    #[arg(long)]
+    allow_different_identity: bool,
 }
 
 pub(super) fn run_add(context: &Context, args: AddArgs) -> Result<(), Error> {
@@ -133,6 +136,7 @@ pub(super) fn run_login(context: &Context, args: LoginArgs) -> Result<(), Error>
         &http,
         &args.name,
         args.browser.options(),
+        args.allow_different_identity,
     ))??;
     println!(
         "Account {} is authorized again. Access token valid until {}.",

@@ -4,6 +4,7 @@
 pub mod authcode;
 pub mod catalog;
 pub mod device;
+pub mod identity;
 pub mod provider;
 pub mod service_account;
 pub mod token;
@@ -44,6 +45,8 @@ pub struct TokenGrant {
     pub refresh_token: Option<SecretString>,
     /// Google: the refresh token's own remaining life (apps in "Testing" status, time-bound access).
     pub refresh_token_expires_in: Option<u64>,
+    /// OIDC: whose grant this is (scope `openid`).
+    pub id_token: Option<SecretString>,
 }
 
 /// The outcome of one call to a token endpoint.

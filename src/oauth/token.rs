@@ -88,6 +88,7 @@ struct GrantBody {
     refresh_token: Option<SecretString>,
     #[serde(default, deserialize_with = "number_or_string")]
     refresh_token_expires_in: Option<u64>,
+    id_token: Option<SecretString>,
 }
 
 /// A lifetime in seconds as providers send it: a number, a float or a string ("3599"),
@@ -322,6 +323,7 @@ fn parse_answer(
                 scope: grant.scope,
                 refresh_token: grant.refresh_token.filter(|token| !token.is_empty()),
                 refresh_token_expires_in: grant.refresh_token_expires_in,
+                id_token: grant.id_token,
             }),
             Err(_) => TokenAnswer::Unexpected {
                 status,

@@ -428,6 +428,35 @@ impl Store {
         Ok(changed)
     }
 
+    /// Records whose grant the account holds (after a login by another, allowed, user), with
+    /// its settings signed anew.
+    pub fn set_identity(
+        &mut self,
+        account: &Account,
+        identity: Option<&crate::oauth::identity::Identity>,
+    ) -> Result<(), StoreError> {
+        let mut config = account.config.clone();
+        config.identity = identity.cloned();
+        let config_json = serde_json::to_string(&config)
+            .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE accounts SET config = ?2 WHERE id = ?1",
+            params![account.id, config_json],
+        )?;
+        sign_settings(
+            &tx,
+            &self.settings_key,
+            account.id,
+            &account.name,
+            &config_json,
+        )?;
+        let shown = identity.map(|identity| identity.shown().to_owned());
+        log_event(&tx, &account.name, "identity", shown.as_deref())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Sets (or, with `None`, clears) an account's own validation schedule.
     pub fn set_validation_schedule(
         &mut self,

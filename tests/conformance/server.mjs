@@ -14,7 +14,8 @@ import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2] ?? 0);
 const suffix = process.argv[3] ?? '';
-const ACCOUNT = 'alice';
+// The user who logs in and approves (ACCOUNT in the environment: another user's browser profile).
+const ACCOUNT = process.env.ACCOUNT ?? 'alice';
 
 // Every model in one Map, so the admin hooks can find a user's grants.
 const store = new Map();
@@ -135,6 +136,8 @@ const configuration = {
     claims: async () => ({ sub: id, email: `${id}@example.com`, email_verified: true }),
   }),
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  // The ID token carries the scopes' claims (email), as Google's and Microsoft's do.
+  conformIdTokenClaims: false,
   cookies: { keys: ['conformance-cookie-key'] },
 };
 // Created once the port is known: the issuer names it.

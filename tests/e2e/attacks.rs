@@ -430,6 +430,7 @@ fn an_archive_cannot_bring_a_plain_http_token_url() {
         service_account_email: None,
         key_id: None,
         subject: None,
+        identity: None,
     };
     let refresh = tokenvault::secret::SecretString::from("planted-refresh-token".to_owned());
     let access = tokenvault::secret::SecretString::from(String::new());

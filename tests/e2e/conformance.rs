@@ -37,6 +37,11 @@ impl Certified {
     /// On `port` (0: any), every client secret ending in `suffix`, access tokens living
     /// `access_ttl` seconds.
     fn start_with(port: u16, suffix: &str, access_ttl: u64) -> Certified {
+        Certified::start_as(port, suffix, access_ttl, "alice")
+    }
+
+    /// … with `user` logging in and approving.
+    fn start_as(port: u16, suffix: &str, access_ttl: u64, user: &str) -> Certified {
         let dir = conformance_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -47,6 +52,7 @@ impl Certified {
             .arg(port.to_string())
             .arg(suffix)
             .env("ACCESS_TTL", access_ttl.to_string())
+            .env("ACCOUNT", user)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -591,4 +597,58 @@ fn remove_revokes_the_grant_at_the_provider_unless_told_to_keep_it() {
         removed.stderr
     );
     assert!(!run(&vault, &["list"]).stdout.contains("offline"));
+}
+
+#[test]
+fn a_login_by_another_user_is_refused_unless_allowed() {
+    let server = Certified::start();
+    let vault = vault();
+    add(
+        &vault,
+        &server,
+        "mail",
+        (BASIC.0, Some(BASIC.1)),
+        &["--scope", "openid email"],
+    )
+    .ok();
+    let shown = run(&vault, &["status", "mail"]);
+    assert!(
+        shown.stdout.contains("signed in as     alice@example.com"),
+        "{}",
+        shown.stdout
+    );
+    let before = stored_refresh_token(&vault, "mail");
+    // The same provider, but the browser is signed in as bob.
+    let port = server.port();
+    drop(server);
+    let server = Certified::start_as(port, "", 3600, "bob");
+    run(&vault, &["login", "mail", "--timeout", "30"]).fails_with(
+        1,
+        "the login was by bob@example.com, but the account belongs to alice@example.com",
+    );
+    assert_eq!(
+        stored_refresh_token(&vault, "mail"),
+        before,
+        "nothing was changed"
+    );
+    run(
+        &vault,
+        &[
+            "login",
+            "mail",
+            "--timeout",
+            "30",
+            "--allow-different-identity",
+        ],
+    )
+    .ok();
+    let shown = run(&vault, &["status", "mail"]);
+    assert!(
+        shown.stdout.contains("signed in as     bob@example.com"),
+        "{}",
+        shown.stdout
+    );
+    assert!(server.is_active(&token(&vault, "mail", &["--min-valid", "7200"])));
+    // Bob again: the same user, accepted without a flag.
+    run(&vault, &["login", "mail", "--timeout", "30"]).ok();
 }
