@@ -161,17 +161,16 @@ fn secret_file(vault: &TestVault, secret: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// `add-account NAME --issuer … --client-id ID` with the client's secret (or as a public client)
-/// and `extra` arguments.
-fn add(
+/// `add-account NAME --issuer … --client-id ID` with the client's secret file (or as a public
+/// client) and `extra` arguments.
+fn add_args(
     vault: &TestVault,
     server: &Certified,
     name: &str,
     client: (&str, Option<&str>),
     extra: &[&str],
-) -> crate::support::Run {
-    let secret = client.1.map(|secret| secret_file(vault, secret));
-    let mut args = vec![
+) -> Vec<String> {
+    let mut args: Vec<String> = [
         "add-account",
         name,
         "--issuer",
@@ -180,13 +179,42 @@ fn add(
         client.0,
         "--timeout",
         "30",
-    ];
-    match &secret {
-        Some(path) => args.extend(["--client-secret-file", path.as_str()]),
-        None => args.push("--public-client"),
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    match client.1 {
+        Some(secret) => args.extend(["--client-secret-file".into(), secret_file(vault, secret)]),
+        None => args.push("--public-client".into()),
     }
-    args.extend(extra);
-    run(vault, &args)
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    args
+}
+
+fn add(
+    vault: &TestVault,
+    server: &Certified,
+    name: &str,
+    client: (&str, Option<&str>),
+    extra: &[&str],
+) -> crate::support::Run {
+    let args = add_args(vault, server, name, client, extra);
+    run(vault, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The usual start: a vault with account `mail` of the confidential basic client, scope
+/// `openid email`.
+fn vault_with_mail(server: &Certified) -> TestVault {
+    let vault = vault();
+    add(
+        &vault,
+        server,
+        "mail",
+        (BASIC.0, Some(BASIC.1)),
+        &["--scope", "openid email"],
+    )
+    .ok();
+    vault
 }
 
 fn token(vault: &TestVault, name: &str, extra: &[&str]) -> String {
@@ -261,24 +289,14 @@ fn add_with_device(
     name: &str,
     client: (&str, Option<&str>),
 ) -> crate::support::Run {
-    let secret = client.1.map(|secret| secret_file(vault, secret));
-    let mut args = vec![
-        "add-account",
+    let args = add_args(
+        vault,
+        server,
         name,
-        "--issuer",
-        &server.issuer,
-        "--client-id",
-        client.0,
-        "--device",
-        "--timeout",
-        "30",
-        "--scope",
-        "openid email",
-    ];
-    match &secret {
-        Some(path) => args.extend(["--client-secret-file", path.as_str()]),
-        None => args.push("--public-client"),
-    }
+        client,
+        &["--device", "--scope", "openid email"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = vault
         .command(&args)
         .stdout(Stdio::piped())
@@ -358,15 +376,7 @@ fn client_credentials_and_a_rotated_client_secret() {
 #[test]
 fn a_replayed_rotated_refresh_token_kills_the_grant_and_validation_finds_it_once() {
     let server = Certified::start();
-    let vault = vault();
-    add(
-        &vault,
-        &server,
-        "mail",
-        (BASIC.0, Some(BASIC.1)),
-        &["--scope", "openid email"],
-    )
-    .ok();
+    let vault = vault_with_mail(&server);
     let stale = stored_refresh_token(&vault, "mail");
     token(&vault, "mail", &["--min-valid", "7200"]);
     // Someone replays the refresh token the vault has already rotated away: the server treats
@@ -396,15 +406,7 @@ fn a_replayed_rotated_refresh_token_kills_the_grant_and_validation_finds_it_once
 #[test]
 fn a_grant_the_user_revoked_is_found_by_validation() {
     let server = Certified::start();
-    let vault = vault();
-    add(
-        &vault,
-        &server,
-        "mail",
-        (BASIC.0, Some(BASIC.1)),
-        &["--scope", "openid email"],
-    )
-    .ok();
+    let vault = vault_with_mail(&server);
     run(&vault, &["validate", "mail"]).ok();
     server.revoke_grants();
     run(&vault, &["validate", "mail"]).fails_with(3, "invalid_grant");
@@ -415,15 +417,7 @@ fn a_grant_the_user_revoked_is_found_by_validation() {
 fn the_daemon_hands_out_the_servers_live_tokens_and_refreshes_them_ahead() {
     // Access tokens living 20 s: the daemon refreshes ahead (with rotation) on its own.
     let server = Certified::start_with(0, "", 20);
-    let vault = vault();
-    add(
-        &vault,
-        &server,
-        "mail",
-        (BASIC.0, Some(BASIC.1)),
-        &["--scope", "openid email"],
-    )
-    .ok();
+    let vault = vault_with_mail(&server);
     let daemon = Daemon::start(&vault, &[]);
     let first = daemon.get("/v1/token/mail").json()["access_token"]
         .as_str()
@@ -602,15 +596,7 @@ fn remove_revokes_the_grant_at_the_provider_unless_told_to_keep_it() {
 #[test]
 fn a_login_by_another_user_is_refused_unless_allowed() {
     let server = Certified::start();
-    let vault = vault();
-    add(
-        &vault,
-        &server,
-        "mail",
-        (BASIC.0, Some(BASIC.1)),
-        &["--scope", "openid email"],
-    )
-    .ok();
+    let vault = vault_with_mail(&server);
     let shown = run(&vault, &["status", "mail"]);
     assert!(
         shown.stdout.contains("signed in as     alice@example.com"),
