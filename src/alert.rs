@@ -28,11 +28,33 @@ pub struct Change {
     pub reason: Option<String>,
 }
 
+/// What an alert is about. Serialized (webhook JSON) and passed (`VAULT_EVENT`) as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEvent {
+    ReauthRequired,
+    ClientError,
+    Degraded,
+    Recovered,
+    Expiring,
+}
+
+impl AlertEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEvent::ReauthRequired => "reauth_required",
+            AlertEvent::ClientError => "client_error",
+            AlertEvent::Degraded => "degraded",
+            AlertEvent::Recovered => "recovered",
+            AlertEvent::Expiring => "expiring",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
     pub account: String,
-    /// `reauth_required`, `client_error`, `degraded`, `recovered` or `expiring`.
-    pub event: &'static str,
+    pub event: AlertEvent,
     pub reason: String,
     pub at: i64,
 }
@@ -112,20 +134,20 @@ async fn run(
 fn on_change(watch: &mut Watch, change: &Change) -> Option<Alert> {
     let reason = change.reason.clone().unwrap_or_default();
     let event = match change.to {
-        AccountState::ReauthRequired => Some("reauth_required"),
-        AccountState::ClientError => Some("client_error"),
+        AccountState::ReauthRequired => Some(AlertEvent::ReauthRequired),
+        AccountState::ClientError => Some(AlertEvent::ClientError),
         AccountState::Degraded => {
             watch.degraded_since.get_or_insert(now_unix());
             None
         }
-        AccountState::Active if watch.alerted => Some("recovered"),
+        AccountState::Active if watch.alerted => Some(AlertEvent::Recovered),
         AccountState::Active => None,
     };
     if change.to != AccountState::Degraded {
         watch.degraded_since = None;
     }
     let event = event?;
-    watch.alerted = event != "recovered";
+    watch.alerted = event != AlertEvent::Recovered;
     Some(Alert {
         account: change.account.clone(),
         event,
@@ -144,7 +166,7 @@ fn expiring(account: String, at: i64) -> Alert {
             "the provider gave its refresh token a deadline: it stops working in {left} (a Google app in \"Testing\" status, or time-bound access). Authorize again before then: vault login {account}"
         ),
         account,
-        event: "expiring",
+        event: AlertEvent::Expiring,
         at: now_unix(),
     }
 }
@@ -158,7 +180,7 @@ fn on_tick(watch: &mut Watch, account: &str, threshold: u64) -> Option<Alert> {
     watch.alerted = true;
     Some(Alert {
         account: account.to_owned(),
-        event: "degraded",
+        event: AlertEvent::Degraded,
         reason: format!(
             "the provider has failed transiently for {} s",
             now_unix() - since
@@ -170,7 +192,9 @@ fn on_tick(watch: &mut Watch, account: &str, threshold: u64) -> Option<Alert> {
 fn send(config: &AlertConfig, http: &reqwest::Client, alert: Alert) {
     eprintln!(
         "vault: alert: account={} event={} reason={}",
-        alert.account, alert.event, alert.reason
+        alert.account,
+        alert.event.as_str(),
+        alert.reason
     );
     if let Some(command) = config.command.clone() {
         tokio::spawn(run_command(command, alert.clone()));
@@ -189,7 +213,7 @@ async fn run_command(command: String, alert: Alert) {
         .arg("-c")
         .arg(&command)
         .env("VAULT_ACCOUNT", &alert.account)
-        .env("VAULT_EVENT", alert.event)
+        .env("VAULT_EVENT", alert.event.as_str())
         .env("VAULT_REASON", &alert.reason)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -233,7 +257,7 @@ async fn notify_desktop(alert: Alert) {
     let _ = crate::process::with_allowed_env(&mut tokio::process::Command::new("notify-send"))
         .args([
             "--app-name=tokenvault",
-            &format!("tokenvault: {} {}", alert.account, alert.event),
+            &format!("tokenvault: {} {}", alert.account, alert.event.as_str()),
             &alert.reason,
         ])
         .stdin(std::process::Stdio::null())
@@ -264,13 +288,13 @@ mod tests {
             on_change(&mut watch, &change(AccountState::ReauthRequired))
                 .unwrap()
                 .event,
-            "reauth_required"
+            AlertEvent::ReauthRequired
         );
         assert_eq!(
             on_change(&mut watch, &change(AccountState::Active))
                 .unwrap()
                 .event,
-            "recovered"
+            AlertEvent::Recovered
         );
         assert!(on_change(&mut watch, &change(AccountState::Active)).is_none());
     }
@@ -283,13 +307,16 @@ mod tests {
         // Short blips heal silently.
         assert!(on_change(&mut watch, &change(AccountState::Active)).is_none());
         on_change(&mut watch, &change(AccountState::Degraded));
-        assert_eq!(on_tick(&mut watch, "a", 0).unwrap().event, "degraded");
+        assert_eq!(
+            on_tick(&mut watch, "a", 0).unwrap().event,
+            AlertEvent::Degraded
+        );
         assert!(on_tick(&mut watch, "a", 0).is_none(), "once");
         assert_eq!(
             on_change(&mut watch, &change(AccountState::Active))
                 .unwrap()
                 .event,
-            "recovered"
+            AlertEvent::Recovered
         );
     }
 }

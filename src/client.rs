@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::secret::SecretString;
 
 /// Long enough for the daemon to finish one upstream refresh (which has its own timeouts).
@@ -65,8 +65,7 @@ pub fn request_token(
     let refusal: Refusal = serde_json::from_slice(body)
         .map_err(|_| daemon_error(socket, &format!("HTTP {status} without a JSON error")))?;
     Err(Error::Daemon {
-        status,
-        error: refusal.error,
+        problem: Problem::from_code(&refusal.error),
         message: refusal.message,
     })
 }
@@ -148,8 +147,7 @@ fn parse_response(raw: &[u8]) -> Option<(u16, &[u8])> {
 
 fn daemon_error(socket: &Path, what: &str) -> Error {
     Error::Daemon {
-        status: 0,
-        error: "daemon_unreachable".into(),
+        problem: Problem::DaemonUnreachable,
         message: format!(
             "the daemon at {} could not be asked: {what}",
             socket.display()

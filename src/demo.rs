@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::account::SecretKind;
 use crate::devprovider::{self, DevProvider, OfflineRule};
 use crate::enroll::{self, BrowserOptions, Flow, NewAccount, NewCredentials};
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::keys::KeySource;
 use crate::oauth::provider::{EndpointOverrides, ProviderChoice};
 use crate::oauth::{Client, ClientAuth};
@@ -331,7 +331,10 @@ async fn wait_for_refusal(socket: &Path) -> Result<String, Error> {
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         match ask(socket).await {
-            Err(Error::Daemon { error, message, .. }) if error == "reauth_required" => {
+            Err(Error::Daemon {
+                problem: Problem::ReauthRequired,
+                message,
+            }) => {
                 return Ok(message);
             }
             Err(other) => return Err(other),

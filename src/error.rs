@@ -69,37 +69,129 @@ pub enum Error {
         problem: String,
         next: &'static str,
     },
-    /// The daemon refused (`error` is its JSON error code); its message is the user-facing one.
+    /// The daemon refused, with the `Problem` its JSON error code names; its message is the
+    /// user-facing one.
     #[error("{message}")]
-    Daemon {
-        status: u16,
-        error: String,
-        message: String,
-    },
+    Daemon { problem: Problem, message: String },
+}
+
+/// Why a command or a request failed, as every edge reports it: the JSON `error` code of the
+/// socket API, the HTTP status and the exit code all come from the one table below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    ReauthRequired,
+    ClientError,
+    UpstreamUnavailable,
+    UnknownAccount,
+    Forbidden,
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    MasterKey,
+    Interrupted,
+    DaemonUnreachable,
+    Internal,
+}
+
+/// (problem, JSON error code, HTTP status, exit code). Exit codes are documented in README.md.
+const PROBLEMS: [(Problem, &str, u16, u8); 12] = [
+    (Problem::ReauthRequired, "reauth_required", 409, 3),
+    (Problem::ClientError, "client_error", 409, 4),
+    (Problem::UpstreamUnavailable, "upstream_unavailable", 503, 5),
+    (Problem::UnknownAccount, "unknown_account", 404, 1),
+    (Problem::Forbidden, "forbidden", 403, 1),
+    (Problem::BadRequest, "bad_request", 400, 1),
+    (Problem::NotFound, "not_found", 404, 1),
+    (Problem::MethodNotAllowed, "method_not_allowed", 405, 1),
+    (Problem::MasterKey, "master_key", 500, 6),
+    (Problem::Interrupted, "interrupted", 500, 130),
+    (Problem::DaemonUnreachable, "daemon_unreachable", 502, 1),
+    (Problem::Internal, "internal", 500, 1),
+];
+
+impl Problem {
+    fn row(self) -> (Problem, &'static str, u16, u8) {
+        PROBLEMS.into_iter().find(|row| row.0 == self).unwrap_or((
+            Problem::Internal,
+            "internal",
+            500,
+            1,
+        ))
+    }
+
+    pub fn code(self) -> &'static str {
+        self.row().1
+    }
+
+    pub fn http_status(self) -> u16 {
+        self.row().2
+    }
+
+    pub fn exit_code(self) -> u8 {
+        self.row().3
+    }
+
+    /// The problem a daemon's JSON `error` code names; an unknown code is `Internal`.
+    pub fn from_code(code: &str) -> Problem {
+        PROBLEMS
+            .into_iter()
+            .find(|row| row.1 == code)
+            .map_or(Problem::Internal, |row| row.0)
+    }
 }
 
 impl Error {
-    /// Exit codes scripts can act on (documented in README.md).
-    pub fn exit_code(&self) -> u8 {
+    /// The problem this error is, for its exit code and the daemon's answer.
+    pub fn problem(&self) -> Problem {
         match self {
-            Error::ReauthRequired { .. } => 3,
-            Error::ClientRejected { .. } | Error::Misconfigured { .. } => 4,
-            Error::Unavailable { .. } => 5,
-            Error::Interrupted => 130,
-            Error::Daemon { error, .. } => match error.as_str() {
-                "reauth_required" => 3,
-                "client_error" => 4,
-                "upstream_unavailable" => 5,
-                _ => 1,
-            },
+            Error::ReauthRequired { .. } => Problem::ReauthRequired,
+            Error::ClientRejected { .. } | Error::Misconfigured { .. } => Problem::ClientError,
+            Error::Unavailable { .. } => Problem::UpstreamUnavailable,
+            Error::Interrupted => Problem::Interrupted,
+            Error::Daemon { problem, .. } => *problem,
             Error::Key(_)
             | Error::Store(StoreError::Key(_))
-            | Error::Store(StoreError::WrongMasterKey(_)) => 6,
-            Error::NotAdded { source, .. } | Error::LoginFailed { source, .. } => match source {
-                OAuthError::Unavailable(_) => 5,
-                _ => 1,
-            },
-            _ => 1,
+            | Error::Store(StoreError::WrongMasterKey(_)) => Problem::MasterKey,
+            Error::Store(StoreError::NoSuchAccount(_)) => Problem::UnknownAccount,
+            Error::NotAdded {
+                source: OAuthError::Unavailable(_),
+                ..
+            }
+            | Error::LoginFailed {
+                source: OAuthError::Unavailable(_),
+                ..
+            } => Problem::UpstreamUnavailable,
+            _ => Problem::Internal,
         }
+    }
+
+    /// Exit codes scripts can act on (documented in README.md).
+    pub fn exit_code(&self) -> u8 {
+        self.problem().exit_code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_has_one_code_status_and_exit_code() {
+        for (problem, code, status, exit) in PROBLEMS {
+            assert_eq!(Problem::from_code(code), problem, "{code}");
+            assert_eq!(
+                (problem.code(), problem.http_status(), problem.exit_code()),
+                (code, status, exit)
+            );
+        }
+        let codes: std::collections::HashSet<_> = PROBLEMS.iter().map(|row| row.1).collect();
+        assert_eq!(codes.len(), PROBLEMS.len(), "codes are unique");
+        assert_eq!(Problem::from_code("something new"), Problem::Internal);
+        // The documented exit codes.
+        assert_eq!(Problem::ReauthRequired.exit_code(), 3);
+        assert_eq!(Problem::ClientError.exit_code(), 4);
+        assert_eq!(Problem::UpstreamUnavailable.exit_code(), 5);
+        assert_eq!(Problem::MasterKey.exit_code(), 6);
+        assert_eq!(Problem::Interrupted.exit_code(), 130);
     }
 }

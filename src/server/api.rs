@@ -16,6 +16,7 @@ use serde_json::json;
 use super::tokens::{CachedToken, Failure, Lookup, Peer, Tokens};
 use crate::audit::Record;
 use crate::clock::now_unix;
+use crate::error::Problem;
 use crate::refresh::Need;
 
 /// Longest `min_valid` accepted: a day. Longer asks are for tokens no provider issues.
@@ -27,11 +28,7 @@ pub type Body = Full<Bytes>;
 
 pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>) -> Response<Body> {
     if request.method() != Method::GET {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "only GET is served",
-        );
+        return error(Problem::MethodNotAllowed, "only GET is served");
     }
     let path = request.uri().path();
     if let Some(name) = path.strip_prefix("/v1/token/") {
@@ -48,8 +45,7 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
             json_response(StatusCode::OK, json!({ "accounts": accounts }))
         }
         _ => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            Problem::NotFound,
             "unknown path; see /v1/health, /v1/accounts, /v1/token/NAME",
         ),
     }
@@ -57,19 +53,17 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
 
 async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> Response<Body> {
     let response = match (min_valid(query), tokens.lookup(peer, name)) {
-        (Err(message), _) => error(StatusCode::BAD_REQUEST, "bad_request", &message),
+        (Err(message), _) => error(Problem::BadRequest, &message),
         // The same answer whether or not the account exists.
         (_, Lookup::Forbidden) => error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            Problem::Forbidden,
             &format!(
                 "uid {} is not granted this account; its owner can run: vault grant ACCOUNT --uid {}",
                 peer.uid, peer.uid
             ),
         ),
         (_, Lookup::Unknown) => error(
-            StatusCode::NOT_FOUND,
-            "unknown_account",
+            Problem::UnknownAccount,
             &format!("no account named {name:?}; see: vault list"),
         ),
         (Ok(min_valid), Lookup::Found(slot)) => {
@@ -128,8 +122,7 @@ fn token_response(token: &CachedToken) -> Response<Body> {
 }
 
 fn failure_response(failure: &Failure) -> Response<Body> {
-    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = error(status, failure.error, &failure.message);
+    let mut response = error(failure.problem, &failure.message);
     if let Some(seconds) = failure.retry_after {
         response
             .headers_mut()
@@ -138,8 +131,12 @@ fn failure_response(failure: &Failure) -> Response<Body> {
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json_response(status, json!({"error": code, "message": message}))
+/// `{"error": CODE, "message": …}` with the problem's HTTP status: the one place where the
+/// socket API turns a problem into a status.
+fn error(problem: Problem, message: &str) -> Response<Body> {
+    let status =
+        StatusCode::from_u16(problem.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, json!({"error": problem.code(), "message": message}))
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {

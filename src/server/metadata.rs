@@ -85,7 +85,7 @@ pub async fn handle(
                 .await;
             let status = answer
                 .as_ref()
-                .map_or_else(|failure| failure.status, |_| 200);
+                .map_or_else(|failure| failure.problem.http_status(), |_| 200);
             tokens.audit().record(Record::Token {
                 at: now_unix(),
                 uid: caller,
@@ -100,7 +100,7 @@ pub async fn handle(
                     "token_type": "Bearer",
                 })),
                 Err(failure) => text(
-                    StatusCode::from_u16(failure.status)
+                    StatusCode::from_u16(failure.problem.http_status())
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     &failure.message,
                 ),

@@ -11,11 +11,11 @@ use crate::account::{AccountState, AccountSummary, Principal};
 use crate::alert::{Alerts, Change};
 use crate::audit::{Audit, Record};
 use crate::clock::now_unix;
-use crate::error::Error;
+use crate::error::{Error, Problem};
 use crate::refresh::{self, Need, Plan};
 use crate::scheduler;
 use crate::secret::SecretString;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// How often the daemon looks for changes made by other `vault` processes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -27,29 +27,21 @@ pub struct CachedToken {
     pub scope: String,
 }
 
-/// Why a token could not be given, as the socket API reports it.
+/// Why a token could not be given; the edge turns the problem into a status and a code.
 #[derive(Clone, Debug)]
 pub struct Failure {
-    pub status: u16,
-    pub error: &'static str,
+    pub problem: Problem,
     pub message: String,
     pub retry_after: Option<i64>,
 }
 
 impl Failure {
     fn from_error(error: &Error, retry_after: Option<i64>) -> Failure {
-        let (status, code) = match error {
-            Error::ReauthRequired { .. } => (409, "reauth_required"),
-            Error::ClientRejected { .. } | Error::Misconfigured { .. } => (409, "client_error"),
-            Error::Unavailable { .. } => (503, "upstream_unavailable"),
-            Error::Store(StoreError::NoSuchAccount(_)) => (404, "unknown_account"),
-            _ => (500, "internal"),
-        };
+        let problem = error.problem();
         Failure {
-            status,
-            error: code,
+            problem,
             message: error.to_string(),
-            retry_after: retry_after.filter(|_| status == 503),
+            retry_after: retry_after.filter(|_| problem == Problem::UpstreamUnavailable),
         }
     }
 }
@@ -572,10 +564,9 @@ impl Tokens {
 /// found it, else the fix.
 fn dead_grant(name: &str, flight: &Flight) -> Failure {
     match &flight.last {
-        Some(Err(failure)) if failure.error == "reauth_required" => failure.clone(),
+        Some(Err(failure)) if failure.problem == Problem::ReauthRequired => failure.clone(),
         _ => Failure {
-            status: 409,
-            error: "reauth_required",
+            problem: Problem::ReauthRequired,
             message: format!("account {name:?} must be authorized again. Next: vault login {name}"),
             retry_after: None,
         },
@@ -587,8 +578,7 @@ fn paused_failure(flight: &Flight, now: i64) -> Failure {
     match &flight.last {
         Some(Err(failure)) => Failure { retry_after, ..failure.clone() },
         _ => Failure {
-            status: 503,
-            error: "upstream_unavailable",
+            problem: Problem::UpstreamUnavailable,
             message: "the provider was unavailable a moment ago and no valid token is cached; try again shortly".into(),
             retry_after,
         },
