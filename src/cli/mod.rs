@@ -160,6 +160,14 @@ enum Command {
     },
 }
 
+impl Cli {
+    /// Whether this command runs the daemon (`serve`, `demo`), which writes to sockets whose
+    /// peers may leave at any time: it must keep ignoring SIGPIPE.
+    pub fn runs_daemon(&self) -> bool {
+        matches!(self.command, Command::Serve(_) | Command::Demo { .. })
+    }
+}
+
 pub fn run(cli: Cli) -> Result<(), Error> {
     let context = Context {
         dir: cli.locations.vault_dir.unwrap_or_else(default_vault_dir),

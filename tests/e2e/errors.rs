@@ -308,3 +308,24 @@ fn account_names_never_escape_the_vault_directory() {
     assert!(!vault.root.path().join("escaped.lock").exists());
     assert!(!vault.dir.join("escaped.lock").exists());
 }
+
+#[test]
+fn a_reader_that_leaves_early_ends_the_output_quietly() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    for verb in [&["status"][..], &["list"], &["status", "--json"]] {
+        // `vault status | head -0`: the pipe's reader is gone before the first line.
+        let mut child = vault
+            .command(verb)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{verb:?}: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "{verb:?}");
+    }
+}
