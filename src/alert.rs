@@ -5,6 +5,7 @@
 //! ever in an alert: only the account name, the event and the reason.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -76,10 +77,15 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    pub fn start(config: AlertConfig, http: reqwest::Client) -> Alerts {
+    /// Starts the alerter; fails only when a configured webhook signing secret cannot be used.
+    pub fn start(config: AlertConfig, http: reqwest::Client) -> Result<Alerts, String> {
+        let signer = match &config.webhook_secret_file {
+            Some(path) => Some(Arc::new(WebhookSigner::load(path)?)),
+            None => None,
+        };
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(config, http, receiver));
-        Alerts { sender }
+        tokio::spawn(run(config, http, signer, receiver));
+        Ok(Alerts { sender })
     }
 
     pub fn state_changed(&self, change: Change) {
@@ -103,8 +109,14 @@ struct Watch {
 async fn run(
     config: AlertConfig,
     http: reqwest::Client,
+    signer: Option<Arc<WebhookSigner>>,
     mut messages: mpsc::UnboundedReceiver<Message>,
 ) {
+    let sinks = Sinks {
+        config,
+        http,
+        signer,
+    };
     let mut watches: HashMap<String, Watch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -113,16 +125,16 @@ async fn run(
                 Some(Message::Changed(change)) => {
                     let watch = watches.entry(change.account.clone()).or_default();
                     if let Some(alert) = on_change(watch, &change) {
-                        send(&config, &http, alert);
+                        sinks.send(alert);
                     }
                 }
-                Some(Message::Expiring { account, at }) => send(&config, &http, expiring(account, at)),
+                Some(Message::Expiring { account, at }) => sinks.send(expiring(account, at)),
                 None => return,
             },
             _ = tick.tick() => {
                 for (account, watch) in &mut watches {
-                    if let Some(alert) = on_tick(watch, account, config.degraded_after_seconds) {
-                        send(&config, &http, alert);
+                    if let Some(alert) = on_tick(watch, account, sinks.config.degraded_after_seconds) {
+                        sinks.send(alert);
                     }
                 }
             }
@@ -189,21 +201,81 @@ fn on_tick(watch: &mut Watch, account: &str, threshold: u64) -> Option<Alert> {
     })
 }
 
-fn send(config: &AlertConfig, http: &reqwest::Client, alert: Alert) {
-    eprintln!(
-        "vault: alert: account={} event={} reason={}",
-        alert.account,
-        alert.event.as_str(),
-        alert.reason
-    );
-    if let Some(command) = config.command.clone() {
-        tokio::spawn(run_command(command, alert.clone()));
+/// Where alerts go.
+struct Sinks {
+    config: AlertConfig,
+    http: reqwest::Client,
+    signer: Option<Arc<WebhookSigner>>,
+}
+
+impl Sinks {
+    fn send(&self, alert: Alert) {
+        eprintln!(
+            "vault: alert: account={} event={} reason={}",
+            alert.account,
+            alert.event.as_str(),
+            alert.reason
+        );
+        if let Some(command) = self.config.command.clone() {
+            tokio::spawn(run_command(command, alert.clone()));
+        }
+        if let Some(url) = self.config.webhook.clone() {
+            tokio::spawn(post_webhook(
+                self.http.clone(),
+                url,
+                self.signer.clone(),
+                alert.clone(),
+            ));
+        }
+        if self.config.desktop && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
+            tokio::spawn(notify_desktop(alert));
+        }
     }
-    if let Some(url) = config.webhook.clone() {
-        tokio::spawn(post_webhook(http.clone(), url, alert.clone()));
+}
+
+/// Signs webhooks the Standard Webhooks way, so a receiver can tell the vault's alerts from
+/// forged ones and drop replays: `webhook-signature: v1,<base64 HMAC-SHA256 of
+/// "{webhook-id}.{webhook-timestamp}.{body}">`.
+pub struct WebhookSigner(ring::hmac::Key);
+
+impl WebhookSigner {
+    /// The secret as Standard Webhooks writes it (`whsec_` + base64), or any other text, whose
+    /// bytes are then the key.
+    fn load(path: &std::path::Path) -> Result<WebhookSigner, String> {
+        use base64::Engine;
+        let text = crate::files::read_private_file(path)?;
+        let key = match text.expose().strip_prefix(b"whsec_") {
+            Some(encoded) => crate::secret::Secret::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|_| {
+                        format!("{}: whsec_ must be followed by base64", path.display())
+                    })?,
+            ),
+            None => text,
+        };
+        if key.expose().len() < 16 {
+            return Err(format!(
+                "{}: the webhook secret is shorter than 16 bytes; make one with: echo \"whsec_$(head -c 32 /dev/urandom | base64)\" > FILE",
+                path.display()
+            ));
+        }
+        Ok(WebhookSigner(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            key.expose(),
+        )))
     }
-    if config.desktop && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
-        tokio::spawn(notify_desktop(alert));
+
+    fn signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        use base64::Engine;
+        let mut context = ring::hmac::Context::with_key(&self.0);
+        context.update(format!("{id}.{timestamp}.").as_bytes());
+        context.update(body);
+        let tag = context.sign();
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+        )
     }
 }
 
@@ -233,14 +305,37 @@ async fn run_command(command: String, alert: Alert) {
     }
 }
 
-async fn post_webhook(http: reqwest::Client, url: url::Url, alert: Alert) {
+/// POSTs the alert as JSON, retried with the same `webhook-id` (receivers deduplicate on it),
+/// each attempt timestamped and, with a secret, signed.
+async fn post_webhook(
+    http: reqwest::Client,
+    url: url::Url,
+    signer: Option<Arc<WebhookSigner>>,
+    alert: Alert,
+) {
+    let Ok(body) = serde_json::to_vec(&alert) else {
+        return;
+    };
+    let id = crate::crypto::random_bytes::<12>().map_or_else(
+        |_| format!("msg_{}_{}", alert.at, alert.account),
+        |bytes| {
+            let hex: String = bytes.expose().iter().map(|b| format!("{b:02x}")).collect();
+            format!("msg_{hex}")
+        },
+    );
     for attempt in 1..=WEBHOOK_ATTEMPTS {
-        let sent = http
+        let timestamp = now_unix();
+        let mut request = http
             .post(url.clone())
             .timeout(WEBHOOK_TIMEOUT)
-            .json(&alert)
-            .send()
-            .await;
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .body(body.clone());
+        if let Some(signer) = &signer {
+            request = request.header("webhook-signature", signer.signature(&id, timestamp, &body));
+        }
+        let sent = request.send().await;
         match sent {
             Ok(response) if response.status().is_success() => return,
             Ok(response) => eprintln!(

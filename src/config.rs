@@ -12,6 +12,7 @@
 //! [alert]
 //! command = "notify-me"         # run by /bin/sh with VAULT_ACCOUNT, VAULT_EVENT, VAULT_REASON
 //! webhook = "https://ntfy.sh/my-topic"
+//! webhook_secret_file = "/home/me/.config/tokenvault/webhook.secret"  # sign webhooks (0600 file)
 //! desktop = true                # notify-send when a session bus exists
 //! degraded_after_seconds = 900  # alert when transient failures last this long
 //! expiring_before_seconds = 86400  # alert this long before a refresh token's own deadline
@@ -94,6 +95,8 @@ pub struct AlertConfig {
     pub command: Option<String>,
     #[serde(deserialize_with = "webhook_url")]
     pub webhook: Option<url::Url>,
+    /// Standard Webhooks signing secret (`whsec_…`), in a file only the user can read.
+    pub webhook_secret_file: Option<PathBuf>,
     pub desktop: bool,
     pub degraded_after_seconds: u64,
     /// Alert this long before a refresh token's announced deadline (`refresh_token_expires_in`).
@@ -105,6 +108,7 @@ impl Default for AlertConfig {
         AlertConfig {
             command: None,
             webhook: None,
+            webhook_secret_file: None,
             desktop: true,
             degraded_after_seconds: 900,
             expiring_before_seconds: 86_400,

@@ -103,3 +103,25 @@ pub fn read_nofollow(path: &Path) -> std::io::Result<(std::fs::Metadata, String)
     std::io::Read::read_to_string(&mut file, &mut text)?;
     Ok((meta, text))
 }
+
+/// A secret file's bytes: refused when it is a symlink, another user's, or readable by group or
+/// others (the message says which, and the fix).
+pub fn read_private_file(path: &Path) -> Result<crate::secret::SecretBytes, String> {
+    let shown = path.display();
+    let (meta, text) = read_nofollow(path).map_err(|err| format!("cannot read {shown}: {err}"))?;
+    let text = crate::secret::SecretString::from(text);
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(format!(
+            "{shown} belongs to another user; use a file of your own"
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{shown} can be read by group or others (mode {:o}); run: chmod 600 {shown}",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(crate::secret::SecretBytes::new(
+        text.expose().trim().as_bytes().to_vec(),
+    ))
+}

@@ -58,6 +58,8 @@ pub enum ServerError {
     Metadata(String),
     #[error("{0}. Fix the file and start again")]
     Config(crate::config::ConfigError),
+    #[error("alert.webhook_secret_file: {0}")]
+    Alert(String),
     #[error(transparent)]
     Vault(Box<crate::error::Error>),
 }
@@ -120,7 +122,8 @@ pub async fn serve(
     })?;
     let config = Config::load(store.dir()).map_err(ServerError::Config)?;
     let expiring_before = config.alert.expiring_before_seconds;
-    let alerts = Alerts::start(config.alert, crate::oauth::token::http_client());
+    let alerts = Alerts::start(config.alert, crate::oauth::token::http_client())
+        .map_err(ServerError::Alert)?;
     let settings = RefreshSettings {
         refresh_before: config.refresh.before_seconds,
         max_backoff: config.refresh.max_backoff_seconds,

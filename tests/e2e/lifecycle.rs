@@ -1,5 +1,6 @@
 //! The daemon's background duties: refresh ahead, scheduled validation, backoff and alerts.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -357,4 +358,140 @@ fn a_refresh_token_deadline_is_alerted_once_ahead_of_it() {
         "{}",
         status.stdout
     );
+}
+
+/// One request a webhook receiver got: its headers (names in lower case) and body.
+type Received = (Vec<(String, String)>, Vec<u8>);
+
+/// A webhook receiver: answers 500 to the first `failures` requests, then 204; keeps each
+/// request's headers and body.
+struct WebhookSink {
+    url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl WebhookSink {
+    fn start(failures: usize) -> WebhookSink {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = received.clone();
+        std::thread::spawn(move || {
+            for (index, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+                    }
+                }
+                let length = headers
+                    .iter()
+                    .find(|(name, _)| name == "content-length")
+                    .and_then(|(_, value)| value.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                kept.lock().unwrap().push((headers, body));
+                let status = if index < failures {
+                    "500 Internal Server Error"
+                } else {
+                    "204 No Content"
+                };
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        WebhookSink { url, received }
+    }
+}
+
+#[test]
+fn webhooks_are_signed_and_retried_with_the_same_id() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let sink = WebhookSink::start(1);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let secret_file = vault.root.path().join("webhook.secret");
+    crate::support::write_private(&secret_file, &format!("{secret}\n"));
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[alert]\nwebhook = \"{}\"\nwebhook_secret_file = \"{}\"\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",
+            sink.url,
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&vault, &[]);
+    fake.revoke_all();
+    assert!(
+        eventually(Duration::from_secs(15), || sink
+            .received
+            .lock()
+            .unwrap()
+            .len()
+            >= 2),
+        "the webhook was not retried after a 500"
+    );
+    let received = sink.received.lock().unwrap().clone();
+    let header = |index: usize, name: &str| {
+        received[index]
+            .0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    };
+    assert!(header(0, "webhook-id").starts_with("msg_"));
+    assert_eq!(
+        header(0, "webhook-id"),
+        header(1, "webhook-id"),
+        "one id across retries"
+    );
+    // Checked by an independent implementation: Python's hmac, as the Standard Webhooks
+    // libraries do it.
+    for (index, (_, body)) in received.iter().enumerate() {
+        let body_file = vault.root.path().join(format!("body-{index}"));
+        std::fs::write(&body_file, body).unwrap();
+        let expected = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import base64, hashlib, hmac, sys\n\
+                 key = base64.b64decode(sys.argv[1].split('_', 1)[1])\n\
+                 message = f'{sys.argv[2]}.{sys.argv[3]}.'.encode() + open(sys.argv[4], 'rb').read()\n\
+                 print('v1,' + base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode())",
+                secret,
+                &header(index, "webhook-id"),
+                &header(index, "webhook-timestamp"),
+                body_file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            header(index, "webhook-signature"),
+            String::from_utf8_lossy(&expected.stdout).trim(),
+            "attempt {index}"
+        );
+        let alert: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(alert["event"], "reauth_required");
+    }
+    // A secret others can read is refused at start, with the fix.
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    vault
+        .run(&[
+            "serve",
+            "--socket",
+            vault.root.path().join("other.sock").to_str().unwrap(),
+        ])
+        .fails_with(1, "chmod 600");
 }
