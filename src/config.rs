@@ -55,6 +55,9 @@ pub struct Config {
     pub validation: ValidationConfig,
     #[serde(default)]
     pub alert: AlertConfig,
+    /// Host (as git names it: `github.com`, `host:port`) → the account whose token git gets.
+    #[serde(default)]
+    pub git: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -131,9 +131,10 @@ pub(super) fn exec(context: &Context, args: ExecArgs) -> Result<(), Error> {
 
 #[derive(Args)]
 pub(super) struct GitCredentialArgs {
-    /// The account whose access token git should use
+    /// The account whose access token git should use [default: the one config.toml's [git]
+    /// table names for the request's host; none for other hosts]
     #[arg(long)]
-    account: String,
+    account: Option<String>,
     /// The user name git sends with the token
     #[arg(long, default_value = "oauth2")]
     username: String,
@@ -161,7 +162,22 @@ pub(super) fn git_credential(context: &Context, args: GitCredentialArgs) -> Resu
     if !git_request_allowed(&request, args.host.as_deref()) {
         return Ok(());
     }
-    let obtained = obtain(context, &args.account, 60, false)?;
+    let account = match args.account {
+        Some(account) => account,
+        None => {
+            let config = crate::config::Config::load(&context.dir)
+                .map_err(|err| Error::Input(err.to_string()))?;
+            match config
+                .git
+                .get(git_field(&request, "host").unwrap_or_default())
+            {
+                Some(account) => account.clone(),
+                // Not ours: git asks its next helper, or the user.
+                None => return Ok(()),
+            }
+        }
+    };
+    let obtained = obtain(context, &account, 60, false)?;
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -173,18 +189,20 @@ pub(super) fn git_credential(context: &Context, args: GitCredentialArgs) -> Resu
     .map_err(|err| Error::Input(format!("cannot answer git: {err}")))
 }
 
+/// One `key=value` line of git's credential request.
+fn git_field<'a>(request: &'a str, name: &str) -> Option<&'a str> {
+    request
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
 /// Whether git's request (`key=value` lines) is for https (or plain http on loopback, as for
 /// endpoint URLs) and, when `host` is set, for that host.
 fn git_request_allowed(request: &str, host: Option<&str>) -> bool {
-    let field = |name: &str| {
-        request
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value)
-    };
-    let asked = field("host").unwrap_or_default();
-    let scheme_ok = match field("protocol") {
+    let asked = git_field(request, "host").unwrap_or_default();
+    let scheme_ok = match git_field(request, "protocol") {
         Some("https") => true,
         Some("http") => url::Url::parse(&format!("http://{asked}/"))
             .is_ok_and(|url| matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))),

@@ -397,3 +397,90 @@ fn google_auth_gets_the_token_from_the_metadata_endpoint() {
         ])
         .fails_with(1, "not a loopback address");
 }
+
+#[test]
+fn one_git_helper_line_serves_every_configured_host_with_its_own_account() {
+    // Two forges, each accepting only the tokens of its own provider, and a third nobody mapped.
+    let (alpha, beta) = (
+        crate::fake_oauth::start(OfflineRule::OfflineAccessScope),
+        crate::fake_oauth::start(OfflineRule::OfflineAccessScope),
+    );
+    let vault = TestVault::new(Some(&alpha));
+    add_with_browser(&vault, &alpha, "alpha").ok();
+    add_with_browser(&vault, &beta, "beta").ok();
+    let forges: Vec<_> = [
+        (&alpha, "alpha-forge"),
+        (&beta, "beta-forge"),
+        (&alpha, "unmapped"),
+    ]
+    .into_iter()
+    .map(|(provider, dir)| {
+        let root = vault.root.path().join(dir);
+        std::fs::create_dir_all(&root).unwrap();
+        crate::fake_forge::start(&root, provider)
+    })
+    .collect();
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[git]\n\"127.0.0.1:{}\" = \"alpha\"\n\"127.0.0.1:{}\" = \"beta\"\n",
+            forges[0].port, forges[1].port
+        ),
+    )
+    .unwrap();
+    let work = vault.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let git = |directory: &std::path::Path, args: &[&str]| {
+        let mut git = vault.program("git");
+        git.current_dir(directory)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .args(["-c", "user.name=Test", "-c", "user.email=me@example.com"])
+            .args([
+                "-c",
+                &format!(
+                    "credential.helper=!{} git-credential",
+                    env!("CARGO_BIN_EXE_vault")
+                ),
+            ])
+            .args(args);
+        git.output().unwrap()
+    };
+    assert!(git(&work, &["init", "--quiet"]).status.success());
+    assert!(
+        git(
+            &work,
+            &["commit", "--quiet", "--allow-empty", "-m", "first"]
+        )
+        .status
+        .success()
+    );
+    for forge in &forges {
+        assert!(
+            git(&forge.root, &["init", "--quiet", "--bare", "project.git"])
+                .status
+                .success()
+        );
+    }
+    let push = |forge: &crate::fake_forge::FakeForge| {
+        git(
+            &work,
+            &[
+                "push",
+                "--quiet",
+                &forge.url("project.git"),
+                "HEAD:refs/heads/main",
+            ],
+        )
+    };
+    for forge in &forges[..2] {
+        let pushed = push(forge);
+        assert!(
+            pushed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
+    }
+    // The unmapped host gets no token (git asks its next helper; here none): refused.
+    assert!(!push(&forges[2]).status.success());
+}
