@@ -242,7 +242,7 @@ fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints
             metadata.issuer
         )));
     }
-    Ok(Endpoints {
+    let endpoints = Endpoints {
         provider: "oidc".into(),
         token_url: metadata.token_endpoint,
         auth_url: metadata.authorization_endpoint,
@@ -251,7 +251,10 @@ fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints
         iss_required: metadata.authorization_response_iss_parameter_supported,
         revocation_url: metadata.revocation_endpoint,
         offline: OfflineAccess::OfflineAccessScope,
-    })
+    };
+    // The document is the server's word: every URL in it is checked like one typed by the user.
+    endpoints.check()?;
+    Ok(endpoints)
 }
 
 /// Endpoint URLs must be https, except on loopback (local test servers, development).
