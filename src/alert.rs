@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::account::AccountState;
 use crate::clock::now_unix;
 use crate::config::AlertConfig;
+use crate::server::metrics::Metrics;
 
 /// A slow alert command is killed after this.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,13 +79,23 @@ pub struct Alerts {
 
 impl Alerts {
     /// Starts the alerter; fails only when a configured webhook signing secret cannot be used.
-    pub fn start(config: AlertConfig, http: reqwest::Client) -> Result<Alerts, String> {
+    pub fn start(
+        config: AlertConfig,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Alerts, String> {
         let signer = match &config.webhook_secret_file {
             Some(path) => Some(Arc::new(WebhookSigner::load(path)?)),
             None => None,
         };
+        let sinks = Sinks {
+            config,
+            http,
+            signer,
+            metrics,
+        };
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(config, http, signer, receiver));
+        tokio::spawn(run(sinks, receiver));
         Ok(Alerts { sender })
     }
 
@@ -106,17 +117,7 @@ struct Watch {
     alerted: bool,
 }
 
-async fn run(
-    config: AlertConfig,
-    http: reqwest::Client,
-    signer: Option<Arc<WebhookSigner>>,
-    mut messages: mpsc::UnboundedReceiver<Message>,
-) {
-    let sinks = Sinks {
-        config,
-        http,
-        signer,
-    };
+async fn run(sinks: Sinks, mut messages: mpsc::UnboundedReceiver<Message>) {
     let mut watches: HashMap<String, Watch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -206,6 +207,7 @@ struct Sinks {
     config: AlertConfig,
     http: reqwest::Client,
     signer: Option<Arc<WebhookSigner>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sinks {
@@ -217,15 +219,19 @@ impl Sinks {
             alert.reason
         );
         if let Some(command) = self.config.command.clone() {
-            tokio::spawn(run_command(command, alert.clone()));
+            let metrics = self.metrics.clone();
+            let alert = alert.clone();
+            tokio::spawn(async move {
+                metrics.alert("command", run_command(command, alert).await);
+            });
         }
         if let Some(url) = self.config.webhook.clone() {
-            tokio::spawn(post_webhook(
-                self.http.clone(),
-                url,
-                self.signer.clone(),
-                alert.clone(),
-            ));
+            let (http, signer, metrics) =
+                (self.http.clone(), self.signer.clone(), self.metrics.clone());
+            let alert = alert.clone();
+            tokio::spawn(async move {
+                metrics.alert("webhook", post_webhook(http, url, signer, alert).await);
+            });
         }
         if self.config.desktop && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
             tokio::spawn(notify_desktop(alert));
@@ -280,7 +286,8 @@ impl WebhookSigner {
 }
 
 /// `/bin/sh -c COMMAND` with the alert in its environment (never interpolated into the command).
-async fn run_command(command: String, alert: Alert) {
+/// Whether the command ran and succeeded.
+async fn run_command(command: String, alert: Alert) -> bool {
     let child = crate::process::with_allowed_env(&mut tokio::process::Command::new("/bin/sh"))
         .arg("-c")
         .arg(&command)
@@ -292,10 +299,13 @@ async fn run_command(command: String, alert: Alert) {
         .spawn();
     let mut child = match child {
         Ok(child) => child,
-        Err(err) => return eprintln!("vault: alert command could not start: {err}"),
+        Err(err) => {
+            eprintln!("vault: alert command could not start: {err}");
+            return false;
+        }
     };
     match tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await {
-        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) if status.success() => return true,
         Ok(Ok(status)) => eprintln!("vault: alert command failed ({status})"),
         Ok(Err(err)) => eprintln!("vault: alert command failed: {err}"),
         Err(_) => eprintln!(
@@ -303,18 +313,19 @@ async fn run_command(command: String, alert: Alert) {
             COMMAND_TIMEOUT.as_secs()
         ),
     }
+    false
 }
 
 /// POSTs the alert as JSON, retried with the same `webhook-id` (receivers deduplicate on it),
-/// each attempt timestamped and, with a secret, signed.
+/// each attempt timestamped and, with a secret, signed. Whether it was delivered.
 async fn post_webhook(
     http: reqwest::Client,
     url: url::Url,
     signer: Option<Arc<WebhookSigner>>,
     alert: Alert,
-) {
+) -> bool {
     let Ok(body) = serde_json::to_vec(&alert) else {
-        return;
+        return false;
     };
     let id = crate::crypto::random_bytes::<12>().map_or_else(
         |_| format!("msg_{}_{}", alert.at, alert.account),
@@ -337,7 +348,7 @@ async fn post_webhook(
         }
         let sent = request.send().await;
         match sent {
-            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_success() => return true,
             Ok(response) => eprintln!(
                 "vault: alert webhook answered HTTP {} (attempt {attempt})",
                 response.status()
@@ -346,6 +357,7 @@ async fn post_webhook(
         }
         tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
     }
+    false
 }
 
 async fn notify_desktop(alert: Alert) {

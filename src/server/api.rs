@@ -36,6 +36,18 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
     }
     match path {
         "/v1/health" => json_response(StatusCode::OK, json!({"status": "ok"})),
+        "/v1/metrics" if peer.uid == tokens.owner().uid => {
+            let mut response = Response::new(Full::new(Bytes::from(tokens.metrics_text().await)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        "/v1/metrics" => error(
+            Problem::Forbidden,
+            "the metrics are the vault owner's; scrape them through --metrics-addr or as that user",
+        ),
         "/v1/accounts" => {
             let accounts: Vec<_> = tokens
                 .visible_accounts(peer)
@@ -73,6 +85,7 @@ async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> 
             }
         }
     };
+    tokens.metrics().token_answer(response.status().as_u16());
     tokens.audit().record(Record::Token {
         at: now_unix(),
         uid: Some(peer.uid),

@@ -86,6 +86,7 @@ pub async fn handle(
             let status = answer
                 .as_ref()
                 .map_or_else(|failure| failure.problem.http_status(), |_| 200);
+            tokens.metrics().token_answer(status);
             tokens.audit().record(Record::Token {
                 at: now_unix(),
                 uid: caller,

@@ -3,6 +3,7 @@
 mod api;
 mod limits;
 mod metadata;
+pub mod metrics;
 pub mod tokens;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -122,13 +123,20 @@ pub async fn serve(
     })?;
     let config = Config::load(store.dir()).map_err(ServerError::Config)?;
     let expiring_before = config.alert.expiring_before_seconds;
-    let alerts = Alerts::start(config.alert, crate::oauth::token::http_client())
-        .map_err(ServerError::Alert)?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let alerts = Alerts::start(
+        config.alert,
+        crate::oauth::token::http_client(),
+        metrics.clone(),
+    )
+    .map_err(ServerError::Alert)?;
     let settings = RefreshSettings {
         refresh_before: config.refresh.before_seconds,
         max_backoff: config.refresh.max_backoff_seconds,
     };
-    let tokens = Arc::new(Tokens::load(store, audit, alerts, settings, owner_uid)?);
+    let tokens = Arc::new(Tokens::load(
+        store, audit, alerts, metrics, settings, owner_uid,
+    )?);
     let group = options
         .socket_group
         .as_deref()

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::metrics::{Metrics, Snapshot};
 use crate::account::{AccountState, AccountSummary, Principal};
 use crate::alert::{Alerts, Change};
 use crate::audit::{Audit, Record};
@@ -54,14 +55,12 @@ struct Flight {
     failures: u32,
     /// No upstream call before this time (backoff after a transient failure).
     pause_until: i64,
-    /// When a caller's `min_valid` last made the daemon refresh.
-    last_on_demand: i64,
 }
 
-/// At most one refresh per this many seconds is made because a caller asked for more validity
-/// than the cached token has: a `min_valid` beyond the token's lifetime can never be met, and
-/// must not turn every request into an upstream call (and every call into a rotation).
-/// Background refreshes and validations are not counted.
+/// A token issued less than this many seconds ago is not refreshed again because a caller asked
+/// for more validity than it has: a `min_valid` beyond the token's lifetime can never be met, and
+/// must not turn every request into an upstream call (and every call into a rotation). The
+/// freshest token is answered instead. Background refreshes and validations are not bound.
 const ON_DEMAND_SPACING: i64 = 30;
 
 /// When the account's token was issued and expires, and when it is next validated.
@@ -187,6 +186,7 @@ pub struct Tokens {
     http: reqwest::Client,
     audit: Audit,
     alerts: Alerts,
+    metrics: Arc<Metrics>,
     settings: RefreshSettings,
     owner_uid: u32,
     accounts: RwLock<HashMap<String, Arc<Slot>>>,
@@ -214,6 +214,7 @@ impl Tokens {
         store: Store,
         audit: Audit,
         alerts: Alerts,
+        metrics: Arc<Metrics>,
         settings: RefreshSettings,
         owner_uid: u32,
     ) -> Result<Tokens, Error> {
@@ -223,6 +224,7 @@ impl Tokens {
             http: crate::oauth::token::http_client(),
             audit,
             alerts,
+            metrics,
             settings,
             owner_uid,
             accounts: RwLock::new(HashMap::new()),
@@ -298,15 +300,16 @@ impl Tokens {
         if now < flight.pause_until {
             return slot.cached(1).ok_or_else(|| paused_failure(&flight, now));
         }
-        let on_demand = matches!(need, Need::Valid { .. });
-        if on_demand && now - flight.last_on_demand < ON_DEMAND_SPACING {
+        let just_issued = slot
+            .times()
+            .issued_at
+            .is_some_and(|at| now.saturating_sub(at) < ON_DEMAND_SPACING);
+        if matches!(need, Need::Valid { .. })
+            && just_issued
+            && let Some(token) = slot.cached(1)
+        {
             // The freshest token there is, though shorter-lived than asked for.
-            if let Some(token) = slot.cached(1) {
-                return Ok(token);
-            }
-        }
-        if on_demand {
-            flight.last_on_demand = now;
+            return Ok(token);
         }
         let result = self.refresh(name, slot, need).await;
         let transient = match &result {
@@ -413,7 +416,10 @@ impl Tokens {
             Plan::Call(call) => call,
         };
         let (account, call) = *call;
+        let started = std::time::Instant::now();
         let outcome = call.send(&self.http).await;
+        self.metrics
+            .upstream_call(name, need, &outcome, started.elapsed().as_secs_f64());
         let scope = match &outcome {
             crate::oauth::Outcome::Refreshed(grant) => grant.scope.clone(),
             _ => None,
@@ -502,6 +508,33 @@ impl Tokens {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics exposition: the counters, every account's state and token expiry from the
+    /// table, and the refresh-token deadlines from the store.
+    pub async fn metrics_text(&self) -> String {
+        let mut accounts = Vec::new();
+        self.for_each_slot(|name, slot| {
+            accounts.push((
+                name.to_owned(),
+                slot.state().as_str(),
+                slot.times().expires_at,
+            ));
+        });
+        let store = self.store.clone();
+        let refresh_deadlines =
+            blocking(move || Ok(store.lock().map_err(|_| poisoned())?.refresh_deadlines()?))
+                .await
+                .unwrap_or_default();
+        self.metrics.render(Snapshot {
+            accounts,
+            refresh_deadlines,
+            now: now_unix(),
+        })
     }
 
     /// Picks up accounts, grants and logins changed by other processes, if the vault changed.

@@ -625,6 +625,15 @@ impl Store {
             .is_ok_and(|busy| busy == 0)
     }
 
+    /// Every announced refresh-token deadline, as (account, deadline).
+    pub fn refresh_deadlines(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, refresh_expires_at FROM accounts WHERE refresh_expires_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The accounts whose refresh token has an announced deadline before `until` (and after
     /// now) that has not been alerted yet, as (name, deadline); each is recorded as an
     /// `expiring` event in the same transaction, so it is alerted once, across restarts too.

@@ -391,3 +391,110 @@ fn vault_loads_no_shared_library_beyond_libc() {
         );
     }
 }
+
+#[test]
+fn metrics_are_openmetrics_for_the_owner_only() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.refresh_token_lifetime = Some(86_400));
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        "[alert]\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+    assert_eq!(daemon.get("/v1/token/mail").status, 200);
+    assert_eq!(daemon.get("/v1/token/mail").status, 200);
+    // A scheduled validation: one upstream call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fake.counters(|c| c.refresh_grants) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no validation");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = daemon.get("/v1/metrics");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert_no_secret_in(&vault, &answer.body);
+    // Parsed by the Prometheus project's own parser.
+    let parsed = crate::support::run_with_input(
+        {
+            let mut python = std::process::Command::new("python3");
+            python.args([
+                "-c",
+                "import json, sys\n\
+                 from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+                 samples = [[s.name, s.labels, s.value] for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]\n\
+                 print(json.dumps(samples))",
+            ]);
+            python
+        },
+        &answer.body,
+    );
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let samples: Vec<(String, serde_json::Value, f64)> =
+        serde_json::from_slice(&parsed.stdout).unwrap();
+    let value = |name: &str, labels: serde_json::Value| {
+        samples
+            .iter()
+            .find(|(sample, sample_labels, _)| sample == name && *sample_labels == labels)
+            .map(|(_, _, value)| *value)
+            .unwrap_or_else(|| panic!("no {name} {labels} in {samples:?}"))
+    };
+    use serde_json::json;
+    assert_eq!(
+        value("tokenvault_accounts", json!({"state": "active"})),
+        1.0
+    );
+    assert!(
+        value(
+            "tokenvault_upstream_calls_total",
+            json!({"account": "mail", "purpose": "validation", "outcome": "refreshed"})
+        ) >= 1.0
+    );
+    assert!(value("tokenvault_token_answers_total", json!({"status": "200"})) >= 2.0);
+    assert!(
+        value(
+            "tokenvault_access_token_expiry_seconds",
+            json!({"account": "mail"})
+        ) > 3000.0
+    );
+    assert!(
+        value(
+            "tokenvault_refresh_token_deadline_seconds",
+            json!({"account": "mail"})
+        ) > 80_000.0
+    );
+    assert!(value("tokenvault_upstream_call_duration_seconds_count", json!({})) >= 1.0);
+    // Another user, even one the socket lets in, gets no metrics.
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        let output = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&daemon.socket)
+            .arg("http://localhost/v1/metrics")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "403");
+    }
+}
