@@ -178,6 +178,7 @@ async fn lifecycle(
         socket: socket.clone(),
         socket_group: None,
         metadata: None,
+        metrics: None,
     };
     let daemon = tokio::spawn(server::serve(store, options, |_, _| {}, async {
         let _ = stopped.await;

@@ -16,6 +16,10 @@ pub(super) struct ServeArgs {
     /// The account the metadata endpoint serves
     #[arg(long, value_name = "NAME", requires = "metadata_addr")]
     metadata_account: Option<String>,
+    /// Also serve Prometheus metrics (GET /metrics) on this loopback address, e.g. 127.0.0.1:9901.
+    /// Any local user can read them there: account names, states and counts, no secret
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
@@ -28,6 +32,7 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
         socket: context.socket.clone(),
         socket_group: args.socket_group,
         metadata: args.metadata_addr.zip(args.metadata_account),
+        metrics: args.metrics_addr,
     };
     let ready = |socket: &std::path::Path, accounts: usize| {
         eprintln!(

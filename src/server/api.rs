@@ -36,14 +36,7 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
     }
     match path {
         "/v1/health" => json_response(StatusCode::OK, json!({"status": "ok"})),
-        "/v1/metrics" if peer.uid == tokens.owner().uid => {
-            let mut response = Response::new(Full::new(Bytes::from(tokens.metrics_text().await)));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
-            );
-            response
-        }
+        "/v1/metrics" if peer.uid == tokens.owner().uid => metrics_response(&tokens).await,
         "/v1/metrics" => error(
             Problem::Forbidden,
             "the metrics are the vault owner's; scrape them through --metrics-addr or as that user",
@@ -60,6 +53,24 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
             Problem::NotFound,
             "unknown path; see /v1/health, /v1/accounts, /v1/token/NAME",
         ),
+    }
+}
+
+/// The metrics exposition as an answer.
+async fn metrics_response(tokens: &Tokens) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(tokens.metrics_text().await)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// `vault serve --metrics-addr`: the metrics, and nothing else, on loopback TCP.
+pub async fn metrics_only(request: Request<Incoming>, tokens: &Tokens) -> Response<Body> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics" | "/v1/metrics") => metrics_response(tokens).await,
+        _ => error(Problem::NotFound, "only GET /metrics is served here"),
     }
 }
 

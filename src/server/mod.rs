@@ -77,6 +77,8 @@ pub struct ServeOptions {
     pub socket_group: Option<String>,
     /// Also answer as a Compute Engine metadata server for one account, on loopback TCP.
     pub metadata: Option<(std::net::SocketAddr, String)>,
+    /// Also serve `/metrics` for Prometheus on this loopback TCP address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `tokenvault/vault.sock` in the user's runtime directory: `$XDG_RUNTIME_DIR`, else the one
@@ -147,6 +149,10 @@ pub async fn serve(
         Some((addr, account)) => Some(metadata_listener(&tokens, *addr, account).await?),
         None => None,
     };
+    let metrics_listener = match options.metrics {
+        Some(addr) => Some(loopback_listener("--metrics-addr", addr).await?),
+        None => None,
+    };
     // Socket activation (systemd's LISTEN_FDS): the socket, its path and modes are the unit's.
     let activated = activated_listener(&options.socket)?;
     let owns_socket = activated.is_none();
@@ -178,6 +184,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let socket_caps = limits::ConnectionCaps::new(SOCKET_CONNECTIONS_PER_CALLER, owner_uid);
     let metadata_caps = limits::ConnectionCaps::new(METADATA_CONNECTIONS_PER_CALLER, owner_uid);
+    let metrics_caps = limits::ConnectionCaps::new(METADATA_CONNECTIONS_PER_CALLER, owner_uid);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -186,9 +193,14 @@ pub async fn serve(
                 // Out of file descriptors and the like: keep serving the connections we have.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
-            accepted = accept_metadata(&metadata) => {
+            accepted = accept_tcp(metadata.as_ref().map(|(listener, _)| listener)) => {
                 if let (Ok((stream, _)), Some((_, account))) = (accepted, &metadata) {
                     serve_metadata_connection(stream, &tokens, account, &metadata_caps, &graceful);
+                }
+            }
+            accepted = accept_tcp(metrics_listener.as_ref()) => {
+                if let Ok((stream, _)) = accepted {
+                    serve_metrics_connection(stream, &tokens, &metrics_caps, &graceful);
                 }
             }
             _ = &mut shutdown => break,
@@ -282,23 +294,31 @@ pub async fn shutdown_signal() {
 
 type MetadataListener = (tokio::net::TcpListener, Arc<metadata::MetadataAccount>);
 
+/// A TCP listener on a loopback address only: TCP carries no peer credentials.
+async fn loopback_listener(
+    option: &str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, ServerError> {
+    if !addr.ip().is_loopback() {
+        return Err(ServerError::Metadata(format!(
+            "{option} {addr} is not a loopback address; TCP has no peer checks, use 127.0.0.1"
+        )));
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| ServerError::Metadata(format!("{option}: cannot listen on {addr}: {err}")))
+}
+
 /// Binds the metadata endpoint: loopback only, and only for an account that exists.
 async fn metadata_listener(
     tokens: &Tokens,
     addr: std::net::SocketAddr,
     account: &str,
 ) -> Result<MetadataListener, ServerError> {
-    if !addr.ip().is_loopback() {
-        return Err(ServerError::Metadata(format!(
-            "--metadata-addr {addr} is not a loopback address; the metadata endpoint has no peer checks, use 127.0.0.1"
-        )));
-    }
     let email = tokens.service_account_email(account).ok_or_else(|| {
         ServerError::Metadata(format!("--metadata-account: no account named {account:?}"))
     })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|err| ServerError::Metadata(format!("cannot listen on {addr}: {err}")))?;
+    let listener = loopback_listener("--metadata-addr", addr).await?;
     Ok((
         listener,
         Arc::new(metadata::MetadataAccount {
@@ -308,13 +328,40 @@ async fn metadata_listener(
     ))
 }
 
-async fn accept_metadata(
-    metadata: &Option<MetadataListener>,
+/// The next connection on an optional TCP listener; never, without one.
+async fn accept_tcp(
+    listener: Option<&tokio::net::TcpListener>,
 ) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    match metadata {
-        Some((listener, _)) => listener.accept().await,
+    match listener {
+        Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
+}
+
+/// The uid behind a loopback TCP connection, when the kernel's socket table shows it.
+fn tcp_caller(stream: &tokio::net::TcpStream) -> Option<u32> {
+    match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(client), Ok(ours)) => metadata::tcp_peer_uid(client, ours),
+        _ => None,
+    }
+}
+
+/// The loopback metrics endpoint: `GET /metrics` (or `/v1/metrics`), for Prometheus.
+fn serve_metrics_connection(
+    stream: tokio::net::TcpStream,
+    tokens: &Arc<Tokens>,
+    caps: &Arc<limits::ConnectionCaps>,
+    graceful: &GracefulShutdown,
+) {
+    let Some(admitted) = caps.admit(tcp_caller(&stream)) else {
+        return;
+    };
+    let tokens = tokens.clone();
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let tokens = tokens.clone();
+        async move { Ok::<_, std::convert::Infallible>(api::metrics_only(request, &tokens).await) }
+    });
+    spawn_connection(stream, service, admitted, graceful);
 }
 
 fn serve_metadata_connection(
@@ -324,10 +371,7 @@ fn serve_metadata_connection(
     caps: &Arc<limits::ConnectionCaps>,
     graceful: &GracefulShutdown,
 ) {
-    let caller = match (stream.peer_addr(), stream.local_addr()) {
-        (Ok(client), Ok(ours)) => metadata::tcp_peer_uid(client, ours),
-        _ => None,
-    };
+    let caller = tcp_caller(&stream);
     let Some(admitted) = caps.admit(caller) else {
         return;
     };

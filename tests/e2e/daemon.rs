@@ -404,7 +404,16 @@ fn metrics_are_openmetrics_for_the_owner_only() {
         "[alert]\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",
     )
     .unwrap();
-    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(
+        &vault,
+        &["--socket-group", "nogroup", "--metrics-addr", &metrics_addr],
+    );
     assert_eq!(daemon.get("/v1/token/mail").status, 200);
     assert_eq!(daemon.get("/v1/token/mail").status, 200);
     // A scheduled validation: one upstream call.
@@ -477,7 +486,23 @@ fn metrics_are_openmetrics_for_the_owner_only() {
         ) > 80_000.0
     );
     assert!(value("tokenvault_upstream_call_duration_seconds_count", json!({})) >= 1.0);
-    // Another user, even one the socket lets in, gets no metrics.
+    // The opt-in loopback endpoint serves the same exposition to Prometheus, and nothing else.
+    let scraped = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{metrics_addr}/metrics")])
+        .output()
+        .unwrap();
+    let scraped = String::from_utf8_lossy(&scraped.stdout);
+    assert!(
+        scraped.contains("tokenvault_accounts{state=\"active\"} 1"),
+        "{scraped}"
+    );
+    let token = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{metrics_addr}/v1/token/mail"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&token.stdout), "404");
+    // Another user, even one the socket lets in, gets no metrics from the socket.
     if rustix::process::geteuid().is_root() {
         use std::os::unix::process::CommandExt;
         let output = std::process::Command::new("curl")
