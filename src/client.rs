@@ -70,6 +70,33 @@ pub fn request_token(
     })
 }
 
+/// The id of the vault the daemon at `socket` serves (`GET /v1/health`); `Ok(None)` when no
+/// daemon listens there. The same checks as for a token come first.
+pub fn served_vault(socket: &Path) -> Result<Option<String>, Error> {
+    #[derive(Deserialize)]
+    struct Health {
+        vault: String,
+    }
+    let Some(mut stream) = connect_trusted(socket)? else {
+        return Ok(None);
+    };
+    let mut raw = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|()| {
+            stream.write_all(
+                b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+        })
+        .and_then(|()| stream.take(MAX_ANSWER).read_to_end(&mut raw))
+        .map_err(|err| daemon_error(socket, &err.to_string()))?;
+    let (_, body) =
+        parse_response(&raw).ok_or_else(|| daemon_error(socket, "not an HTTP answer"))?;
+    let health: Health = serde_json::from_slice(body)
+        .map_err(|_| daemon_error(socket, "not a tokenvault daemon's health answer"))?;
+    Ok(Some(health.vault))
+}
+
 /// Connects to the daemon at `socket` after checking its directory, then checks the peer.
 /// `Ok(None)` when nothing listens there.
 fn connect_trusted(socket: &Path) -> Result<Option<UnixStream>, Error> {

@@ -219,7 +219,7 @@ fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
 /// The keyring entry's user name for the master key that wraps data-key `version`: the vault id
 /// for the first, `ID.vN` after a rekey. A rekey thus writes the new key beside the old one, and a
 /// crash before its commit leaves the old entry, still the one in use, untouched.
-fn keyring_user(vault_id: &str, version: i64) -> String {
+pub fn keyring_user(vault_id: &str, version: i64) -> String {
     if version <= 1 {
         vault_id.to_owned()
     } else {
@@ -261,6 +261,12 @@ fn create_in_keyring(vault_id: &str, version: i64) -> Result<MasterKey, KeyError
         .set_password(encode_key(&key).expose())
         .map_err(keyring_unavailable)?;
     Ok(key)
+}
+
+/// Whether the keyring holds the master key for data-key `version` (`vault doctor` looks for old
+/// ones a rekey left behind).
+pub fn keyring_entry_exists(vault_id: &str, version: i64) -> bool {
+    keyring_entry(&keyring_user(vault_id, version)).is_ok_and(|entry| entry.get_password().is_ok())
 }
 
 /// Removes the keyring entry of the master key for data-key `version`: after a rekey (the old

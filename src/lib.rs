@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod deadline_watch;
 pub mod demo;
 pub mod devprovider;
+pub mod doctor;
 pub mod enroll;
 pub mod error;
 pub mod files;

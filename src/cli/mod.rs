@@ -152,6 +152,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Check the vault directory, files, master key, daemon and accounts; print each problem with
+    /// the command that fixes it (changes nothing)
+    Doctor,
     /// Write systemd user units for `vault serve` with socket activation
     InstallService {
         /// Where to write them [default: ~/.config/systemd/user]
@@ -203,6 +206,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::InstallService { dir } => install_service(&context, dir),
+        Command::Doctor => doctor(&context),
         Command::Export {
             file,
             passphrase_file,
@@ -369,6 +373,32 @@ fn rekey(context: &Context, new_key_file: Option<PathBuf>) -> Result<(), Error> 
         ),
     }
     Ok(())
+}
+
+fn doctor(context: &Context) -> Result<(), Error> {
+    let places = crate::doctor::Places {
+        vault_dir: &context.dir,
+        socket: &context.socket,
+        key_override: context.key_override(),
+    };
+    let findings = crate::doctor::examine(&places);
+    for finding in &findings {
+        if finding.ok {
+            println!("ok    {}", finding.what);
+        } else {
+            println!(
+                "FIX   {}
+      → {}",
+                finding.what, finding.fix
+            );
+        }
+    }
+    match findings.iter().filter(|finding| !finding.ok).count() {
+        0 => Ok(()),
+        problems => Err(Error::Input(format!(
+            "{problems} problem(s) found; each is listed above with its fix"
+        ))),
+    }
 }
 
 fn install_service(context: &Context, dir: Option<PathBuf>) -> Result<(), Error> {

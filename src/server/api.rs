@@ -35,7 +35,10 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
         return token(&tokens, peer, name, request.uri().query()).await;
     }
     match path {
-        "/v1/health" => json_response(StatusCode::OK, json!({"status": "ok"})),
+        "/v1/health" => json_response(
+            StatusCode::OK,
+            json!({"status": "ok", "vault": tokens.vault_id()}),
+        ),
         "/v1/metrics" if peer.uid == tokens.owner().uid => metrics_response(&tokens).await,
         "/v1/metrics" => error(
             Problem::Forbidden,

@@ -189,6 +189,8 @@ pub struct Tokens {
     metrics: Arc<Metrics>,
     settings: RefreshSettings,
     owner_uid: u32,
+    /// The vault this daemon serves (not secret), so clients can tell it is theirs.
+    vault_id: String,
     accounts: RwLock<HashMap<String, Arc<Slot>>>,
     data_version: Mutex<i64>,
 }
@@ -220,6 +222,7 @@ impl Tokens {
     ) -> Result<Tokens, Error> {
         let tokens = Tokens {
             data_version: Mutex::new(store.data_version()?),
+            vault_id: store.vault_id()?,
             store: Arc::new(Mutex::new(store)),
             http: crate::oauth::token::http_client(),
             audit,
@@ -500,6 +503,10 @@ impl Tokens {
             gid: 0,
             pid: None,
         }
+    }
+
+    pub fn vault_id(&self) -> &str {
+        &self.vault_id
     }
 
     pub fn account_count(&self) -> usize {

@@ -329,3 +329,49 @@ fn a_reader_that_leaves_early_ends_the_output_quietly() {
         assert_ne!(output.status.code(), Some(101), "{verb:?}");
     }
 }
+
+#[test]
+fn doctor_lists_each_problem_with_its_fix() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    {
+        let _daemon = crate::daemon_support::Daemon::start(&vault, &[]);
+        let healthy = vault.run(&["doctor"]);
+        healthy.ok();
+        assert!(
+            healthy.stdout.contains("serves this vault") && !healthy.stdout.contains("FIX"),
+            "{}",
+            healthy.stdout
+        );
+    }
+    // Three things a person must fix: a readable audit log, a daemon of another vault on this
+    // vault's socket, and a revoked grant.
+    std::fs::set_permissions(
+        vault.dir.join("audit.log"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let other = TestVault::new(None);
+    let mut command = other.command(&["serve"]);
+    command
+        .env("VAULT_SOCKET", vault.socket())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut other_daemon = command.spawn().unwrap();
+    assert!(crate::lifecycle::eventually(
+        std::time::Duration::from_secs(20),
+        || std::os::unix::net::UnixStream::connect(vault.socket()).is_ok()
+    ));
+    fake.revoke_all();
+    vault
+        .run(&["validate", "mail"])
+        .fails_with(3, "invalid_grant");
+    let sick = vault.run(&["doctor"]);
+    let _ = other_daemon.kill();
+    let _ = other_daemon.wait();
+    sick.fails_with(1, "3 problem(s) found");
+    for fix in ["chmod 600", "serves another vault", "vault login mail"] {
+        assert!(sick.stdout.contains(fix), "{fix}:\n{}", sick.stdout);
+    }
+}

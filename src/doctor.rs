@@ -1,0 +1,219 @@
+//! `vault doctor`: what is wrong with this installation, each finding with the command that fixes
+//! it. It only looks; it changes nothing.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::account::AccountState;
+use crate::config::{CONFIG_FILE, Config};
+use crate::keys::KeySource;
+use crate::store::{DB_FILE, Store};
+
+/// One check's result.
+pub struct Finding {
+    pub ok: bool,
+    pub what: String,
+    /// What to do about it (empty when `ok`).
+    pub fix: String,
+}
+
+fn fine(what: impl Into<String>) -> Finding {
+    Finding {
+        ok: true,
+        what: what.into(),
+        fix: String::new(),
+    }
+}
+
+fn problem(what: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        ok: false,
+        what: what.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Where things are, as the command line said.
+pub struct Places<'a> {
+    pub vault_dir: &'a Path,
+    pub socket: &'a Path,
+    pub key_override: Option<KeySource>,
+}
+
+/// Every check, in the order a user would fix things.
+pub fn examine(places: &Places<'_>) -> Vec<Finding> {
+    let me = rustix::process::geteuid().as_raw();
+    let mut findings = vec![vault_dir(places.vault_dir, me)];
+    findings.extend(vault_files(places.vault_dir, me));
+    findings.push(config(places.vault_dir));
+    let store = match Store::open(places.vault_dir, places.key_override.clone()) {
+        Ok(store) => {
+            findings.push(fine(format!(
+                "the master key ({}) opens the vault",
+                store.key_source().describe()
+            )));
+            Some(store)
+        }
+        Err(err) => {
+            findings.push(problem(
+                format!("the vault does not open: {err}"),
+                "see above",
+            ));
+            None
+        }
+    };
+    if let Some(store) = &store {
+        findings.push(daemon(places.socket, store));
+        findings.extend(orphaned_keyring_entries(store));
+        findings.extend(accounts(store));
+    }
+    findings
+}
+
+fn vault_dir(dir: &Path, me: u32) -> Finding {
+    match crate::files::check_private_dir(dir, me) {
+        Ok(()) => fine(format!("the vault directory {} is private", dir.display())),
+        Err(crate::files::DirProblem::Missing) => {
+            problem(format!("no vault at {}", dir.display()), "vault init")
+        }
+        Err(why) => problem(
+            format!("the vault directory: {why}"),
+            format!("chown $(id -u) {0} && chmod 700 {0}", dir.display()),
+        ),
+    }
+}
+
+/// The database and its companions, the audit log and the config: private files, no symlinks.
+fn vault_files(dir: &Path, me: u32) -> Vec<Finding> {
+    let names = [
+        DB_FILE.to_owned(),
+        format!("{DB_FILE}-wal"),
+        format!("{DB_FILE}-shm"),
+        "audit.log".to_owned(),
+        "audit.log.1".to_owned(),
+        CONFIG_FILE.to_owned(),
+    ];
+    names
+        .iter()
+        .map(|name| dir.join(name))
+        .filter_map(|path| {
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            let shown = path.display();
+            Some(if meta.file_type().is_symlink() {
+                problem(
+                    format!("{shown} is a symbolic link"),
+                    format!("replace it with the real file (tokenvault refuses to follow it): ls -l {shown}"),
+                )
+            } else if meta.uid() != me {
+                problem(
+                    format!("{shown} belongs to uid {}", meta.uid()),
+                    format!("chown $(id -u) {shown}"),
+                )
+            } else if meta.mode() & 0o077 != 0 {
+                problem(
+                    format!("{shown} is mode {:o}", meta.mode() & 0o777),
+                    format!("chmod 600 {shown}"),
+                )
+            } else {
+                fine(format!("{shown} is private"))
+            })
+        })
+        .collect()
+}
+
+fn config(dir: &Path) -> Finding {
+    match Config::load(dir) {
+        Ok(_) => fine(format!("{CONFIG_FILE} is valid (or absent: the defaults)")),
+        Err(err) => problem(
+            err.to_string(),
+            format!("edit {}", dir.join(CONFIG_FILE).display()),
+        ),
+    }
+}
+
+/// Whether a daemon answers on the socket, is trusted, and serves this vault.
+fn daemon(socket: &Path, store: &Store) -> Finding {
+    let shown = socket.display();
+    let Ok(ours) = store.vault_id() else {
+        return problem("the vault has no id", "restore vault.db from a backup");
+    };
+    match crate::client::served_vault(socket) {
+        Ok(None) => fine(format!(
+            "no daemon on {shown} (vault token reads the vault directly; start one with: vault serve)"
+        )),
+        Ok(Some(served)) if served == ours => {
+            fine(format!("the daemon on {shown} serves this vault"))
+        }
+        Ok(Some(_)) => problem(
+            format!("the daemon on {shown} serves another vault"),
+            "stop it, or point this vault's commands at their daemon with --socket / VAULT_SOCKET",
+        ),
+        Err(err) => problem(err.to_string(), "see above"),
+    }
+}
+
+/// Keyring entries of older master keys, left behind when a rekey was interrupted between its
+/// commit and their deletion (harmless to the vault; a copy of an old vault file opens with them).
+fn orphaned_keyring_entries(store: &Store) -> Option<Finding> {
+    if *store.key_source() != KeySource::Keyring {
+        return None;
+    }
+    let vault_id = store.vault_id().ok()?;
+    let orphans: Vec<i64> = (1..store.key_version())
+        .filter(|version| crate::keys::keyring_entry_exists(&vault_id, *version))
+        .collect();
+    Some(if orphans.is_empty() {
+        fine("no old master keys left in the keyring")
+    } else {
+        let users: Vec<String> = orphans
+            .iter()
+            .map(|version| crate::keys::keyring_user(&vault_id, *version))
+            .collect();
+        problem(
+            format!(
+                "the keyring still holds old master keys ({}) that open old copies of the vault",
+                users.join(", ")
+            ),
+            users
+                .iter()
+                .map(|user| format!("secret-tool clear service tokenvault username {user}"))
+                .collect::<Vec<_>>()
+                .join(" && "),
+        )
+    })
+}
+
+/// Accounts that need a person.
+fn accounts(store: &Store) -> Vec<Finding> {
+    let Ok(accounts) = store.summaries() else {
+        return vec![problem(
+            "the accounts cannot be read",
+            "restore vault.db from a backup",
+        )];
+    };
+    let waiting: Vec<Finding> = accounts
+        .iter()
+        .filter_map(|account| {
+            let name = &account.name;
+            match account.state {
+                AccountState::ReauthRequired => Some(problem(
+                    format!("account {name} needs a new authorization"),
+                    format!("vault login {name}"),
+                )),
+                AccountState::ClientError => Some(problem(
+                    format!("account {name}'s client or configuration was rejected"),
+                    format!("vault status {name}  (the last error says what to fix)"),
+                )),
+                AccountState::Active | AccountState::Degraded => None,
+            }
+        })
+        .collect();
+    if waiting.is_empty() {
+        vec![fine(format!(
+            "{} account(s), none waiting for you",
+            accounts.len()
+        ))]
+    } else {
+        waiting
+    }
+}
