@@ -206,15 +206,7 @@ fn git_pushes_over_https_with_the_vaults_token() {
     let forge = crate::fake_forge::start(&forge_root, &fake);
     let work = vault.root.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let git = |directory: &std::path::Path, args: &[&str]| {
-        let mut git = vault.program("git");
-        git.current_dir(directory)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .args(["-c", "user.name=Test", "-c", "user.email=me@example.com"])
-            .args(args);
-        git.output().unwrap()
-    };
+    let git = |directory: &std::path::Path, args: &[&str]| git_in(&vault, directory, args);
     let ran = |output: std::process::Output| {
         assert!(
             output.status.success(),
@@ -430,21 +422,12 @@ fn one_git_helper_line_serves_every_configured_host_with_its_own_account() {
     .unwrap();
     let work = vault.root.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
+    let helper = format!(
+        "credential.helper=!{} git-credential",
+        env!("CARGO_BIN_EXE_vault")
+    );
     let git = |directory: &std::path::Path, args: &[&str]| {
-        let mut git = vault.program("git");
-        git.current_dir(directory)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .args(["-c", "user.name=Test", "-c", "user.email=me@example.com"])
-            .args([
-                "-c",
-                &format!(
-                    "credential.helper=!{} git-credential",
-                    env!("CARGO_BIN_EXE_vault")
-                ),
-            ])
-            .args(args);
-        git.output().unwrap()
+        git_in(&vault, directory, &[&["-c", &helper], args].concat())
     };
     assert!(git(&work, &["init", "--quiet"]).status.success());
     assert!(
@@ -483,4 +466,16 @@ fn one_git_helper_line_serves_every_configured_host_with_its_own_account() {
     }
     // The unmapped host gets no token (git asks its next helper; here none): refused.
     assert!(!push(&forges[2]).status.success());
+}
+
+/// The real git in `directory`, in the vault's environment, isolated from the machine's git
+/// configuration and never prompting.
+fn git_in(vault: &TestVault, directory: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut git = vault.program("git");
+    git.current_dir(directory)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .args(["-c", "user.name=Test", "-c", "user.email=me@example.com"])
+        .args(args);
+    git.output().unwrap()
 }
