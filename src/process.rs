@@ -3,19 +3,38 @@
 use rustix::fs::Mode;
 use rustix::process::{DumpableBehavior, Resource, Rlimit};
 
+/// What `harden` changed, to give the program `vault exec` runs what the user's shell gave us.
+struct Inherited {
+    umask: Mode,
+    core: Rlimit,
+}
+
+static INHERITED: std::sync::OnceLock<Inherited> = std::sync::OnceLock::new();
+
 /// No core dumps and no same-uid `ptrace` or `/proc/PID/mem`: a vault process holds the data key
 /// (and the daemon every live token). Files it creates are private (umask 077), whatever the
 /// caller's umask: SQLite creates `vault.db`, its `-wal` and `-shm` with 0644 & ~umask.
 pub fn harden() {
     let _ = rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable);
+    let core = rustix::process::getrlimit(Resource::Core);
     let _ = rustix::process::setrlimit(
         Resource::Core,
         Rlimit {
             current: Some(0),
-            maximum: Some(0),
+            maximum: core.maximum,
         },
     );
-    rustix::process::umask(Mode::from_raw_mode(0o077));
+    let umask = rustix::process::umask(Mode::from_raw_mode(0o077));
+    let _ = INHERITED.set(Inherited { umask, core });
+}
+
+/// Undoes `harden` for a program this process is about to become (`vault exec`): the user's
+/// umask and core limit are theirs, not the vault's. (Dumpability resets by itself at exec.)
+pub fn restore_inherited() {
+    if let Some(inherited) = INHERITED.get() {
+        rustix::process::umask(inherited.umask);
+        let _ = rustix::process::setrlimit(Resource::Core, inherited.core.clone());
+    }
 }
 
 /// The daemon serves many connections at once: its soft file-descriptor limit goes up to the

@@ -122,6 +122,7 @@ pub(super) fn exec(context: &Context, args: ExecArgs) -> Result<(), Error> {
         .command
         .split_first()
         .ok_or_else(|| Error::Input("give the command after --".into()))?;
+    crate::process::restore_inherited();
     let err = std::process::Command::new(program)
         .args(arguments)
         .env(&args.variable, obtained.access_token.expose())

@@ -543,8 +543,19 @@ fn vault_processes_leave_no_core_dump() {
         .lines()
         .find(|line| line.starts_with("Max core file size"))
         .unwrap();
-    let values: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
-    assert_eq!(values, ["0", "0"], "{core}");
+    let soft = core.split_whitespace().nth(4);
+    assert_eq!(soft, Some("0"), "{core}");
+    // …but the program `vault exec` becomes gets the user's umask and core limit back.
+    let (_fake, vault) = crate::vault_with_account("mail");
+    let mut command = vault.command_via(
+        &["sh", "-c", "umask 022; ulimit -c 1024; exec \"$0\" \"$@\""],
+        &["exec", "mail", "--", "sh", "-c", "umask; ulimit -c"],
+    );
+    command.stdin(Stdio::null());
+    let run = vault.run_command(command, None);
+    run.ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines, ["0022", "1024"], "{}", run.stdout);
 }
 
 /// Another user opens connections to the daemon and pipelines requests without reading answers.
