@@ -33,7 +33,7 @@ pub fn harden() {
 pub fn restore_inherited() {
     if let Some(inherited) = INHERITED.get() {
         rustix::process::umask(inherited.umask);
-        let _ = rustix::process::setrlimit(Resource::Core, inherited.core.clone());
+        let _ = rustix::process::setrlimit(Resource::Core, inherited.core);
     }
 }
 
