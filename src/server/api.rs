@@ -13,6 +13,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use super::events::EventBody;
 use super::tokens::{CachedToken, Failure, Lookup, Peer, Tokens};
 use crate::audit::Record;
 use crate::clock::now_unix;
@@ -24,7 +25,8 @@ const MAX_MIN_VALID: i64 = 86_400;
 /// Default `min_valid`: a token an app can use for at least a minute.
 const DEFAULT_MIN_VALID: i64 = 60;
 
-pub type Body = Full<Bytes>;
+/// A whole answer, or the event stream.
+pub type Body = http_body_util::Either<Full<Bytes>, EventBody>;
 
 pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>) -> Response<Body> {
     if request.method() != Method::GET {
@@ -33,6 +35,9 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
     let path = request.uri().path();
     if let Some(name) = path.strip_prefix("/v1/token/") {
         return token(&tokens, peer, name, request.uri().query()).await;
+    }
+    if path == "/v1/events" {
+        return events(tokens, peer, &request);
     }
     match path {
         "/v1/health" => json_response(
@@ -59,9 +64,29 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
     }
 }
 
+/// The event stream of the accounts `peer` may fetch, resumed after `Last-Event-ID`.
+fn events(tokens: Arc<Tokens>, peer: Peer, request: &Request<Incoming>) -> Response<Body> {
+    let last_seen = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok());
+    let visible_to = tokens.clone();
+    let body = tokens.events().subscribe(last_seen, move |account| {
+        matches!(visible_to.lookup(peer, account), Lookup::Found(_))
+    });
+    let mut response = Response::new(Body::Right(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    response
+}
+
 /// The metrics exposition as an answer.
 async fn metrics_response(tokens: &Tokens) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(tokens.metrics_text().await)));
+    let mut response = Response::new(Body::Left(Full::new(Bytes::from(
+        tokens.metrics_text().await,
+    ))));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static(super::metrics::CONTENT_TYPE),
@@ -171,7 +196,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
 }
 
 fn body_response(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(Body::Left(Full::new(body)));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -1,6 +1,7 @@
 //! `vault serve`: the daemon that hands out access tokens over a Unix socket.
 
 mod api;
+mod events;
 mod limits;
 mod metadata;
 pub mod metrics;
@@ -381,7 +382,9 @@ fn serve_metadata_connection(
         let (tokens, account) = (tokens.clone(), account.clone());
         async move {
             Ok::<_, std::convert::Infallible>(
-                metadata::handle(request, tokens, account, owner, caller).await,
+                metadata::handle(request, tokens, account, owner, caller)
+                    .await
+                    .map(api::Body::Left),
             )
         }
     });

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::events::{Events, Happened};
 use super::metrics::{Metrics, Snapshot};
 use crate::account::{AccountState, AccountSummary, Principal};
 use crate::alert::{Alerts, Change};
@@ -187,6 +188,7 @@ pub struct Tokens {
     audit: Audit,
     alerts: Alerts,
     metrics: Arc<Metrics>,
+    events: Events,
     settings: RefreshSettings,
     owner_uid: u32,
     /// The vault this daemon serves (not secret), so clients can tell it is theirs.
@@ -228,6 +230,7 @@ impl Tokens {
             audit,
             alerts,
             metrics,
+            events: Events::default(),
             settings,
             owner_uid,
             accounts: RwLock::new(HashMap::new()),
@@ -384,6 +387,14 @@ impl Tokens {
         if issued.upstream_problem.is_none()
             && let Ok(mut times) = slot.times.lock()
         {
+            if times.expires_at != Some(token.expires_at) {
+                self.events.publish(
+                    name,
+                    Happened::Token {
+                        expires_at: token.expires_at,
+                    },
+                );
+            }
             times.issued_at = Some(now_unix());
             times.expires_at = Some(token.expires_at);
         }
@@ -461,6 +472,13 @@ impl Tokens {
             to: to.as_str(),
             reason: reason.clone(),
         });
+        self.events.publish(
+            name,
+            Happened::State {
+                to: to.as_str(),
+                reason: reason.clone(),
+            },
+        );
         self.alerts.state_changed(Change {
             account: name.to_owned(),
             from,
@@ -519,6 +537,10 @@ impl Tokens {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// The metrics exposition: the counters, every account's state and token expiry from the

@@ -523,3 +523,107 @@ fn metrics_are_openmetrics_for_the_owner_only() {
         assert_eq!(String::from_utf8_lossy(&output.stdout), "403");
     }
 }
+
+/// `curl -N` on the event stream, its lines collected as they come.
+struct EventReader {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EventReader {
+    fn start(socket: &std::path::Path, last_event_id: Option<&str>) -> EventReader {
+        use std::io::BufRead;
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sN", "--unix-socket"]).arg(socket);
+        if let Some(id) = last_event_id {
+            curl.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child = curl
+            .arg("http://localhost/v1/events")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (kept, stdout) = (lines.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        EventReader { child, lines }
+    }
+
+    /// The id of the first event whose data contains `needle`, waiting up to `limit`.
+    fn wait_for(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            {
+                let lines = self.lines.lock().unwrap();
+                for (index, line) in lines.iter().enumerate() {
+                    if line.starts_with("data:") && line.contains(needle) && index >= 2 {
+                        return lines[index - 2].strip_prefix("id: ").map(str::to_owned);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for EventReader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_event_stream_tells_apps_of_new_and_dead_tokens_and_resumes() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        "[alert]\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&vault, &[]);
+    let stream = EventReader::start(&daemon.socket, None);
+    // A validation replaces the token: apps holding the old one hear of it.
+    assert!(
+        stream
+            .wait_for(
+                "\"account\":\"mail\",\"expires_at\"",
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "no token event: {:?}",
+        stream.lines.lock().unwrap()
+    );
+    fake.revoke_all();
+    let dead = stream
+        .wait_for("\"state\":\"reauth_required\"", Duration::from_secs(10))
+        .expect("no state event");
+    let seen = stream.lines.lock().unwrap().join("\n");
+    for token in fake.secrets() {
+        assert!(!seen.contains(&token), "a secret in the event stream");
+    }
+    for word in seen.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+        assert!(
+            !fake.is_access_token(word),
+            "an access token in the event stream"
+        );
+    }
+    drop(stream);
+    // A client that was away resumes after the last event it saw.
+    let previous = (dead.parse::<u64>().unwrap() - 1).to_string();
+    let resumed = EventReader::start(&daemon.socket, Some(&previous));
+    assert_eq!(
+        resumed.wait_for("\"state\":\"reauth_required\"", Duration::from_secs(5)),
+        Some(dead)
+    );
+}
