@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::account::AccountState;
 use crate::clock::now_unix;
 use crate::config::AlertConfig;
+use crate::log::Level;
 use crate::server::metrics::Metrics;
 
 /// A slow alert command is killed after this.
@@ -212,11 +213,14 @@ struct Sinks {
 
 impl Sinks {
     fn send(&self, alert: Alert) {
-        eprintln!(
-            "vault: alert: account={} event={} reason={}",
-            alert.account,
-            alert.event.as_str(),
-            alert.reason
+        crate::log::emit(
+            Level::Warning,
+            "alert",
+            &[
+                ("account", &alert.account),
+                ("event", alert.event.as_str()),
+                ("reason", &alert.reason),
+            ],
         );
         if let Some(command) = self.config.command.clone() {
             let metrics = self.metrics.clone();
@@ -300,17 +304,30 @@ async fn run_command(command: String, alert: Alert) -> bool {
     let mut child = match child {
         Ok(child) => child,
         Err(err) => {
-            eprintln!("vault: alert command could not start: {err}");
+            crate::log::emit(
+                Level::Warning,
+                "alert command could not start",
+                &[("error", &err.to_string())],
+            );
             return false;
         }
     };
     match tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await {
         Ok(Ok(status)) if status.success() => return true,
-        Ok(Ok(status)) => eprintln!("vault: alert command failed ({status})"),
-        Ok(Err(err)) => eprintln!("vault: alert command failed: {err}"),
-        Err(_) => eprintln!(
-            "vault: alert command took longer than {} s; killed",
-            COMMAND_TIMEOUT.as_secs()
+        Ok(Ok(status)) => crate::log::emit(
+            Level::Warning,
+            "alert command failed",
+            &[("status", &status.to_string())],
+        ),
+        Ok(Err(err)) => crate::log::emit(
+            Level::Warning,
+            "alert command failed",
+            &[("error", &err.to_string())],
+        ),
+        Err(_) => crate::log::emit(
+            Level::Warning,
+            "alert command took too long; killed",
+            &[("seconds", &COMMAND_TIMEOUT.as_secs().to_string())],
         ),
     }
     false
@@ -349,11 +366,19 @@ async fn post_webhook(
         let sent = request.send().await;
         match sent {
             Ok(response) if response.status().is_success() => return true,
-            Ok(response) => eprintln!(
-                "vault: alert webhook answered HTTP {} (attempt {attempt})",
-                response.status()
+            Ok(response) => crate::log::emit(
+                Level::Warning,
+                "alert webhook refused",
+                &[
+                    ("status", response.status().as_str()),
+                    ("attempt", &attempt.to_string()),
+                ],
             ),
-            Err(_) => eprintln!("vault: alert webhook unreachable (attempt {attempt})"),
+            Err(_) => crate::log::emit(
+                Level::Warning,
+                "alert webhook unreachable",
+                &[("attempt", &attempt.to_string())],
+            ),
         }
         tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
     }

@@ -132,7 +132,11 @@ impl AuditFile {
         }
         match AuditFile::open(self.path.clone()) {
             Ok(fresh) => *self = fresh,
-            Err(err) => eprintln!("vault: cannot start a new audit log: {err}"),
+            Err(err) => crate::log::emit(
+                crate::log::Level::Warning,
+                "cannot start a new audit log",
+                &[("error", &err.to_string())],
+            ),
         }
     }
 

@@ -23,6 +23,7 @@ pub mod files;
 #[cfg(test)]
 mod fuzzing;
 pub mod keys;
+pub mod log;
 pub mod oauth;
 pub mod process;
 pub mod refresh;

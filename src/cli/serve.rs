@@ -2,6 +2,7 @@ use clap::Args;
 
 use super::Context;
 use crate::error::Error;
+use crate::log::Level;
 use crate::server::{self, ServeOptions};
 
 #[derive(Args)]
@@ -16,6 +17,9 @@ pub(super) struct ServeArgs {
     /// The account the metadata endpoint serves
     #[arg(long, value_name = "NAME", requires = "metadata_addr")]
     metadata_account: Option<String>,
+    /// Log lines as text for people, or one JSON object per line for log collectors
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: crate::log::Format,
     /// Also serve Prometheus metrics (GET /metrics) on this loopback address, e.g. 127.0.0.1:9901.
     /// Any local user can read them there: account names, states and counts, no secret
     #[arg(long, value_name = "ADDR")]
@@ -23,6 +27,7 @@ pub(super) struct ServeArgs {
 }
 
 pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
+    crate::log::set_format(args.log_format);
     let store = context.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -35,11 +40,15 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
         metrics: args.metrics_addr,
     };
     let ready = |socket: &std::path::Path, accounts: usize| {
-        eprintln!(
-            "vault: serving {accounts} account(s) on {}\n  try: curl --unix-socket {} http://localhost/v1/accounts",
-            socket.display(),
-            socket.display()
+        let socket = socket.display().to_string();
+        crate::log::emit(
+            Level::Info,
+            "serving",
+            &[("accounts", &accounts.to_string()), ("socket", &socket)],
         );
+        if args.log_format == crate::log::Format::Text {
+            eprintln!("  try: curl --unix-socket {socket} http://localhost/v1/accounts");
+        }
     };
     runtime
         .block_on(server::serve(
@@ -52,6 +61,6 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
             server::ServerError::Vault(err) => *err,
             other => Error::Input(other.to_string()),
         })?;
-    eprintln!("vault: stopped");
+    crate::log::emit(Level::Info, "stopped", &[]);
     Ok(())
 }

@@ -503,7 +503,11 @@ impl Tokens {
                     self.alerts.refresh_token_expiring(name, at);
                 }
             }
-            Err(err) => eprintln!("vault: cannot check refresh-token deadlines: {err}"),
+            Err(err) => crate::log::emit(
+                crate::log::Level::Warning,
+                "cannot check refresh-token deadlines",
+                &[("error", &err.to_string())],
+            ),
         }
     }
 

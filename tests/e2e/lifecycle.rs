@@ -495,3 +495,53 @@ fn webhooks_are_signed_and_retried_with_the_same_id() {
         ])
         .fails_with(1, "chmod 600");
 }
+
+#[test]
+fn json_logs_for_machines_with_journal_priorities_under_systemd() {
+    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let alerts = alerting_config(
+        &vault,
+        &fake,
+        "[validation]\nschedule = \"*/2 * * * * *\"\n",
+    );
+    let mut command = vault.command(&["serve", "--log-format", "json"]);
+    command
+        .env("JOURNAL_STREAM", "8:12345")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let daemon = Daemon {
+        child: command.spawn().unwrap(),
+        socket: vault.socket(),
+    };
+    fake.revoke_all();
+    assert!(eventually(Duration::from_secs(10), || !alert_lines(
+        &alerts
+    )
+    .is_empty()));
+    let (_, stderr) = daemon.stop();
+    let mut saw_alert = false;
+    for line in stderr.lines() {
+        let (priority, json) = line.split_at(3);
+        assert!(matches!(priority, "<4>" | "<6>"), "{line}");
+        let entry: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            entry["time"].is_string() && entry["level"].is_string(),
+            "{line}"
+        );
+        if entry["message"] == "alert" {
+            assert_eq!(
+                (priority, &entry["account"], &entry["event"]),
+                (
+                    "<4>",
+                    &serde_json::json!("mail"),
+                    &serde_json::json!("reauth_required")
+                )
+            );
+            saw_alert = true;
+        }
+    }
+    assert!(saw_alert, "{stderr}");
+}
