@@ -88,9 +88,19 @@ impl Audit {
     }
 }
 
-/// Past this size `audit.log` becomes `audit.log.1` (replacing the previous one) and a new log
-/// starts: however many requests a caller makes, the log takes at most twice this on disk.
+/// Past this size `audit.log` becomes `audit.log.1` (the older ones move up to `.2`, `.3`, and
+/// the oldest is dropped) and a new log starts: however many requests callers make, the logs
+/// take at most `KEEP + 1` times this on disk.
 const ROTATE_AT: u64 = 16 << 20;
+/// Rotated logs kept.
+pub const KEEP: u32 = 3;
+
+/// `audit.log.N`.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
 
 /// The open log, and how much it holds.
 struct AuditFile {
@@ -125,9 +135,10 @@ impl AuditFile {
 
     fn rotate(&mut self) {
         let _ = self.out.flush();
-        let mut old = self.path.clone().into_os_string();
-        old.push(".1");
-        if std::fs::rename(&self.path, &old).is_err() {
+        for n in (1..KEEP).rev() {
+            let _ = std::fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1));
+        }
+        if std::fs::rename(&self.path, rotated(&self.path, 1)).is_err() {
             return;
         }
         match AuditFile::open(self.path.clone()) {
@@ -142,5 +153,36 @@ impl AuditFile {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rotates_and_keeps_three_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditFile::open(dir.path().join("audit.log")).unwrap();
+        let record = Record::State {
+            at: 0,
+            account: "a".repeat(1024),
+            from: "active",
+            to: "degraded",
+            reason: None,
+        };
+        // Five logs' worth of lines: the current one and three rotated remain.
+        let lines = 5 * ROTATE_AT as usize / 1100;
+        for _ in 0..lines {
+            log.write_record(&record);
+        }
+        log.flush().unwrap();
+        let path = dir.path().join("audit.log");
+        for n in 1..=KEEP {
+            let size = std::fs::metadata(rotated(&path, n)).unwrap().len();
+            assert!(size >= ROTATE_AT, "audit.log.{n} is {size} bytes");
+        }
+        assert!(!rotated(&path, KEEP + 1).exists());
+        assert!(std::fs::metadata(&path).unwrap().len() < ROTATE_AT);
     }
 }

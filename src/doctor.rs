@@ -85,17 +85,18 @@ fn vault_dir(dir: &Path, me: u32) -> Finding {
 
 /// The database and its companions, the audit log and the config: private files, no symlinks.
 fn vault_files(dir: &Path, me: u32) -> Vec<Finding> {
+    let audit = dir.join("audit.log");
     let names = [
         DB_FILE.to_owned(),
         format!("{DB_FILE}-wal"),
         format!("{DB_FILE}-shm"),
-        "audit.log".to_owned(),
-        "audit.log.1".to_owned(),
         CONFIG_FILE.to_owned(),
     ];
     names
         .iter()
         .map(|name| dir.join(name))
+        .chain(std::iter::once(audit.clone()))
+        .chain((1..=crate::audit::KEEP).map(|n| crate::audit::rotated(&audit, n)))
         .filter_map(|path| {
             let meta = std::fs::symlink_metadata(&path).ok()?;
             let shown = path.display();
