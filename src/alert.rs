@@ -26,7 +26,6 @@ const WEBHOOK_ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct Change {
     pub account: String,
-    pub from: AccountState,
     pub to: AccountState,
     pub reason: Option<String>,
 }
@@ -407,7 +406,6 @@ mod tests {
     fn change(to: AccountState) -> Change {
         Change {
             account: "a".into(),
-            from: AccountState::Active,
             to,
             reason: Some("why".into()),
         }

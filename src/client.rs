@@ -16,14 +16,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Answers are small JSON documents; anything bigger is not the daemon.
 const MAX_ANSWER: u64 = 1 << 20;
 
-/// The daemon's token answer.
+/// What `vault token` uses of the daemon's token answer (`--json` prints the answer whole).
 #[derive(Deserialize)]
 pub struct TokenReply {
     pub access_token: SecretString,
-    pub token_type: String,
     pub expires_in: i64,
     pub expires_at: i64,
-    pub scope: String,
 }
 
 #[derive(Deserialize)]

@@ -5,36 +5,36 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
-pub mod alert;
-pub mod archive;
-pub mod audit;
+mod alert;
+mod archive;
+mod audit;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod clock;
-pub mod config;
-pub mod crypto;
-pub mod deadline_watch;
-pub mod demo;
+mod config;
+mod crypto;
+mod deadline_watch;
+mod demo;
 pub mod devprovider;
-pub mod doctor;
-pub mod enroll;
+mod doctor;
+mod enroll;
 pub mod error;
-pub mod files;
+mod files;
 #[cfg(test)]
 mod fuzzing;
 pub mod keys;
-pub mod log;
+mod log;
 pub mod oauth;
 pub mod process;
-pub mod refresh;
-pub mod refresher;
-pub mod revoke;
-pub mod scheduler;
+mod refresh;
+mod refresher;
+mod revoke;
+mod scheduler;
 pub mod secret;
-pub mod server;
-pub mod service;
+mod server;
+mod service;
 pub mod store;
-pub mod users;
-pub mod validator;
+mod users;
+mod validator;
 
 pub use error::Error;

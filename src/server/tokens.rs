@@ -481,7 +481,6 @@ impl Tokens {
         );
         self.alerts.state_changed(Change {
             account: name.to_owned(),
-            from,
             to,
             reason,
         });
