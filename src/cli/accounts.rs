@@ -41,7 +41,8 @@ pub(super) fn list(context: &Context) -> Result<(), Error> {
 #[derive(Serialize)]
 struct Status<'a> {
     name: &'a str,
-    state: &'static str,
+    #[serde(serialize_with = "state_name")]
+    state: AccountState,
     kind: &'static str,
     provider: &'a str,
     /// Whose grant it is (from the ID token), when known.
@@ -56,6 +57,13 @@ struct Status<'a> {
     last_error: Option<&'a str>,
 }
 
+fn state_name<S: serde::Serializer>(
+    state: &AccountState,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(state.as_str())
+}
+
 fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> {
     let own = account
         .validation_schedule
@@ -66,7 +74,7 @@ fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> 
         .then(|| crate::validator::next_validation(schedule, &account.name, now));
     Status {
         name: &account.name,
-        state: account.state.as_str(),
+        state: account.state,
         kind: account.config.grant.as_str(),
         provider: &account.config.endpoints.provider,
         identity: account
@@ -120,7 +128,7 @@ fn print_table(statuses: &[Status<'_>], now: i64) {
         "NAME", "STATE", "TOKEN", "LAST REFRESH", "LAST VALIDATION", "NEXT VALIDATION"
     );
     for status in statuses {
-        let state = format!("{:<16}", status.state);
+        let state = format!("{:<16}", status.state.as_str());
         let state = if colour {
             paint(status.state, &state)
         } else {
@@ -142,11 +150,11 @@ fn print_table(statuses: &[Status<'_>], now: i64) {
 }
 
 /// Green when fine, yellow when degraded, red when a person must act.
-fn paint(state: &str, padded: &str) -> String {
+fn paint(state: AccountState, padded: &str) -> String {
     let code = match state {
-        "active" => "32",
-        "degraded" => "33",
-        _ => "31",
+        AccountState::Active => "32",
+        AccountState::Degraded => "33",
+        AccountState::ReauthRequired | AccountState::ClientError => "31",
     };
     format!("\x1b[{code}m{padded}\x1b[0m")
 }
@@ -175,7 +183,7 @@ fn print_details(account: &Account, status: &Status<'_>) {
     let optional = |unix: Option<i64>| unix.map_or_else(|| "never".to_owned(), when);
     let config = &account.config;
     println!("{}", account.name);
-    println!("  state            {}", status.state);
+    println!("  state            {}", status.state.as_str());
     println!("  kind             {} ({})", status.kind, status.provider);
     if let Some(client_id) = &config.client_id {
         println!("  client id        {client_id}");
