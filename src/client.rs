@@ -39,19 +39,10 @@ pub fn request_token(
     min_valid: u32,
 ) -> Result<Option<(TokenReply, SecretString)>, Error> {
     crate::account::validate_name(name).map_err(Error::Input)?;
-    let Some(mut stream) = connect_trusted(socket)? else {
+    let path = format!("/v1/token/{name}?min_valid={min_valid}");
+    let Some(raw) = get(socket, &path, ANSWER_TIMEOUT)? else {
         return Ok(None);
     };
-    let request = format!(
-        "GET /v1/token/{name}?min_valid={min_valid} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    );
-    let mut raw = Vec::with_capacity(1024);
-    stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .and_then(|()| stream.write_all(request.as_bytes()))
-        .and_then(|()| stream.take(MAX_ANSWER).read_to_end(&mut raw))
-        .map_err(|err| daemon_error(socket, &err.to_string()))?;
-    let raw = crate::secret::Secret::new(raw);
     let (status, body) =
         parse_response(raw.expose()).ok_or_else(|| daemon_error(socket, "not an HTTP answer"))?;
     if status == 200 {
@@ -75,24 +66,34 @@ pub fn served_vault(socket: &Path) -> Result<Option<String>, Error> {
     struct Health {
         vault: String,
     }
-    let Some(mut stream) = connect_trusted(socket)? else {
+    let Some(raw) = get(socket, "/v1/health", Duration::from_secs(5))? else {
         return Ok(None);
     };
-    let mut raw = Vec::new();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .and_then(|()| {
-            stream.write_all(
-                b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-            )
-        })
-        .and_then(|()| stream.take(MAX_ANSWER).read_to_end(&mut raw))
-        .map_err(|err| daemon_error(socket, &err.to_string()))?;
     let (_, body) =
-        parse_response(&raw).ok_or_else(|| daemon_error(socket, "not an HTTP answer"))?;
+        parse_response(raw.expose()).ok_or_else(|| daemon_error(socket, "not an HTTP answer"))?;
     let health: Health = serde_json::from_slice(body)
         .map_err(|_| daemon_error(socket, "not a tokenvault daemon's health answer"))?;
     Ok(Some(health.vault))
+}
+
+/// `GET path` on the daemon at `socket` (after the trust checks), its whole raw answer kept in a
+/// zeroized buffer (it may hold a token). `Ok(None)` when nothing listens there.
+fn get(
+    socket: &Path,
+    path: &str,
+    timeout: Duration,
+) -> Result<Option<crate::secret::Secret<Vec<u8>>>, Error> {
+    let Some(mut stream) = connect_trusted(socket)? else {
+        return Ok(None);
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut raw = crate::secret::Secret::new(Vec::with_capacity(1024));
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .and_then(|()| stream.take(MAX_ANSWER).read_to_end(raw.expose_mut()))
+        .map_err(|err| daemon_error(socket, &err.to_string()))?;
+    Ok(Some(raw))
 }
 
 /// Connects to the daemon at `socket` after checking its directory, then checks the peer.

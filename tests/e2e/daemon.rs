@@ -583,9 +583,7 @@ impl Drop for EventReader {
 
 #[test]
 fn the_event_stream_tells_apps_of_new_and_dead_tokens_and_resumes() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     std::fs::write(
         vault.dir.join("config.toml"),
         "[alert]\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",

@@ -311,9 +311,7 @@ fn account_names_never_escape_the_vault_directory() {
 
 #[test]
 fn a_reader_that_leaves_early_ends_the_output_quietly() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (_fake, vault) = crate::vault_with_account("mail");
     for verb in [&["status"][..], &["list"], &["status", "--json"]] {
         // `vault status | head -0`: the pipe's reader is gone before the first line.
         let mut child = vault
@@ -332,9 +330,7 @@ fn a_reader_that_leaves_early_ends_the_output_quietly() {
 
 #[test]
 fn doctor_lists_each_problem_with_its_fix() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     {
         let _daemon = crate::daemon_support::Daemon::start(&vault, &[]);
         let healthy = vault.run(&["doctor"]);

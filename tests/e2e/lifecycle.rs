@@ -416,9 +416,7 @@ impl WebhookSink {
 
 #[test]
 fn webhooks_are_signed_and_retried_with_the_same_id() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     let sink = WebhookSink::start(1);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let secret_file = vault.root.path().join("webhook.secret");
@@ -498,9 +496,7 @@ fn webhooks_are_signed_and_retried_with_the_same_id() {
 
 #[test]
 fn json_logs_for_machines_with_journal_priorities_under_systemd() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let (fake, vault) = crate::vault_with_account("mail");
     let alerts = alerting_config(
         &vault,
         &fake,
