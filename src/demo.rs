@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::account::SecretKind;
+use crate::daemon::{self, ServeOptions};
 use crate::devprovider::{self, DevProvider, OfflineRule};
 use crate::enroll::{self, BrowserOptions, Flow, NewAccount, NewCredentials};
 use crate::error::{Error, Problem};
@@ -14,7 +15,6 @@ use crate::keys::KeySource;
 use crate::oauth::provider::{EndpointOverrides, ProviderChoice};
 use crate::oauth::{Client, ClientAuth};
 use crate::secret::SecretString;
-use crate::server::{self, ServeOptions};
 use crate::store::Store;
 
 const ACCOUNT: &str = "demo-mail";
@@ -180,7 +180,7 @@ async fn lifecycle(
         metadata: None,
         metrics: None,
     };
-    let daemon = tokio::spawn(server::serve(store, options, |_, _| {}, async {
+    let daemon = tokio::spawn(daemon::serve(store, options, |_, _| {}, async {
         let _ = stopped.await;
     }));
     wait_for_socket(&socket).await;

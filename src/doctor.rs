@@ -96,7 +96,7 @@ fn vault_files(dir: &Path, me: u32) -> Vec<Finding> {
         .iter()
         .map(|name| dir.join(name))
         .chain(std::iter::once(audit.clone()))
-        .chain((1..=crate::audit::KEEP).map(|n| crate::audit::rotated(&audit, n)))
+        .chain((1..=crate::daemon::audit::KEEP).map(|n| crate::daemon::audit::rotated(&audit, n)))
         .filter_map(|path| {
             let meta = std::fs::symlink_metadata(&path).ok()?;
             let shown = path.display();

@@ -27,15 +27,13 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
-mod alert;
 mod archive;
-mod audit;
 pub mod cli;
 mod client;
 pub mod clock;
 mod config;
 mod crypto;
-mod deadline_watch;
+mod daemon;
 mod demo;
 pub mod devprovider;
 mod doctor;
@@ -49,14 +47,11 @@ mod log;
 pub mod oauth;
 pub mod process;
 mod refresh;
-mod refresher;
 mod revoke;
-mod scheduler;
 pub mod secret;
-mod server;
 mod service;
 pub mod store;
+mod timing;
 mod users;
-mod validator;
 
 pub use error::Error;

@@ -71,7 +71,7 @@ fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> 
         .and_then(|text| crate::config::parse_schedule(text).ok());
     let schedule = own.as_ref().unwrap_or(&config.validation.schedule);
     let next_validation_at = (account.state != AccountState::ReauthRequired)
-        .then(|| crate::validator::next_validation(schedule, &account.name, now));
+        .then(|| crate::timing::next_validation(schedule, &account.name, now));
     Status {
         name: &account.name,
         state: account.state,

@@ -183,7 +183,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         socket: cli
             .locations
             .socket
-            .unwrap_or_else(crate::server::default_socket_path),
+            .unwrap_or_else(crate::daemon::default_socket_path),
     };
     match cli.command {
         Command::Init => init::run(&context),

@@ -1,9 +1,9 @@
 use clap::Args;
 
 use super::Context;
+use crate::daemon::{self, ServeOptions};
 use crate::error::Error;
 use crate::log::Level;
-use crate::server::{self, ServeOptions};
 
 #[derive(Args)]
 pub(super) struct ServeArgs {
@@ -51,14 +51,14 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
         }
     };
     runtime
-        .block_on(server::serve(
+        .block_on(daemon::serve(
             store,
             options,
             ready,
-            server::shutdown_signal(),
+            daemon::shutdown_signal(),
         ))
         .map_err(|err| match err {
-            server::ServerError::Vault(err) => *err,
+            daemon::ServerError::Vault(err) => *err,
             other => Error::Input(other.to_string()),
         })?;
     crate::log::emit(Level::Info, "stopped", &[]);

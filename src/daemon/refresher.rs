@@ -1,14 +1,14 @@
 //! Refresh ahead: every active account's access token is refreshed before it expires (see
-//! `scheduler::refresh_due`), so that apps asking between refreshes never wait on the provider.
+//! `timing::refresh_due`), so that apps asking between refreshes never wait on the provider.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::account::AccountState;
 use crate::clock::now_unix;
+use crate::daemon::tokens::Tokens;
 use crate::refresh::Need;
-use crate::scheduler;
-use crate::server::tokens::Tokens;
+use crate::timing;
 
 /// Due times are read from the wall clock every tick, so a machine resuming from suspend
 /// refreshes at once what expired while it slept.
@@ -28,7 +28,7 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
                 return;
             };
             let before = slot.refresh_before().or(refresh_before);
-            if now >= scheduler::refresh_due(name, issued_at, expires_at, before) {
+            if now >= timing::refresh_due(name, issued_at, expires_at, before) {
                 tokens.spawn_background(name, slot, Need::Fresh { validation: false });
             }
         });

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::tokens::Tokens;
+use crate::daemon::tokens::Tokens;
 
 /// Deadlines are days away; a minute's delay in noticing one costs nothing.
 const CHECK_EVERY: Duration = Duration::from_secs(60);

@@ -5,22 +5,18 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use super::events::{Events, Happened};
 use super::metrics::{Metrics, Snapshot};
 use crate::account::{AccountState, AccountSummary, Principal};
-use crate::alert::{Alerts, Change};
-use crate::audit::{Audit, Record};
 use crate::clock::now_unix;
+use crate::daemon::alert::{Alerts, Change};
+use crate::daemon::audit::{Audit, Record};
 use crate::error::{Error, Problem};
 use crate::refresh::{self, Need, Plan};
-use crate::scheduler;
 use crate::secret::SecretString;
 use crate::store::Store;
-
-/// How often the daemon looks for changes made by other `vault` processes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+use crate::timing;
 
 /// An access token held in memory, ready to answer.
 pub struct CachedToken {
@@ -328,7 +324,7 @@ impl Tokens {
                 flight.failures += 1;
                 let random = crate::crypto::random_bytes::<4>()
                     .map_or(0, |b| u32::from_le_bytes(*b.expose()));
-                let pause = scheduler::backoff(
+                let pause = timing::backoff(
                     flight.failures,
                     retry_after,
                     self.settings.max_backoff,

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use crate::account::AccountState;
 use crate::clock::now_unix;
 use crate::config::AlertConfig;
+use crate::daemon::metrics::Metrics;
 use crate::log::Level;
-use crate::server::metrics::Metrics;
 
 /// A slow alert command is killed after this.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);

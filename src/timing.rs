@@ -1,8 +1,10 @@
-//! When to call the provider: refresh-ahead timing with jitter, and backoff after transient
-//! failures. Pure functions of wall-clock seconds, so that a machine resuming from suspend sees
+//! When to call the provider: refresh-ahead timing with jitter, backoff after transient
+//! failures, and validation firings. Used by the daemon's duties and by `vault status`. Pure functions of wall-clock seconds, so that a machine resuming from suspend sees
 //! at once what fell due while it slept.
 
 use std::hash::{Hash, Hasher};
+
+use chrono::{DateTime, Utc};
 
 /// Never refresh earlier than this before expiry unless the token lives shorter.
 const MIN_REFRESH_BEFORE: i64 = 60;
@@ -50,6 +52,44 @@ pub fn backoff(failures: u32, retry_after: Option<u64>, cap: u64, random: u32) -
     jittered.max(asked.min(cap))
 }
 
+/// Validations of one firing are spread over at most this long (or half the gap to the next
+/// firing), so that 10,000 accounts are not all proven in the same second.
+const MAX_SPREAD: i64 = 300;
+
+/// The next time a schedule fires, and the window its validations are spread over.
+#[derive(Clone, Copy)]
+pub struct Firing {
+    at: i64,
+    window: i64,
+}
+
+impl Firing {
+    pub fn of(schedule: &cron::Schedule, now: i64) -> Firing {
+        let at = next_after(schedule, now);
+        let following = next_after(schedule, at);
+        Firing {
+            at,
+            window: ((following.saturating_sub(at)) / 2).min(MAX_SPREAD),
+        }
+    }
+
+    pub fn for_account(self, account: &str) -> i64 {
+        self.at.saturating_add(jitter(account, self.window))
+    }
+}
+
+/// When account `name` is next validated on `schedule` (what the daemon will do, for `vault status`).
+pub fn next_validation(schedule: &cron::Schedule, name: &str, now: i64) -> i64 {
+    Firing::of(schedule, now).for_account(name)
+}
+
+/// The first time the schedule fires after `now` (never, for a schedule with no future time).
+fn next_after(schedule: &cron::Schedule, now: i64) -> i64 {
+    DateTime::<Utc>::from_timestamp(now, 0)
+        .and_then(|now| schedule.after(&now).next())
+        .map_or(i64::MAX, |next| next.timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +131,15 @@ mod tests {
             "Retry-After is capped"
         );
         assert!(backoff(3, None, u64::MAX, 0) > 0);
+    }
+
+    #[test]
+    fn next_time_of_a_schedule_and_its_spread() {
+        let every_six_hours = crate::config::parse_schedule("0 0 */6 * * *").unwrap();
+        // 2026-11-24T13:00:00Z → 18:00:00Z, spread over 5 minutes.
+        let firing = Firing::of(&every_six_hours, 1_795_957_200);
+        assert_eq!((firing.at, firing.window), (1_795_975_200, 300));
+        let every_two_seconds = crate::config::parse_schedule("*/2 * * * * *").unwrap();
+        assert_eq!(Firing::of(&every_two_seconds, 1_795_957_200).window, 1);
     }
 }

@@ -13,10 +13,10 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::events::EventBody;
-use super::tokens::{CachedToken, Failure, Lookup, Peer, Tokens};
-use crate::audit::Record;
 use crate::clock::now_unix;
+use crate::daemon::audit::Record;
+use crate::daemon::events::EventBody;
+use crate::daemon::tokens::{CachedToken, Failure, Lookup, Peer, Tokens};
 use crate::error::Problem;
 use crate::refresh::Need;
 
@@ -89,7 +89,7 @@ async fn metrics_response(tokens: &Tokens) -> Response<Body> {
     ))));
     response.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+        HeaderValue::from_static(crate::daemon::metrics::CONTENT_TYPE),
     );
     response
 }

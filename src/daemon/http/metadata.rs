@@ -12,9 +12,9 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::tokens::{Lookup, Peer, Tokens};
-use crate::audit::Record;
 use crate::clock::now_unix;
+use crate::daemon::audit::Record;
+use crate::daemon::tokens::{Lookup, Peer, Tokens};
 use crate::refresh::Need;
 
 const ROOT: &str = "/computeMetadata/v1/";

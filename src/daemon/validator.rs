@@ -1,0 +1,42 @@
+//! Scheduled validation: on a cron schedule (global, or the account's own), a live refresh proves
+//! that each long-lived credential still works, so a revocation is found then — and alerted —
+//! not when an app needs a token. It also keeps Google refresh tokens from expiring unused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::account::AccountState;
+use crate::clock::now_unix;
+use crate::daemon::tokens::Tokens;
+use crate::refresh::Need;
+use crate::timing::Firing;
+
+const TICK: Duration = Duration::from_secs(1);
+
+pub async fn run(tokens: Arc<Tokens>, global: cron::Schedule) {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let now = now_unix();
+        let global_firing = Firing::of(&global, now);
+        tokens.for_each_slot(|name, slot| {
+            // A dead grant stays dead until `vault login`; asking again cannot help.
+            if slot.state() == AccountState::ReauthRequired {
+                return;
+            }
+            let next = || {
+                slot.validation_schedule()
+                    .map_or(global_firing, |own| Firing::of(own, now))
+                    .for_account(name)
+            };
+            match slot.times().next_validation {
+                None => slot.set_next_validation(next()),
+                Some(due) if now >= due => {
+                    slot.set_next_validation(next());
+                    tokens.spawn_background(name, slot, Need::Fresh { validation: true });
+                }
+                Some(_) => {}
+            }
+        });
+    }
+}
