@@ -2,26 +2,65 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::named::named_enum;
 use crate::oauth::provider::Endpoints;
 use crate::oauth::{ClientAuth, Outcome, RejectionKind};
 
-/// The lifecycle state of an account. Every change of state is recorded as an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountState {
-    /// The last upstream call succeeded; tokens are being handed out.
-    Active,
-    /// The last upstream call failed for a passing reason (5xx, timeout, refused connection).
-    /// A cached access token is still served while it is valid; the account is retried.
-    Degraded,
-    /// The provider rejected the refresh token or assertion (`invalid_grant`). Nothing but a new
-    /// authorization (`vault login`) helps; the vault stops calling upstream for this account.
-    ReauthRequired,
-    /// The provider rejected the client (`invalid_client`) or the request's configuration
-    /// (`invalid_request`, `invalid_scope`, `unsupported_grant_type`, …).
-    ClientError,
+named_enum! {
+    /// The lifecycle state of an account. Every change of state is recorded as an event.
+    pub enum AccountState {
+        /// The last upstream call succeeded; tokens are being handed out.
+        Active = "active",
+        /// The last upstream call failed for a passing reason (5xx, timeout, refused connection).
+        /// A cached access token is still served while it is valid; the account is retried.
+        Degraded = "degraded",
+        /// The provider rejected the refresh token or assertion (`invalid_grant`). Nothing but a
+        /// new authorization (`vault login`) helps; the vault stops calling upstream for it.
+        ReauthRequired = "reauth_required",
+        /// The provider rejected the client (`invalid_client`) or the request's configuration
+        /// (`invalid_request`, `invalid_scope`, `unsupported_grant_type`, …).
+        ClientError = "client_error",
+    }
+}
+
+/// What a state lets the vault do: the one place where that is decided.
+struct Policy {
+    /// Refreshed ahead of expiry by the daemon: only a grant that works has a token to keep warm.
+    refresh_ahead: bool,
+    /// Proven on the validation schedule. A rejected client is, because its fix happens at the
+    /// provider (an admin re-enables the client or grants consent) and should be noticed.
+    validate: bool,
+    /// Refused at once (409) without calling the provider: the grant is dead, and its access
+    /// tokens likely revoked with it, so even an unexpired cached one is not handed out.
+    refuse_at_once: bool,
 }
 
 impl AccountState {
+    fn policy(self) -> Policy {
+        let (refresh_ahead, validate, refuse_at_once) = match self {
+            AccountState::Active | AccountState::Degraded => (true, true, false),
+            AccountState::ClientError => (false, true, false),
+            AccountState::ReauthRequired => (false, false, true),
+        };
+        Policy {
+            refresh_ahead,
+            validate,
+            refuse_at_once,
+        }
+    }
+
+    pub fn may_refresh_ahead(self) -> bool {
+        self.policy().refresh_ahead
+    }
+
+    pub fn may_validate(self) -> bool {
+        self.policy().validate
+    }
+
+    pub fn refuses_at_once(self) -> bool {
+        self.policy().refuse_at_once
+    }
+
     /// The one place where the outcome of an upstream call decides the account's next state.
     pub fn after(outcome: &Outcome) -> AccountState {
         match outcome {
@@ -35,26 +74,16 @@ impl AccountState {
             },
         }
     }
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountState::Active => "active",
-            AccountState::Degraded => "degraded",
-            AccountState::ReauthRequired => "reauth_required",
-            AccountState::ClientError => "client_error",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<AccountState> {
-        [
-            AccountState::Active,
-            AccountState::Degraded,
-            AccountState::ReauthRequired,
-            AccountState::ClientError,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == text)
-    }
+/// An account's change of state, as the store committed it: what the daemon mirrors, the audit
+/// log records, the event stream announces and the alerter judges.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub account: String,
+    pub from: AccountState,
+    pub to: AccountState,
+    pub reason: Option<String>,
 }
 
 /// How an account obtains access tokens.
@@ -105,23 +134,13 @@ pub struct AccountConfig {
     pub identity: Option<crate::oauth::identity::Identity>,
 }
 
-/// The kinds of sealed secret an account can hold. The kind is part of each blob's AAD.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretKind {
-    ClientSecret,
-    RefreshToken,
-    ServiceAccountKey,
-    AccessToken,
-}
-
-impl SecretKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SecretKind::ClientSecret => "client_secret",
-            SecretKind::RefreshToken => "refresh_token",
-            SecretKind::ServiceAccountKey => "service_account_key",
-            SecretKind::AccessToken => "access_token",
-        }
+named_enum! {
+    /// The kinds of sealed secret an account can hold. The kind is part of each blob's AAD.
+    pub enum SecretKind {
+        ClientSecret = "client_secret",
+        RefreshToken = "refresh_token",
+        ServiceAccountKey = "service_account_key",
+        AccessToken = "access_token",
     }
 }
 
@@ -142,6 +161,9 @@ pub struct Account {
     pub validation_schedule: Option<String>,
     /// The account's own refresh-ahead margin in seconds, overriding config.toml's.
     pub refresh_before: Option<u64>,
+    /// Incremented by every committed change of its tokens or state: a refresh commits only if
+    /// it is still the one read before the provider was called.
+    pub generation: i64,
 }
 
 /// Someone besides the vault's owner who may fetch an account's access tokens.
@@ -214,12 +236,7 @@ mod tests {
 
     #[test]
     fn state_names_round_trip() {
-        for state in [
-            AccountState::Active,
-            AccountState::Degraded,
-            AccountState::ReauthRequired,
-            AccountState::ClientError,
-        ] {
+        for &state in AccountState::ALL {
             assert_eq!(AccountState::parse(state.as_str()), Some(state));
         }
     }

@@ -230,6 +230,9 @@ async fn lifecycle(
         "an app asking now gets 409: {}",
         refused.chars().take(150).collect::<String>() + "…"
     ));
+    if let Some((_, next)) = refused.rsplit_once("Next: ") {
+        steps.detail(&format!("the answer names the fix: {next}"));
+    }
 
     let _ = stop.send(());
     let _ = daemon.await;

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::oauth::identity::Identity;
 use crate::oauth::provider::{EndpointOverrides, Endpoints, OfflineAccess, ProviderChoice};
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
-use crate::oauth::{Client, ClientAuth, OAuthError, Outcome, TokenGrant, authcode, device, token};
+use crate::oauth::{Client, ClientAuth, OAuthError, TokenGrant, authcode, device, token};
 use crate::refresh::{self, AccessToken};
 use crate::secret::SecretString;
 use crate::store::{Store, StoreError};
@@ -323,5 +323,7 @@ pub async fn login(
         _ => {}
     }
     let account = store.account(name)?;
-    refresh::settle(store, &account, Outcome::Refreshed(grant), true)
+    let update = refresh::token_update(&grant, true);
+    store.replace_grant(&account, &update)?;
+    Ok(refresh::issued_token(&grant, &update))
 }

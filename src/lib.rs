@@ -44,6 +44,7 @@ mod files;
 mod fuzzing;
 pub mod keys;
 mod log;
+mod named;
 pub mod oauth;
 pub mod process;
 mod refresh;

@@ -1,13 +1,13 @@
 //! Getting an access token for a stored account: from the sealed cache when it is still valid,
 //! else by one upstream call whose outcome is committed before the token is handed out.
 
-use crate::account::{Account, AccountState, GrantKind, SecretKind};
+use crate::account::{Account, AccountState, GrantKind, SecretKind, Transition};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, Outcome, Rejection, RejectionKind, TokenGrant, token};
 use crate::secret::SecretString;
-use crate::store::{Store, StoreError, TokenUpdate};
+use crate::store::{RefreshStore, StoreError, TokenUpdate};
 
 /// Assumed lifetime when a provider omits `expires_in` (RFC 6749 makes it optional).
 const DEFAULT_LIFETIME: i64 = 3600;
@@ -43,96 +43,160 @@ pub enum Need {
     Fresh { validation: bool },
 }
 
-/// Returns a token as `need` says, calling the provider only when needed.
-///
-/// Holds the account's lock across the refresh so that two processes never spend the same
-/// (possibly rotating) refresh token, and re-reads the account under the lock: whoever waited
-/// finds the token the other one fetched.
-pub async fn access_token(
-    store: &mut Store,
+/// Returns a token as `need` says, calling the provider only when needed: the whole pipeline,
+/// for callers that own their store (the CLI). The daemon runs the same steps, with its store
+/// calls on blocking threads.
+pub async fn access_token<S: RefreshStore>(
+    store: &mut S,
     http: &reqwest::Client,
     name: &str,
     need: Need,
 ) -> Result<Issued, Error> {
-    let _lock = store.lock_account(name)?;
-    match plan(store, name, need)? {
-        Plan::Cached(token) => Ok(Issued {
+    match begin(store, name, need)? {
+        Begun::Cached(token) => Ok(Issued {
             token,
             upstream_problem: None,
         }),
-        Plan::Call(call) => {
-            let (account, call) = *call;
-            let outcome = call.send(http).await;
-            finish(store, &account, outcome, need)
+        Begun::Call(call) => call.send(http).await.settle(store).issued,
+    }
+}
+
+/// The first step of getting a token: a stored one that meets `need`, or the call to make.
+pub enum Begun<G> {
+    Cached(AccessToken),
+    Call(Box<PendingCall<G>>),
+}
+
+/// Decides what getting a token takes. A stored token good enough is read without the refresh
+/// guard; otherwise the guard is taken and the account read again under it, so whoever waited
+/// for another process's refresh finds its token instead of spending the credential again.
+/// A dead grant is an error at once: calling the provider again cannot revive it.
+pub fn begin<S: RefreshStore>(store: &S, name: &str, need: Need) -> Result<Begun<S::Guard>, Error> {
+    if let Some(token) = stored_token(store, &store.account(name)?, need)? {
+        return Ok(Begun::Cached(token));
+    }
+    let guard = store.guard_refresh(name)?;
+    let account = store.account(name)?;
+    if let Some(token) = stored_token(store, &account, need)? {
+        return Ok(Begun::Cached(token));
+    }
+    let call = UpstreamCall::prepare(store, &account)?;
+    Ok(Begun::Call(Box::new(PendingCall {
+        guard,
+        account,
+        call,
+        need,
+    })))
+}
+
+/// The stored token `need` can take, or `None` when the provider must be called; an error for
+/// an account whose grant is dead.
+fn stored_token<S: RefreshStore>(
+    store: &S,
+    account: &Account,
+    need: Need,
+) -> Result<Option<AccessToken>, Error> {
+    if account.state.refuses_at_once() {
+        let reason = account.last_error.clone().unwrap_or_default();
+        return Err(rejected_error(account, RejectionKind::InvalidGrant, reason));
+    }
+    match need {
+        Need::Valid { min_valid } => cached_token(store, account, min_valid),
+        Need::Fresh { .. } => Ok(None),
+    }
+}
+
+/// An upstream call decided under the account's refresh guard. Sending consumes it: the
+/// credential it carries (a refresh token that may rotate) can be spent once only, and only
+/// while the guard is held.
+#[must_use = "a pending call holds the account's refresh guard"]
+pub struct PendingCall<G> {
+    guard: G,
+    account: Account,
+    call: UpstreamCall,
+    need: Need,
+}
+
+impl<G> PendingCall<G> {
+    pub async fn send(self: Box<Self>, http: &reqwest::Client) -> Answered<G> {
+        let outcome = self.call.send(http).await;
+        Answered {
+            guard: self.guard,
+            account: self.account,
+            outcome,
+            need: self.need,
         }
     }
 }
 
-/// What getting a token takes, decided from the store under the account's lock.
-pub enum Plan {
-    Cached(AccessToken),
-    /// One upstream call; `finish` records its outcome.
-    Call(Box<(Account, UpstreamCall)>),
-}
-
-/// Reads the account (under its lock): a cached token that meets `need`, or the call to make.
-/// A dead grant is an error at once: calling the provider again cannot revive it.
-pub fn plan(store: &Store, name: &str, need: Need) -> Result<Plan, Error> {
-    let account = store.account(name)?;
-    // A dead grant first: its access tokens are likely revoked with it (the daemon answers
-    // 409 at once too), so even a cached one that has not expired is not handed out.
-    if account.state == AccountState::ReauthRequired {
-        let reason = account.last_error.clone().unwrap_or_default();
-        return Err(rejected_error(
-            &account,
-            RejectionKind::InvalidGrant,
-            reason,
-        ));
-    }
-    if let Need::Valid { min_valid } = need
-        && let Some(token) = cached_token(store, &account, min_valid)?
-    {
-        return Ok(Plan::Cached(token));
-    }
-    let call = UpstreamCall::prepare(store, &account)?;
-    Ok(Plan::Call(Box::new((account, call))))
-}
-
-/// Records an upstream outcome and returns the token to hand out. A transient failure still
-/// serves a cached token that has not expired yet.
-pub fn finish(
-    store: &mut Store,
-    account: &Account,
+/// The provider's answer, not yet committed; the guard is still held. Settling consumes it, so
+/// an answer is committed once.
+#[must_use = "an answer must be settled: a rotated refresh token lives only in it"]
+pub struct Answered<G> {
+    guard: G,
+    account: Account,
     outcome: Outcome,
     need: Need,
-) -> Result<Issued, Error> {
-    let validated = matches!(need, Need::Fresh { validation: true });
-    match settle(store, account, outcome, validated) {
-        Ok(token) => Ok(Issued {
-            token,
-            upstream_problem: None,
-        }),
-        Err(Error::Unavailable {
-            account: name,
-            reason,
-            retry_after,
-        }) => match cached_token(store, account, 1)? {
-            Some(token) => Ok(Issued {
+}
+
+/// What a settled call gives: the token (or why there is none), and the account's change of
+/// state when the outcome changed it.
+pub struct Settled {
+    pub issued: Result<Issued, Error>,
+    pub transition: Option<Transition>,
+    /// The scope the provider granted, when it named it.
+    pub scope: Option<String>,
+}
+
+impl<G> Answered<G> {
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Commits the outcome (fenced on the generation read under the guard), then releases the
+    /// guard. A transient failure still serves a stored token that has not expired yet.
+    pub fn settle<S: RefreshStore<Guard = G>>(self, store: &mut S) -> Settled {
+        let scope = match &self.outcome {
+            Outcome::Refreshed(grant) => grant.scope.clone(),
+            _ => None,
+        };
+        let validated = matches!(self.need, Need::Fresh { validation: true });
+        let (committed, transition) =
+            commit(store, &self.guard, &self.account, self.outcome, validated);
+        let issued = match committed {
+            Ok(token) => Ok(Issued {
                 token,
-                upstream_problem: Some(reason),
+                upstream_problem: None,
             }),
-            None => Err(Error::Unavailable {
-                account: name,
+            Err(Error::Unavailable {
+                account,
                 reason,
                 retry_after,
-            }),
-        },
-        Err(error) => Err(error),
+            }) => match cached_token(store, &self.account, 1) {
+                Ok(Some(token)) => Ok(Issued {
+                    token,
+                    upstream_problem: Some(reason),
+                }),
+                Ok(None) => Err(Error::Unavailable {
+                    account,
+                    reason,
+                    retry_after,
+                }),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        drop(self.guard);
+        Settled {
+            issued,
+            transition,
+            scope,
+        }
     }
 }
 
-fn cached_token(
-    store: &Store,
+fn cached_token<S: RefreshStore>(
+    store: &S,
     account: &Account,
     min_valid: i64,
 ) -> Result<Option<AccessToken>, Error> {
@@ -151,7 +215,10 @@ fn cached_token(
 }
 
 /// The OAuth client stored with an account.
-pub fn stored_client(store: &Store, account: &Account) -> Result<Option<Client>, Error> {
+pub fn stored_client<S: RefreshStore>(
+    store: &S,
+    account: &Account,
+) -> Result<Option<Client>, Error> {
     let Some(id) = account.config.client_id.clone() else {
         return Ok(None);
     };
@@ -186,14 +253,14 @@ enum Credential {
 }
 
 /// One call to the token endpoint with an account's long-lived credential.
-pub struct UpstreamCall {
+struct UpstreamCall {
     token_url: String,
     scopes: Vec<String>,
     credential: Credential,
 }
 
 impl UpstreamCall {
-    pub fn prepare(store: &Store, account: &Account) -> Result<UpstreamCall, Error> {
+    fn prepare<S: RefreshStore>(store: &S, account: &Account) -> Result<UpstreamCall, Error> {
         let config = &account.config;
         config
             .endpoints
@@ -229,7 +296,7 @@ impl UpstreamCall {
         })
     }
 
-    pub async fn send(&self, http: &reqwest::Client) -> Outcome {
+    async fn send(self, http: &reqwest::Client) -> Outcome {
         match &self.credential {
             Credential::RefreshToken {
                 client,
@@ -269,18 +336,25 @@ pub fn token_update(grant: &TokenGrant, validated: bool) -> TokenUpdate<'_> {
     }
 }
 
-/// Records an upstream call's outcome on the account. A grant (a rotated refresh token included)
-/// is committed durably before its access token is returned; a failure becomes the account's new
-/// state and the error the user sees.
-pub fn settle(
-    store: &mut Store,
+/// Records an upstream call's outcome on the account: a grant (a rotated refresh token
+/// included) durably, before its access token is returned; a failure as the account's new state,
+/// and the error the user sees.
+fn commit<S: RefreshStore>(
+    store: &mut S,
+    guard: &S::Guard,
     account: &Account,
     outcome: Outcome,
     validated: bool,
-) -> Result<AccessToken, Error> {
+) -> (Result<AccessToken, Error>, Option<Transition>) {
     let state = AccountState::after(&outcome);
     let (reason, error) = match outcome {
-        Outcome::Refreshed(grant) => return commit_grant(store, account, &grant, validated),
+        Outcome::Refreshed(grant) => {
+            let update = token_update(&grant, validated);
+            return match store.commit_refresh(guard, account, &update) {
+                Ok(transition) => (Ok(issued_token(&grant, &update)), transition),
+                Err(error) => (Err(error.into()), None),
+            };
+        }
         Outcome::Transient(transient) => (
             transient.reason.clone(),
             Error::Unavailable {
@@ -297,22 +371,18 @@ pub fn settle(
             )
         }
     };
-    store.record_failure(account, state, &reason)?;
-    Err(error)
+    match store.commit_failure(guard, account, state, &reason) {
+        Ok(transition) => (Err(error), transition),
+        Err(store_error) => (Err(store_error.into()), None),
+    }
 }
 
-fn commit_grant(
-    store: &mut Store,
-    account: &Account,
-    grant: &TokenGrant,
-    validated: bool,
-) -> Result<AccessToken, Error> {
-    let update = token_update(grant, validated);
-    store.record_tokens(account, &update)?;
-    Ok(AccessToken {
+/// The access token a committed grant hands out.
+pub fn issued_token(grant: &TokenGrant, update: &TokenUpdate<'_>) -> AccessToken {
+    AccessToken {
         access_token: grant.access_token.clone(),
         expires_at: update.access_expires_at.unwrap_or_default(),
-    })
+    }
 }
 
 /// The user-facing error for a rejection, naming the next command that helps.

@@ -41,7 +41,6 @@ pub(super) fn list(context: &Context) -> Result<(), Error> {
 #[derive(Serialize)]
 struct Status<'a> {
     name: &'a str,
-    #[serde(serialize_with = "state_name")]
     state: AccountState,
     kind: &'static str,
     provider: &'a str,
@@ -57,20 +56,15 @@ struct Status<'a> {
     last_error: Option<&'a str>,
 }
 
-fn state_name<S: serde::Serializer>(
-    state: &AccountState,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(state.as_str())
-}
-
 fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> {
     let own = account
         .validation_schedule
         .as_deref()
         .and_then(|text| crate::config::parse_schedule(text).ok());
     let schedule = own.as_ref().unwrap_or(&config.validation.schedule);
-    let next_validation_at = (account.state != AccountState::ReauthRequired)
+    let next_validation_at = account
+        .state
+        .may_validate()
         .then(|| crate::timing::next_validation(schedule, &account.name, now));
     Status {
         name: &account.name,

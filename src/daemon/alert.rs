@@ -11,45 +11,26 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::account::AccountState;
+use crate::account::{AccountState, Transition};
 use crate::clock::now_unix;
 use crate::config::AlertConfig;
 use crate::daemon::metrics::Metrics;
 use crate::log::Level;
+use crate::named::named_enum;
 
 /// A slow alert command is killed after this.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 const WEBHOOK_ATTEMPTS: u32 = 3;
 
-/// An account's state changed.
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub account: String,
-    pub to: AccountState,
-    pub reason: Option<String>,
-}
-
-/// What an alert is about. Serialized (webhook JSON) and passed (`VAULT_EVENT`) as its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlertEvent {
-    ReauthRequired,
-    ClientError,
-    Degraded,
-    Recovered,
-    Expiring,
-}
-
-impl AlertEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertEvent::ReauthRequired => "reauth_required",
-            AlertEvent::ClientError => "client_error",
-            AlertEvent::Degraded => "degraded",
-            AlertEvent::Recovered => "recovered",
-            AlertEvent::Expiring => "expiring",
-        }
+named_enum! {
+    /// What an alert is about. Serialized (webhook JSON) and passed (`VAULT_EVENT`) as its name.
+    pub enum AlertEvent {
+        ReauthRequired = "reauth_required",
+        ClientError = "client_error",
+        Degraded = "degraded",
+        Recovered = "recovered",
+        Expiring = "expiring",
     }
 }
 
@@ -63,7 +44,7 @@ pub struct Alert {
 
 /// What the alerter is told.
 enum Message {
-    Changed(Change),
+    Changed(Transition),
     /// A refresh token dies at `at` (its announced deadline), whatever the vault does.
     Expiring {
         account: String,
@@ -99,7 +80,7 @@ impl Alerts {
         Ok(Alerts { sender })
     }
 
-    pub fn state_changed(&self, change: Change) {
+    pub fn state_changed(&self, change: Transition) {
         let _ = self.sender.send(Message::Changed(change));
     }
 
@@ -144,7 +125,7 @@ async fn run(sinks: Sinks, mut messages: mpsc::UnboundedReceiver<Message>) {
 }
 
 /// The alert a state change calls for, if any.
-fn on_change(watch: &mut Watch, change: &Change) -> Option<Alert> {
+fn on_change(watch: &mut Watch, change: &Transition) -> Option<Alert> {
     let reason = change.reason.clone().unwrap_or_default();
     let event = match change.to {
         AccountState::ReauthRequired => Some(AlertEvent::ReauthRequired),
@@ -403,9 +384,10 @@ async fn notify_desktop(alert: Alert) {
 mod tests {
     use super::*;
 
-    fn change(to: AccountState) -> Change {
-        Change {
+    fn change(to: AccountState) -> Transition {
+        Transition {
             account: "a".into(),
+            from: AccountState::Active,
             to,
             reason: Some("why".into()),
         }

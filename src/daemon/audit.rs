@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::account::AccountState;
 use tokio::sync::mpsc;
 
 #[derive(Serialize)]
@@ -26,8 +28,8 @@ pub enum Record {
     State {
         at: i64,
         account: String,
-        from: &'static str,
-        to: &'static str,
+        from: AccountState,
+        to: AccountState,
         reason: Option<String>,
     },
 }
@@ -167,8 +169,8 @@ mod tests {
         let record = Record::State {
             at: 0,
             account: "a".repeat(1024),
-            from: "active",
-            to: "degraded",
+            from: AccountState::Active,
+            to: AccountState::Degraded,
             reason: None,
         };
         // Five logs' worth of lines: the current one and three rotated remain.

@@ -15,6 +15,8 @@ use hyper::body::Frame;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::account::AccountState;
+
 /// Events kept for clients that reconnect.
 const BACKLOG: usize = 1024;
 /// A comment line this often keeps proxies from closing the stream and finds dead clients.
@@ -23,9 +25,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What happened to an account.
 #[derive(Clone, Debug)]
 pub enum Happened {
-    /// Its state changed (`to` is the new state's name).
+    /// Its state changed.
     State {
-        to: &'static str,
+        to: AccountState,
         reason: Option<String>,
     },
     /// A new access token replaced the cached one; apps holding the old one may switch.

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::account::AccountState;
 use crate::oauth::Outcome;
 use crate::refresh::Need;
 
@@ -46,6 +47,14 @@ struct StateLabels {
     state: &'static str,
 }
 
+impl StateLabels {
+    fn of(state: AccountState) -> StateLabels {
+        StateLabels {
+            state: state.as_str(),
+        }
+    }
+}
+
 /// The counters the daemon keeps while it runs.
 pub struct Metrics {
     upstream_calls: Family<CallLabels, Counter>,
@@ -57,7 +66,7 @@ pub struct Metrics {
 /// What the scrape adds from the account table at that moment.
 pub struct Snapshot {
     /// (account, state, access token expiry).
-    pub accounts: Vec<(String, &'static str, Option<i64>)>,
+    pub accounts: Vec<(String, AccountState, Option<i64>)>,
     /// (account, the refresh token's announced deadline).
     pub refresh_deadlines: Vec<(String, i64)>,
     pub now: i64,
@@ -139,7 +148,7 @@ impl Metrics {
         let states = Family::<StateLabels, Gauge>::default();
         let expiry = Family::<AccountLabels, Gauge>::default();
         for (account, state, expires_at) in snapshot.accounts {
-            states.get_or_create(&StateLabels { state }).inc();
+            states.get_or_create(&StateLabels::of(state)).inc();
             if let Some(at) = expires_at {
                 expiry
                     .get_or_create(&AccountLabels { account })

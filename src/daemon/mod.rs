@@ -4,11 +4,14 @@ pub(crate) mod alert;
 pub(crate) mod audit;
 mod deadline_watch;
 mod events;
+mod flight;
 mod http;
 mod metrics;
+mod notify;
 mod refresher;
 mod reloader;
 mod socket;
+mod table;
 mod tokens;
 mod validator;
 
@@ -101,7 +104,7 @@ pub async fn serve(
         store, audit, alerts, metrics, settings, owner_uid,
     )?);
     let edge = http::Edge::open(&tokens, &options).await?;
-    ready(&options.socket, tokens.account_count());
+    ready(&options.socket, tokens.table().len());
 
     let duties = [
         tokio::spawn(reloader::run(tokens.clone())),

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::account::AccountState;
 use crate::clock::now_unix;
 use crate::daemon::tokens::Tokens;
 use crate::refresh::Need;
@@ -19,8 +18,8 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
     loop {
         tick.tick().await;
         let now = now_unix();
-        tokens.for_each_slot(|name, slot| {
-            if !matches!(slot.state(), AccountState::Active | AccountState::Degraded) {
+        tokens.table().for_each(|slot| {
+            if !slot.state().may_refresh_ahead() {
                 return;
             }
             let times = slot.times();
@@ -28,8 +27,8 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
                 return;
             };
             let before = slot.refresh_before().or(refresh_before);
-            if now >= timing::refresh_due(name, issued_at, expires_at, before) {
-                tokens.spawn_background(name, slot, Need::Fresh { validation: false });
+            if now >= timing::refresh_due(slot.name(), issued_at, expires_at, before) {
+                tokens.spawn_background(slot, Need::Fresh { validation: false });
             }
         });
     }

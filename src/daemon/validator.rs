@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::account::AccountState;
 use crate::clock::now_unix;
 use crate::daemon::tokens::Tokens;
 use crate::refresh::Need;
@@ -19,21 +18,20 @@ pub async fn run(tokens: Arc<Tokens>, global: cron::Schedule) {
         tick.tick().await;
         let now = now_unix();
         let global_firing = Firing::of(&global, now);
-        tokens.for_each_slot(|name, slot| {
-            // A dead grant stays dead until `vault login`; asking again cannot help.
-            if slot.state() == AccountState::ReauthRequired {
+        tokens.table().for_each(|slot| {
+            if !slot.state().may_validate() {
                 return;
             }
             let next = || {
                 slot.validation_schedule()
                     .map_or(global_firing, |own| Firing::of(own, now))
-                    .for_account(name)
+                    .for_account(slot.name())
             };
             match slot.times().next_validation {
                 None => slot.set_next_validation(next()),
                 Some(due) if now >= due => {
                     slot.set_next_validation(next());
-                    tokens.spawn_background(name, slot, Need::Fresh { validation: true });
+                    tokens.spawn_background(slot, Need::Fresh { validation: true });
                 }
                 Some(_) => {}
             }

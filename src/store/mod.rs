@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use thiserror::Error;
 
-use crate::account::{Account, AccountConfig, AccountState, AccountSummary, Principal, SecretKind};
+use crate::account::{
+    Account, AccountConfig, AccountState, AccountSummary, Principal, SecretKind, Transition,
+};
 use crate::crypto::{self, CryptoError, KEY_LEN, Key, MacKey};
 use crate::keys::{KeyError, KeySource, MasterKey};
 use crate::secret::{Secret, SecretString};
@@ -72,6 +74,10 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "account {0:?} was changed by another vault command (vault login?) while it was being refreshed; the newer tokens were kept. Try again"
+    )]
+    Superseded(String),
     #[error("vault database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -365,36 +371,145 @@ impl Store {
         plain.into_string().map(Some).ok_or_else(tampered)
     }
 
-    /// Records a successful token call. A rotated refresh token is written in the same durable
-    /// transaction as the access token, before anyone is handed that access token.
-    pub fn record_tokens(
+    /// Replaces an account's grant with a new authorization's tokens (`vault login`): whatever a
+    /// refresh in flight commits after it is refused as superseded.
+    pub fn replace_grant(
         &mut self,
         account: &Account,
         update: &TokenUpdate<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Transition>, StoreError> {
+        self.commit_tokens(account, update, Fence::None)
+    }
+
+    /// Records a call's tokens and the account's (possibly new) state in one durable
+    /// transaction: a rotated refresh token is written before anyone is handed its access token.
+    fn commit_tokens(
+        &mut self,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+        fence: Fence,
+    ) -> Result<Option<Transition>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        advance_generation(&tx, account, fence)?;
         apply_token_update(&tx, &self.data_key, self.key_version, account.id, update)?;
-        set_state(&tx, account, AccountState::Active, None)?;
+        let transition = set_state(&tx, account, AccountState::Active, None)?;
         tx.commit()?;
-        Ok(())
+        Ok(transition)
     }
+}
 
-    /// Records a failed token call: the new state and the reason, as one event when it changed.
-    pub fn record_failure(
+/// The seam through which a refresh reads and commits: SQLite here; the fleet's PostgreSQL
+/// store is the second implementation (a lease row instead of a file lock, the same fencing).
+pub trait RefreshStore {
+    /// Held from the decision to call the provider until the outcome is committed; commits ask
+    /// for it, so nothing is committed for a call made without it.
+    type Guard: Send + 'static;
+
+    fn account(&self, name: &str) -> Result<Account, StoreError>;
+
+    fn secret(
+        &self,
+        account: &Account,
+        kind: SecretKind,
+    ) -> Result<Option<SecretString>, StoreError>;
+
+    /// Excludes every other refresh of `account`, in this process and others, until dropped.
+    fn guard_refresh(&self, account: &str) -> Result<Self::Guard, StoreError>;
+
+    /// Commits a refresh's tokens if `account.generation` is still current.
+    fn commit_refresh(
         &mut self,
+        guard: &Self::Guard,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<Option<Transition>, StoreError>;
+
+    /// Commits a failed call's state and reason if `account.generation` is still current.
+    fn commit_failure(
+        &mut self,
+        guard: &Self::Guard,
         account: &Account,
         state: AccountState,
         reason: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Transition>, StoreError>;
+}
+
+impl RefreshStore for Store {
+    type Guard = AccountLock;
+
+    fn account(&self, name: &str) -> Result<Account, StoreError> {
+        Store::account(self, name)
+    }
+
+    fn secret(
+        &self,
+        account: &Account,
+        kind: SecretKind,
+    ) -> Result<Option<SecretString>, StoreError> {
+        Store::secret(self, account, kind)
+    }
+
+    fn guard_refresh(&self, account: &str) -> Result<AccountLock, StoreError> {
+        self.lock_account(account)
+    }
+
+    fn commit_refresh(
+        &mut self,
+        _guard: &AccountLock,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<Option<Transition>, StoreError> {
+        self.commit_tokens(account, update, Fence::Generation)
+    }
+
+    fn commit_failure(
+        &mut self,
+        _guard: &AccountLock,
+        account: &Account,
+        state: AccountState,
+        reason: &str,
+    ) -> Result<Option<Transition>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        set_state(&tx, account, state, Some(reason))?;
+        advance_generation(&tx, account, Fence::Generation)?;
+        let transition = set_state(&tx, account, state, Some(reason))?;
         tx.commit()?;
-        Ok(())
+        Ok(transition)
     }
+}
+
+/// Whether a commit requires the account's generation to be the one it read.
+#[derive(Clone, Copy)]
+enum Fence {
+    /// A refresh: refused when anything else committed since its read.
+    Generation,
+    /// A new authorization: it wins over whatever was in flight.
+    None,
+}
+
+/// Increments the account's generation, first checking it as `fence` says.
+fn advance_generation(
+    tx: &rusqlite::Transaction<'_>,
+    account: &Account,
+    fence: Fence,
+) -> Result<(), StoreError> {
+    let changed = match fence {
+        Fence::Generation => tx.execute(
+            "UPDATE accounts SET generation = generation + 1 WHERE id = ?1 AND generation = ?2",
+            params![account.id, account.generation],
+        )?,
+        Fence::None => tx.execute(
+            "UPDATE accounts SET generation = generation + 1 WHERE id = ?1",
+            [account.id],
+        )?,
+    };
+    if changed == 0 {
+        return Err(StoreError::Superseded(account.name.clone()));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -671,7 +786,7 @@ impl Store {
 
 const ACCOUNT_COLUMNS: &str = "SELECT id, name, config, state, created_at, last_refresh_at, \
      last_validated_at, last_error, access_expires_at, refresh_expires_at, validation_schedule, \
-     refresh_before, config_mac FROM accounts";
+     refresh_before, config_mac, generation FROM accounts";
 
 /// One row of `ACCOUNT_COLUMNS`; its settings are used only when their tag vouches for them.
 fn read_account(
@@ -711,6 +826,7 @@ fn read_account(
         refresh_expires_at: row.get(9)?,
         validation_schedule: row.get(10)?,
         refresh_before: row.get(11)?,
+        generation: row.get(13)?,
     }))
 }
 
@@ -818,12 +934,13 @@ fn put_secret(
     Ok(())
 }
 
+/// Sets the account's state and last error; a change is logged as an event and returned.
 fn set_state(
     tx: &rusqlite::Transaction<'_>,
     account: &Account,
     state: AccountState,
     reason: Option<&str>,
-) -> Result<(), StoreError> {
+) -> Result<Option<Transition>, StoreError> {
     let previous: String = tx.query_row(
         "SELECT state FROM accounts WHERE id = ?1",
         [account.id],
@@ -833,10 +950,19 @@ fn set_state(
         "UPDATE accounts SET state = ?2, last_error = ?3 WHERE id = ?1",
         params![account.id, state.as_str(), reason],
     )?;
-    if previous != state.as_str() {
-        log_event(tx, &account.name, state.as_str(), reason)?;
+    let from = AccountState::parse(&previous).ok_or_else(|| {
+        StoreError::BadConfig(account.name.clone(), format!("unknown state {previous:?}"))
+    })?;
+    if from == state {
+        return Ok(None);
     }
-    Ok(())
+    log_event(tx, &account.name, state.as_str(), reason)?;
+    Ok(Some(Transition {
+        account: account.name.clone(),
+        from,
+        to: state,
+        reason: reason.map(str::to_owned),
+    }))
 }
 
 fn log_event(

@@ -541,3 +541,32 @@ fn json_logs_for_machines_with_journal_priorities_under_systemd() {
     }
     assert!(saw_alert, "{stderr}");
 }
+
+/// A refresh already in flight when `vault login` replaces the grant must not overwrite the
+/// login: here the old grant's late `invalid_grant` would mark the freshly authorized account
+/// dead. Its commit is fenced on the account's generation and refused as superseded.
+#[test]
+fn a_login_wins_over_a_refresh_in_flight() {
+    let (fake, vault) = crate::vault_with_account("mail");
+    fake.inject(tokenvault::devprovider::Fault::Slow(Duration::from_secs(4)));
+    let asked = fake.counters(|counters| counters.token_requests);
+    let in_flight = vault
+        .command(&["token", "mail", "--no-daemon", "--min-valid", "7200"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        fake.counters(|counters| counters.token_requests) > asked
+    }));
+    // The user revokes the old grant and authorizes again while that refresh is on the wire.
+    fake.revoke_all();
+    vault.run(&["login", "mail", "--timeout", "30"]).ok();
+    let late = in_flight.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&late.stderr);
+    assert!(!late.status.success(), "{said}");
+    assert!(said.contains("changed by another vault command"), "{said}");
+    let status = vault.run(&["status", "mail"]);
+    assert!(status.stdout.contains("active"), "{}", status.stdout);
+    token(&vault, &fake, &["mail", "--no-daemon"]);
+}

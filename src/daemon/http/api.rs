@@ -16,7 +16,9 @@ use serde_json::json;
 use crate::clock::now_unix;
 use crate::daemon::audit::Record;
 use crate::daemon::events::EventBody;
-use crate::daemon::tokens::{CachedToken, Failure, Lookup, Peer, Tokens};
+use crate::daemon::flight::Failure;
+use crate::daemon::table::{CachedToken, Lookup, Peer};
+use crate::daemon::tokens::Tokens;
 use crate::error::Problem;
 use crate::refresh::Need;
 
@@ -51,7 +53,8 @@ pub async fn handle(request: Request<Incoming>, peer: Peer, tokens: Arc<Tokens>)
         ),
         "/v1/accounts" => {
             let accounts: Vec<_> = tokens
-                .visible_accounts(peer)
+                .table()
+                .visible_to(peer)
                 .into_iter()
                 .map(|(name, state)| json!({"name": name, "state": state}))
                 .collect();
@@ -118,7 +121,7 @@ async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> 
             &format!("no account named {name:?}; see: vault list"),
         ),
         (Ok(min_valid), Lookup::Found(slot)) => {
-            match tokens.obtain(name, &slot, Need::Valid { min_valid }).await {
+            match tokens.obtain(&slot, Need::Valid { min_valid }).await {
                 Ok(token) => token_response(&token),
                 Err(failure) => failure_response(&failure),
             }

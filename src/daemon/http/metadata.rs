@@ -14,7 +14,8 @@ use serde_json::json;
 
 use crate::clock::now_unix;
 use crate::daemon::audit::Record;
-use crate::daemon::tokens::{Lookup, Peer, Tokens};
+use crate::daemon::table::{Lookup, Peer};
+use crate::daemon::tokens::Tokens;
 use crate::refresh::Need;
 
 const ROOT: &str = "/computeMetadata/v1/";
@@ -80,9 +81,7 @@ pub async fn handle(
         "scopes" => text(StatusCode::OK, &scopes.join("\n")),
         "aliases" => text(StatusCode::OK, "default"),
         "token" => {
-            let answer = tokens
-                .obtain(&account.name, &slot, Need::Valid { min_valid: 60 })
-                .await;
+            let answer = tokens.obtain(&slot, Need::Valid { min_valid: 60 }).await;
             let status = answer
                 .as_ref()
                 .map_or_else(|failure| failure.problem.http_status(), |_| 200);

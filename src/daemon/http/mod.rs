@@ -15,7 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{UnixListener, UnixStream};
 
-use super::tokens::{Peer, Tokens};
+use super::table::Peer;
+use super::tokens::Tokens;
 use super::{ServeOptions, ServerError, socket};
 
 /// A slow sender must finish its request head within this time, or the connection is closed.

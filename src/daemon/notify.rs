@@ -1,0 +1,38 @@
+//! Where the daemon tells what happened to an account: a state change goes to the audit log,
+//! the event stream and the alerter; a new access token to the event stream.
+
+use super::alert::Alerts;
+use super::audit::{Audit, Record};
+use super::events::{Events, Happened};
+use crate::account::Transition;
+use crate::clock::now_unix;
+
+pub struct Notifier {
+    pub audit: Audit,
+    pub alerts: Alerts,
+    pub events: Events,
+}
+
+impl Notifier {
+    pub fn state_changed(&self, transition: Transition) {
+        self.audit.record(Record::State {
+            at: now_unix(),
+            account: transition.account.clone(),
+            from: transition.from,
+            to: transition.to,
+            reason: transition.reason.clone(),
+        });
+        self.events.publish(
+            &transition.account,
+            Happened::State {
+                to: transition.to,
+                reason: transition.reason.clone(),
+            },
+        );
+        self.alerts.state_changed(transition);
+    }
+
+    pub fn token_replaced(&self, account: &str, expires_at: i64) {
+        self.events.publish(account, Happened::Token { expires_at });
+    }
+}
