@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokenvault::account::{AccountConfig, GrantKind, LoginMethod};
+use tokenvault::account::{AccountConfig, Grant, LoginMethod};
 use tokenvault::keys::KeySource;
 use tokenvault::oauth::ClientAuth;
-use tokenvault::oauth::provider::{Endpoints, OfflineAccess};
+use tokenvault::oauth::provider::Endpoints;
 use tokenvault::secret::SecretString;
 use tokenvault::store::{Store, TokenUpdate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -133,25 +133,14 @@ fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
     let key_file = work.join("master.key");
     let mut store = Store::init(&dir, KeySource::File(key_file.clone())).unwrap();
     let config = AccountConfig {
-        grant: GrantKind::RefreshToken,
-        endpoints: Endpoints {
-            provider: "custom".into(),
-            token_url: "http://127.0.0.1:9/token".into(),
-            auth_url: None,
-            device_url: None,
-            issuer: None,
-            iss_required: false,
-            revocation_url: None,
-            offline: OfflineAccess::AsConfigured,
+        grant: Grant::RefreshToken {
+            client_id: "bench-client".into(),
+            login: LoginMethod::Browser,
+            identity: None,
         },
-        client_id: Some("bench-client".into()),
+        endpoints: Endpoints::token_only("custom", "http://127.0.0.1:9/token".into()),
         client_auth: ClientAuth::Basic,
         scopes: vec!["https://mail.google.com/".into()],
-        login: LoginMethod::Browser,
-        service_account_email: None,
-        key_id: None,
-        subject: None,
-        identity: None,
     };
     let refresh = SecretString::from("rt-bench-not-used".to_owned());
     let expires = tokenvault::clock::now_unix() + 86_400;

@@ -86,24 +86,64 @@ pub struct Transition {
     pub reason: Option<String>,
 }
 
-/// How an account obtains access tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GrantKind {
-    /// A refresh token from a user's authorization (browser, device or imported).
-    RefreshToken,
-    /// A Google service-account key signing RFC 7523 JWT assertions.
-    ServiceAccount,
-    /// The client's own credentials (`client_credentials`).
-    ClientCredentials,
+named_enum! {
+    /// How an account obtains access tokens, by name (`vault list`, events).
+    pub enum GrantKind {
+        RefreshToken = "refresh_token",
+        ServiceAccount = "service_account",
+        ClientCredentials = "client_credentials",
+    }
 }
 
-impl GrantKind {
-    pub fn as_str(self) -> &'static str {
+/// How an account obtains access tokens, with what each way needs. Stored inside the settings
+/// JSON as `"grant": "<kind>"` beside its fields, the shape every earlier version wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "grant", rename_all = "snake_case")]
+pub enum Grant {
+    /// A refresh token from a user's authorization (browser, device or imported).
+    RefreshToken {
+        client_id: String,
+        /// How the user authorized, so `vault login` can do it again.
+        login: LoginMethod,
+        /// The user whose grant this is (from the ID token), so `vault login` can refuse another.
+        #[serde(default)]
+        identity: Option<crate::oauth::identity::Identity>,
+    },
+    /// A Google service-account key signing RFC 7523 JWT assertions.
+    ServiceAccount {
+        /// The key's `client_email`: the account the metadata endpoint names.
+        service_account_email: String,
+        /// The user to impersonate (domain-wide delegation), if any.
+        subject: Option<String>,
+    },
+    /// The client's own credentials (`client_credentials`).
+    ClientCredentials { client_id: String },
+}
+
+impl Grant {
+    pub fn kind(&self) -> GrantKind {
         match self {
-            GrantKind::RefreshToken => "refresh_token",
-            GrantKind::ServiceAccount => "service_account",
-            GrantKind::ClientCredentials => "client_credentials",
+            Grant::RefreshToken { .. } => GrantKind::RefreshToken,
+            Grant::ServiceAccount { .. } => GrantKind::ServiceAccount,
+            Grant::ClientCredentials { .. } => GrantKind::ClientCredentials,
+        }
+    }
+
+    /// The OAuth client's id, for the grants that have a client.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Grant::RefreshToken { client_id, .. } | Grant::ClientCredentials { client_id } => {
+                Some(client_id)
+            }
+            Grant::ServiceAccount { .. } => None,
+        }
+    }
+
+    /// The user whose grant this is, when known.
+    pub fn identity(&self) -> Option<&crate::oauth::identity::Identity> {
+        match self {
+            Grant::RefreshToken { identity, .. } => identity.as_ref(),
+            _ => None,
         }
     }
 }
@@ -116,22 +156,14 @@ pub enum LoginMethod {
     Device,
 }
 
-/// An account's settings. None of these is secret; they are stored as JSON in plaintext.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An account's settings. None of these is secret; they are stored as JSON in plaintext, signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountConfig {
-    pub grant: GrantKind,
+    #[serde(flatten)]
+    pub grant: Grant,
     pub endpoints: Endpoints,
-    pub client_id: Option<String>,
     pub client_auth: ClientAuth,
     pub scopes: Vec<String>,
-    pub login: LoginMethod,
-    /// Service accounts: the key's client_email and key id, and the user to impersonate.
-    pub service_account_email: Option<String>,
-    pub key_id: Option<String>,
-    pub subject: Option<String>,
-    /// The user whose grant this is (from the ID token), so `vault login` can refuse another.
-    #[serde(default)]
-    pub identity: Option<crate::oauth::identity::Identity>,
 }
 
 named_enum! {
@@ -239,6 +271,47 @@ mod tests {
         for &state in AccountState::ALL {
             assert_eq!(AccountState::parse(state.as_str()), Some(state));
         }
+    }
+
+    /// Settings as versions before the tagged grant wrote them (every field at the top level,
+    /// nulls for what a grant does not use) load as the right variant and round-trip.
+    #[test]
+    fn settings_written_before_the_tagged_grant_still_load() {
+        let endpoints = r#""endpoints": {"provider": "custom", "token_url": "https://p/token", "auth_url": null, "device_url": null, "issuer": null, "revocation_url": null, "offline": "as_configured"}"#;
+        let stored = [
+            (
+                r#""grant": "refresh_token", "client_id": "id", "client_auth": "basic", "scopes": ["a"], "login": "device", "service_account_email": null, "key_id": null, "subject": null, "identity": {"subject": "alice", "email": null}"#,
+                GrantKind::RefreshToken,
+            ),
+            (
+                r#""grant": "service_account", "client_id": null, "client_auth": "post", "scopes": ["a"], "login": "browser", "service_account_email": "sa@p.iam", "key_id": "k1", "subject": "bob@example.com""#,
+                GrantKind::ServiceAccount,
+            ),
+            (
+                r#""grant": "client_credentials", "client_id": "svc", "client_auth": "post", "scopes": [], "login": "browser", "service_account_email": null, "key_id": null, "subject": null"#,
+                GrantKind::ClientCredentials,
+            ),
+        ];
+        for (fields, kind) in stored {
+            let json = format!("{{{fields}, {endpoints}}}");
+            let config: AccountConfig = serde_json::from_str(&json).expect(&json);
+            assert_eq!(config.grant.kind(), kind);
+            let again: AccountConfig =
+                serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+            assert_eq!(again, config);
+        }
+        let config: AccountConfig =
+            serde_json::from_str(&format!("{{{}, {endpoints}}}", stored[0].0)).unwrap();
+        assert_eq!(config.grant.identity().map(|id| id.shown()), Some("alice"));
+        let config: AccountConfig =
+            serde_json::from_str(&format!("{{{}, {endpoints}}}", stored[1].0)).unwrap();
+        assert_eq!(
+            config.grant,
+            Grant::ServiceAccount {
+                service_account_email: "sa@p.iam".into(),
+                subject: Some("bob@example.com".into()),
+            }
+        );
     }
 
     #[test]

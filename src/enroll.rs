@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::account::{Account, AccountConfig, GrantKind, LoginMethod, SecretKind, validate_name};
+use crate::account::{Account, AccountConfig, Grant, LoginMethod, SecretKind, validate_name};
 use crate::error::Error;
 use crate::oauth::identity::Identity;
-use crate::oauth::provider::{EndpointOverrides, Endpoints, OfflineAccess, ProviderChoice};
+use crate::oauth::provider::{EndpointOverrides, Endpoints, ProviderChoice};
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, ClientAuth, OAuthError, TokenGrant, authcode, device, token};
 use crate::refresh::{self, AccessToken};
@@ -124,16 +124,14 @@ async fn prove_oauth(
     scopes: Vec<String>,
 ) -> Result<Proven, OAuthError> {
     let endpoints = provider.resolve(overrides, http).await?;
-    let (grant, grant_kind, login) = match flow {
+    let (grant, login) = match flow {
         Flow::Browser(options) => (
             browser_login(http, &endpoints, &client, &scopes, options).await?,
-            GrantKind::RefreshToken,
-            LoginMethod::Browser,
+            Some(LoginMethod::Browser),
         ),
         Flow::Device => (
             device_login(http, &endpoints, &client, &scopes).await?,
-            GrantKind::RefreshToken,
-            LoginMethod::Device,
+            Some(LoginMethod::Device),
         ),
         Flow::ImportRefreshToken(refresh_token) => {
             let outcome = token::refresh_token_grant(
@@ -146,7 +144,7 @@ async fn prove_oauth(
             let mut grant = outcome.into_result()?;
             // Without rotation, the imported token stays the one to keep.
             grant.refresh_token.get_or_insert(refresh_token);
-            (grant, GrantKind::RefreshToken, LoginMethod::Browser)
+            (grant, Some(LoginMethod::Browser))
         }
         Flow::ClientCredentials => {
             if client.secret.is_none() {
@@ -156,33 +154,31 @@ async fn prove_oauth(
             }
             let outcome =
                 token::client_credentials_grant(http, &endpoints.token_url, &client, &scopes).await;
-            (
-                outcome.into_result()?,
-                GrantKind::ClientCredentials,
-                LoginMethod::Browser,
-            )
+            (outcome.into_result()?, None)
         }
     };
     let mut secrets = Vec::new();
     if let Some(refresh_token) = &grant.refresh_token
-        && grant_kind == GrantKind::RefreshToken
+        && login.is_some()
     {
         secrets.push((SecretKind::RefreshToken, refresh_token.clone()));
     }
     if let Some(client_secret) = client.secret {
         secrets.push((SecretKind::ClientSecret, client_secret));
     }
+    let client_id = client.id;
     let config = AccountConfig {
-        grant: grant_kind,
+        grant: match login {
+            Some(login) => Grant::RefreshToken {
+                client_id,
+                login,
+                identity: grant.id_token.as_ref().and_then(Identity::from_id_token),
+            },
+            None => Grant::ClientCredentials { client_id },
+        },
         endpoints,
-        client_id: Some(client.id),
         client_auth: client.auth,
         scopes,
-        login,
-        service_account_email: None,
-        key_id: None,
-        subject: None,
-        identity: grant.id_token.as_ref().and_then(Identity::from_id_token),
     };
     Ok(Proven {
         config,
@@ -245,25 +241,13 @@ async fn prove_service_account(
         .await?
         .into_result()?;
     let config = AccountConfig {
-        grant: GrantKind::ServiceAccount,
-        endpoints: Endpoints {
-            provider: "google".into(),
-            token_url: key.token_uri.clone(),
-            auth_url: None,
-            device_url: None,
-            issuer: None,
-            iss_required: false,
-            revocation_url: None,
-            offline: OfflineAccess::AsConfigured,
+        grant: Grant::ServiceAccount {
+            service_account_email: key.client_email.clone(),
+            subject,
         },
-        client_id: None,
+        endpoints: Endpoints::token_only("google", key.token_uri.clone()),
         client_auth: ClientAuth::Post,
         scopes,
-        login: LoginMethod::Browser,
-        service_account_email: Some(key.client_email.clone()),
-        key_id: key.private_key_id.clone(),
-        subject,
-        identity: None,
     };
     Ok(Proven {
         config,
@@ -284,15 +268,20 @@ pub async fn login(
 ) -> Result<AccessToken, Error> {
     let account = store.account(name)?;
     let config = &account.config;
-    if config.grant != GrantKind::RefreshToken {
+    let Grant::RefreshToken {
+        login,
+        identity: recorded,
+        ..
+    } = &config.grant
+    else {
         return Err(Error::Input(format!(
             "account {name:?} uses {}, which has no user login; remove it and add it again with new credentials",
-            config.grant.as_str()
+            config.grant.kind().as_str()
         )));
-    }
+    };
     let client = refresh::stored_client(store, &account)?
         .ok_or_else(|| Error::Input(format!("account {name:?} has no client id stored")))?;
-    let grant = match config.login {
+    let grant = match login {
         LoginMethod::Browser => {
             browser_login(http, &config.endpoints, &client, &config.scopes, options).await
         }
@@ -303,7 +292,7 @@ pub async fn login(
         source,
     })?;
     let identity = grant.id_token.as_ref().and_then(Identity::from_id_token);
-    match (&config.identity, &identity) {
+    match (recorded, &identity) {
         (Some(recorded), Some(new)) if recorded.subject != new.subject && !allow_other_identity => {
             // Not kept: the new grant is ended at the provider where it can be.
             if let (Some(url), Some(refresh_token)) =

@@ -1,7 +1,7 @@
 //! Getting an access token for a stored account: from the sealed cache when it is still valid,
 //! else by one upstream call whose outcome is committed before the token is handed out.
 
-use crate::account::{Account, AccountState, GrantKind, SecretKind, Transition};
+use crate::account::{Account, AccountState, Grant, GrantKind, SecretKind, Transition};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
@@ -219,7 +219,7 @@ pub fn stored_client<S: RefreshStore>(
     store: &S,
     account: &Account,
 ) -> Result<Option<Client>, Error> {
-    let Some(id) = account.config.client_id.clone() else {
+    let Some(id) = account.config.grant.client_id().map(str::to_owned) else {
         return Ok(None);
     };
     Ok(Some(Client {
@@ -272,20 +272,20 @@ impl UpstreamCall {
                 .ok_or_else(|| missing_secret(account, kind))
         };
         let client = stored_client(store, account)?;
-        let credential = match (config.grant, client) {
-            (GrantKind::RefreshToken, client) => Credential::RefreshToken {
+        let credential = match (&config.grant, client) {
+            (Grant::RefreshToken { .. }, client) => Credential::RefreshToken {
                 client,
                 refresh_token: stored(SecretKind::RefreshToken)?,
             },
-            (GrantKind::ServiceAccount, _) => Credential::ServiceAccount {
+            (Grant::ServiceAccount { subject, .. }, _) => Credential::ServiceAccount {
                 key: ServiceAccountKey::parse(&stored(SecretKind::ServiceAccountKey)?)
                     .map_err(|err| Error::Input(err.to_string()))?,
-                subject: config.subject.clone(),
+                subject: subject.clone(),
             },
-            (GrantKind::ClientCredentials, Some(client)) => {
+            (Grant::ClientCredentials { .. }, Some(client)) => {
                 Credential::ClientCredentials { client }
             }
-            (GrantKind::ClientCredentials, None) => {
+            (Grant::ClientCredentials { .. }, None) => {
                 return Err(missing_secret(account, SecretKind::ClientSecret));
             }
         };
@@ -390,7 +390,7 @@ fn rejected_error(account: &Account, kind: RejectionKind, reason: String) -> Err
     let name = account.name.clone();
     match kind {
         RejectionKind::InvalidGrant => {
-            let (credential, next) = match account.config.grant {
+            let (credential, next) = match account.config.grant.kind() {
                 GrantKind::RefreshToken => ("refresh token", format!("vault login {name}")),
                 GrantKind::ServiceAccount => (
                     "service-account key",

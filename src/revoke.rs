@@ -27,7 +27,7 @@ pub async fn revoke_grant(
     account: &Account,
     http: &reqwest::Client,
 ) -> Result<Revocation, Error> {
-    if account.config.grant != GrantKind::RefreshToken {
+    if account.config.grant.kind() != GrantKind::RefreshToken {
         return Ok(Revocation::NoGrant);
     }
     let Some(url) = &account.config.endpoints.revocation_url else {

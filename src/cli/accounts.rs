@@ -4,7 +4,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Context, when};
-use crate::account::{Account, AccountState};
+use crate::account::{Account, AccountState, Grant};
 use crate::clock::now_unix;
 use crate::config::Config;
 use crate::error::Error;
@@ -29,7 +29,7 @@ pub(super) fn list(context: &Context) -> Result<(), Error> {
         println!(
             "{:<24} {:<20} {:<10} {}",
             account.name,
-            account.config.grant.as_str(),
+            account.config.grant.kind().as_str(),
             account.config.endpoints.provider,
             account.state.as_str()
         );
@@ -69,12 +69,12 @@ fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> 
     Status {
         name: &account.name,
         state: account.state,
-        kind: account.config.grant.as_str(),
+        kind: account.config.grant.kind().as_str(),
         provider: &account.config.endpoints.provider,
         identity: account
             .config
-            .identity
-            .as_ref()
+            .grant
+            .identity()
             .map(|identity| identity.shown()),
         token_expires_at: account.access_expires_at,
         refresh_token_expires_at: account.refresh_expires_at,
@@ -179,17 +179,21 @@ fn print_details(account: &Account, status: &Status<'_>) {
     println!("{}", account.name);
     println!("  state            {}", status.state.as_str());
     println!("  kind             {} ({})", status.kind, status.provider);
-    if let Some(client_id) = &config.client_id {
+    if let Some(client_id) = config.grant.client_id() {
         println!("  client id        {client_id}");
     }
     if let Some(identity) = status.identity {
         println!("  signed in as     {identity}");
     }
-    if let Some(email) = &config.service_account_email {
-        println!("  service account  {email}");
-    }
-    if let Some(subject) = &config.subject {
-        println!("  subject          {subject}");
+    if let Grant::ServiceAccount {
+        service_account_email,
+        subject,
+    } = &config.grant
+    {
+        println!("  service account  {service_account_email}");
+        if let Some(subject) = subject {
+            println!("  subject          {subject}");
+        }
     }
     println!("  scopes           {}", config.scopes.join(" "));
     println!("  token expires    {}", optional(status.token_expires_at));

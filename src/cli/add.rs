@@ -120,7 +120,7 @@ pub(super) fn run_add(context: &Context, args: AddArgs) -> Result<(), Error> {
     println!(
         "Added account {} ({}, {}). Access token valid until {}.\nGet a token with: vault token {}",
         account.name,
-        account.config.grant.as_str(),
+        account.config.grant.kind().as_str(),
         account.config.endpoints.provider,
         when(added.token.expires_at),
         account.name

@@ -11,7 +11,7 @@ use super::flight::{self, Failure, Refreshed};
 use super::metrics::{Metrics, Snapshot};
 use super::notify::Notifier;
 use super::table::{AccountTable, CachedToken, Lookup, Peer, Slot};
-use crate::account::AccountState;
+use crate::account::{AccountState, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::refresh::{self, Begun, Need};
@@ -171,7 +171,13 @@ impl Tokens {
     /// `None` when there is no such account. Reads the store; for start-up, not the hot path.
     pub fn service_account_email(&self, name: &str) -> Option<String> {
         let account = self.store.lock().ok()?.account(name).ok()?;
-        Some(account.config.service_account_email.unwrap_or(account.name))
+        Some(match account.config.grant {
+            Grant::ServiceAccount {
+                service_account_email,
+                ..
+            } => service_account_email,
+            _ => account.name,
+        })
     }
 
     /// The vault owner, as a peer (for listeners that carry no credentials).

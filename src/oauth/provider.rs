@@ -54,7 +54,7 @@ impl OfflineAccess {
 }
 
 /// A provider's endpoints as stored with each account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Endpoints {
     /// `google`, `microsoft`, `oidc` (discovered) or `custom`.
     pub provider: String,
@@ -127,20 +127,14 @@ impl ProviderChoice {
                 }
             }
             ProviderChoice::Issuer(issuer) => discover(http, &issuer).await?,
-            ProviderChoice::Custom => Endpoints {
-                provider: "custom".into(),
-                token_url: overrides.token_url.clone().ok_or_else(|| {
+            ProviderChoice::Custom => Endpoints::token_only(
+                "custom",
+                overrides.token_url.clone().ok_or_else(|| {
                     OAuthError::Provider(
                         "name the provider: --provider google|microsoft, --issuer URL, or --token-url URL (with --auth-url or --device-url)".into(),
                     )
                 })?,
-                auth_url: None,
-                device_url: None,
-                issuer: None,
-                iss_required: false,
-                revocation_url: None,
-                offline: OfflineAccess::AsConfigured,
-            },
+            ),
         };
         if overrides.token_url.is_some() || overrides.auth_url.is_some() {
             // A replaced authorization server cannot be expected to use the original issuer.
@@ -157,6 +151,20 @@ impl ProviderChoice {
 }
 
 impl Endpoints {
+    /// A server known only by its token endpoint (service-account keys, `--token-url`).
+    pub fn token_only(provider: &str, token_url: String) -> Endpoints {
+        Endpoints {
+            provider: provider.into(),
+            token_url,
+            auth_url: None,
+            device_url: None,
+            issuer: None,
+            iss_required: false,
+            revocation_url: None,
+            offline: OfflineAccess::AsConfigured,
+        }
+    }
+
     /// Every URL is https (or plain http on loopback): checked when an account is added or
     /// imported, and again before each upstream call.
     pub fn check(&self) -> Result<(), OAuthError> {

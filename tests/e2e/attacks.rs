@@ -404,33 +404,22 @@ fn edited_account_settings_never_send_a_secret_anywhere() {
 
 #[test]
 fn an_archive_cannot_bring_a_plain_http_token_url() {
-    use tokenvault::account::{AccountConfig, GrantKind, LoginMethod, SecretKind};
+    use tokenvault::account::{AccountConfig, Grant, LoginMethod, SecretKind};
     use tokenvault::oauth::ClientAuth;
-    use tokenvault::oauth::provider::{Endpoints, OfflineAccess};
+    use tokenvault::oauth::provider::Endpoints;
     // An archive made by hand (here: a scratch vault written through the library, whose URL
     // checks the CLI would have refused).
     let source = TestVault::new(None);
     let mut store = source.open_store();
     let config = AccountConfig {
-        grant: GrantKind::RefreshToken,
-        endpoints: Endpoints {
-            provider: "custom".into(),
-            token_url: "http://collector.example/token".into(),
-            auth_url: None,
-            device_url: None,
-            issuer: None,
-            iss_required: false,
-            revocation_url: None,
-            offline: OfflineAccess::AsConfigured,
+        grant: Grant::RefreshToken {
+            client_id: "id".into(),
+            login: LoginMethod::Browser,
+            identity: None,
         },
-        client_id: Some("id".into()),
+        endpoints: Endpoints::token_only("custom", "http://collector.example/token".into()),
         client_auth: ClientAuth::Basic,
         scopes: vec![],
-        login: LoginMethod::Browser,
-        service_account_email: None,
-        key_id: None,
-        subject: None,
-        identity: None,
     };
     let refresh = tokenvault::secret::SecretString::from("planted-refresh-token".to_owned());
     let access = tokenvault::secret::SecretString::from(String::new());

@@ -1,0 +1,377 @@
+//! Account rows: adding (one or many, atomically), reading (settings checked against their
+//! tag), removing, grants, per-account settings, and the summaries the daemon loads.
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::commits::{TokenUpdate, apply_token_update};
+use super::events::log_event;
+use super::sealing::{put_secret, settings_message, sign_settings};
+use super::{Store, StoreError, now};
+use crate::account::{
+    Account, AccountConfig, AccountState, AccountSummary, Grant, Principal, SecretKind,
+};
+use crate::crypto::{Key, MacKey};
+use crate::secret::SecretString;
+
+impl Store {
+    /// Stores a new account and its secrets in one transaction: all of it or nothing.
+    pub fn insert_account(
+        &mut self,
+        name: &str,
+        config: &AccountConfig,
+        secrets: &[(SecretKind, &SecretString)],
+        tokens: &TokenUpdate<'_>,
+    ) -> Result<(), StoreError> {
+        self.insert_accounts(&[NewAccount {
+            name,
+            config,
+            secrets,
+            tokens,
+            validation_schedule: None,
+            refresh_before: None,
+        }])
+    }
+
+    /// Stores new accounts in one transaction: all of them, or none (a taken name, a failed
+    /// write) — what `vault import` promises.
+    pub fn insert_accounts(&mut self, accounts: &[NewAccount<'_>]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for account in accounts {
+            insert_in(
+                &tx,
+                &self.data_key,
+                &self.settings_key,
+                self.key_version,
+                account,
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn account(&self, name: &str) -> Result<Account, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{ACCOUNT_COLUMNS} WHERE name = ?1"),
+                [name],
+                |row| read_account(row, &self.settings_key),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchAccount(name.to_owned()))?
+    }
+
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{ACCOUNT_COLUMNS} ORDER BY name"))?;
+        let rows = stmt.query_map([], |row| read_account(row, &self.settings_key))?;
+        rows.map(|row| row?).collect()
+    }
+
+    pub fn remove_account(&mut self, name: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM secrets WHERE account_id = (SELECT id FROM accounts WHERE name = ?1)",
+            [name],
+        )?;
+        if tx.execute("DELETE FROM accounts WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NoSuchAccount(name.to_owned()));
+        }
+        log_event(&tx, name, "removed", None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Lets `principal` fetch account `name`'s access tokens (`allowed`), or stops it.
+    /// Returns whether anything changed.
+    pub fn set_grant(
+        &mut self,
+        name: &str,
+        principal: Principal,
+        allowed: bool,
+    ) -> Result<bool, StoreError> {
+        let account = self.account(name)?;
+        let (sql, event) = if allowed {
+            (
+                "INSERT OR IGNORE INTO grants (account_id, kind, id) VALUES (?1, ?2, ?3)",
+                "granted",
+            )
+        } else {
+            (
+                "DELETE FROM grants WHERE account_id = ?1 AND kind = ?2 AND id = ?3",
+                "grant_revoked",
+            )
+        };
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(sql, params![account.id, principal.kind(), principal.id()])? == 1;
+        if changed {
+            let detail = format!("{}={}", principal.kind(), principal.id());
+            log_event(&tx, name, event, Some(&detail))?;
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Records whose grant the account holds (after a login by another, allowed, user), with
+    /// its settings signed anew.
+    pub fn set_identity(
+        &mut self,
+        account: &Account,
+        identity: Option<&crate::oauth::identity::Identity>,
+    ) -> Result<(), StoreError> {
+        let mut config = account.config.clone();
+        if let Grant::RefreshToken { identity: held, .. } = &mut config.grant {
+            *held = identity.cloned();
+        }
+        let config_json = serde_json::to_string(&config)
+            .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE accounts SET config = ?2 WHERE id = ?1",
+            params![account.id, config_json],
+        )?;
+        sign_settings(
+            &tx,
+            &self.settings_key,
+            account.id,
+            &account.name,
+            &config_json,
+        )?;
+        let shown = identity.map(|identity| identity.shown().to_owned());
+        log_event(&tx, &account.name, "identity", shown.as_deref())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, clears) an account's own validation schedule.
+    pub fn set_validation_schedule(
+        &mut self,
+        name: &str,
+        schedule: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.set_column(name, "validation_schedule", &schedule)
+    }
+
+    /// Sets (or, with `None`, clears) an account's own refresh-ahead margin in seconds.
+    pub fn set_refresh_before(
+        &mut self,
+        name: &str,
+        seconds: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.set_column(name, "refresh_before", &seconds)
+    }
+
+    /// One per-account setting; `column` is one of the fixed names above, never user input.
+    fn set_column(
+        &mut self,
+        name: &str,
+        column: &'static str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            &format!("UPDATE accounts SET {column} = ?2 WHERE name = ?1"),
+            params![name, value],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchAccount(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Every grant, as (account name, principal).
+    pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.name, g.kind, g.id FROM grants g JOIN accounts a ON a.id = g.account_id ORDER BY a.name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, u32>(2)?,
+            ))
+        })?;
+        let mut grants = Vec::new();
+        for row in rows {
+            let (name, kind, id) = row?;
+            if let Some(principal) = Principal::from_parts(&kind, id) {
+                grants.push((name, principal));
+            }
+        }
+        Ok(grants)
+    }
+
+    /// Every account's summary, without parsing settings (the daemon loads 10,000s of these).
+    pub fn summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
+                    validation_schedule, refresh_before,
+                    (SELECT group_concat(value, ' ') FROM json_each(config, '$.scopes'))
+             FROM accounts ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                (row.get(2)?, row.get(3)?, row.get(4)?),
+                (
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<u64>>(6)?,
+                ),
+                row.get::<_, Option<String>>(7)?,
+            ))
+        })?;
+        let mut summaries = Vec::new();
+        for row in rows {
+            let (name, state, times, (validation_schedule, refresh_before), scope) = row?;
+            let (access_expires_at, last_refresh_at, last_validated_at) = times;
+            let state = AccountState::parse(&state).ok_or_else(|| {
+                StoreError::BadConfig(name.clone(), format!("unknown state {state:?}"))
+            })?;
+            summaries.push(AccountSummary {
+                name,
+                state,
+                access_expires_at,
+                last_refresh_at,
+                last_validated_at,
+                validation_schedule,
+                refresh_before,
+                scope: scope.unwrap_or_default(),
+            });
+        }
+        Ok(summaries)
+    }
+
+    /// Every announced refresh-token deadline, as (account, deadline).
+    pub fn refresh_deadlines(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, refresh_expires_at FROM accounts WHERE refresh_expires_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The accounts whose refresh token has an announced deadline before `until` (and after
+    /// now) that has not been alerted yet, as (name, deadline); each is recorded as an
+    /// `expiring` event in the same transaction, so it is alerted once, across restarts too.
+    pub fn take_refresh_deadlines(&mut self, until: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let due: Vec<(String, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT a.name, a.refresh_expires_at FROM accounts a
+                 WHERE a.refresh_expires_at > ?1 AND a.refresh_expires_at <= ?2 AND a.state != ?3
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.account = a.name
+                       AND e.event = 'expiring' AND e.detail = CAST(a.refresh_expires_at AS TEXT))",
+            )?;
+            let rows = stmt.query_map(
+                params![now(), until, AccountState::ReauthRequired.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (name, at) in &due {
+            log_event(&tx, name, "expiring", Some(&at.to_string()))?;
+        }
+        tx.commit()?;
+        Ok(due)
+    }
+}
+
+/// An account to store, with its secrets and its first tokens.
+pub struct NewAccount<'a> {
+    pub name: &'a str,
+    pub config: &'a AccountConfig,
+    pub secrets: &'a [(SecretKind, &'a SecretString)],
+    pub tokens: &'a TokenUpdate<'a>,
+    pub validation_schedule: Option<&'a str>,
+    pub refresh_before: Option<u64>,
+}
+
+const ACCOUNT_COLUMNS: &str = "SELECT id, name, config, state, created_at, last_refresh_at, \
+     last_validated_at, last_error, access_expires_at, refresh_expires_at, validation_schedule, \
+     refresh_before, config_mac, generation FROM accounts";
+
+/// One row of `ACCOUNT_COLUMNS`; its settings are used only when their tag vouches for them.
+fn read_account(
+    row: &rusqlite::Row<'_>,
+    settings_key: &MacKey,
+) -> rusqlite::Result<Result<Account, StoreError>> {
+    let id: i64 = row.get(0)?;
+    let name: String = row.get(1)?;
+    let config: String = row.get(2)?;
+    let state: String = row.get(3)?;
+    let tag: Option<Vec<u8>> = row.get(12)?;
+    let vouched =
+        tag.is_some_and(|tag| settings_key.verify(&settings_message(id, &name, &config), &tag));
+    if !vouched {
+        return Ok(Err(StoreError::SettingsTampered(name)));
+    }
+    let config = match serde_json::from_str::<AccountConfig>(&config) {
+        Ok(config) => config,
+        Err(err) => return Ok(Err(StoreError::BadConfig(name, err.to_string()))),
+    };
+    let Some(state) = AccountState::parse(&state) else {
+        return Ok(Err(StoreError::BadConfig(
+            name,
+            format!("unknown state {state:?}"),
+        )));
+    };
+    Ok(Ok(Account {
+        id,
+        name,
+        config,
+        state,
+        created_at: row.get(4)?,
+        last_refresh_at: row.get(5)?,
+        last_validated_at: row.get(6)?,
+        last_error: row.get(7)?,
+        access_expires_at: row.get(8)?,
+        refresh_expires_at: row.get(9)?,
+        validation_schedule: row.get(10)?,
+        refresh_before: row.get(11)?,
+        generation: row.get(13)?,
+    }))
+}
+
+fn insert_in(
+    tx: &rusqlite::Transaction<'_>,
+    key: &Key,
+    settings_key: &MacKey,
+    key_version: i64,
+    new: &NewAccount<'_>,
+) -> Result<(), StoreError> {
+    let name = new.name;
+    let config_json = serde_json::to_string(new.config)
+        .map_err(|err| StoreError::BadConfig(name.into(), err.to_string()))?;
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?1)",
+        [name],
+        |row| row.get(0),
+    )?;
+    if exists {
+        return Err(StoreError::AccountExists(name.to_owned()));
+    }
+    tx.execute(
+        "INSERT INTO accounts (name, config, state, created_at, validation_schedule, refresh_before)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            name,
+            config_json,
+            AccountState::Active.as_str(),
+            now(),
+            new.validation_schedule,
+            new.refresh_before
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    sign_settings(tx, settings_key, id, name, &config_json)?;
+    for (kind, value) in new.secrets {
+        put_secret(tx, key, key_version, id, *kind, value)?;
+    }
+    apply_token_update(tx, key, key_version, id, new.tokens)?;
+    log_event(tx, name, "added", Some(new.config.grant.kind().as_str()))?;
+    Ok(())
+}
