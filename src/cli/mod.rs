@@ -2,9 +2,13 @@
 
 mod accounts;
 mod add;
+mod archive;
+mod doctor;
 mod grant;
 mod init;
+mod rekey;
 mod serve;
+mod service;
 mod token;
 mod validate;
 
@@ -14,7 +18,6 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::keys::{self, KeySource};
-use crate::secret::SecretString;
 use crate::store::Store;
 
 #[derive(Parser)]
@@ -205,21 +208,21 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "vault", &mut std::io::stdout());
             Ok(())
         }
-        Command::InstallService { dir } => install_service(&context, dir),
-        Command::Doctor => doctor(&context),
+        Command::InstallService { dir } => service::install_service(&context, dir),
+        Command::Doctor => doctor::doctor(&context),
         Command::Export {
             file,
             passphrase_file,
-        } => export(&context, &file, passphrase_file.as_deref()),
+        } => archive::export(&context, &file, passphrase_file.as_deref()),
         Command::Import {
             file,
             passphrase_file,
-        } => import(&context, &file, passphrase_file.as_deref()),
+        } => archive::import(&context, &file, passphrase_file.as_deref()),
         Command::Rekey {
             new_key_file,
             // --keyring is the other choice: no new key file means the keyring.
             keyring: _,
-        } => rekey(&context, new_key_file),
+        } => rekey::rekey(&context, new_key_file),
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|err| Error::Input(format!("cannot write the manual page: {err}"))),
@@ -246,183 +249,6 @@ impl Context {
     fn open(&self) -> Result<Store, Error> {
         Ok(Store::open(&self.dir, self.key_override())?)
     }
-}
-
-/// A passphrase from a file, else typed (twice when `confirm`); at least 12 characters.
-fn passphrase(file: Option<&std::path::Path>, confirm: bool) -> Result<SecretString, Error> {
-    use std::io::IsTerminal;
-    let typed = match file {
-        Some(path) => SecretString::from(std::fs::read_to_string(path).map_err(|err| {
-            Error::Input(format!(
-                "cannot read the passphrase file {}: {err}",
-                path.display()
-            ))
-        })?)
-        .trimmed(),
-        None if std::io::stdin().is_terminal() => {
-            let first = SecretString::from(
-                rpassword::prompt_password("Passphrase: ")
-                    .map_err(|err| Error::Input(format!("cannot read the passphrase: {err}")))?,
-            );
-            if confirm {
-                let again =
-                    SecretString::from(rpassword::prompt_password("Again: ").map_err(|err| {
-                        Error::Input(format!("cannot read the passphrase: {err}"))
-                    })?);
-                if again.expose() != first.expose() {
-                    return Err(Error::Input(
-                        "the passphrases differ; nothing was written".into(),
-                    ));
-                }
-            }
-            first
-        }
-        None => {
-            return Err(Error::Input(
-                "give --passphrase-file PATH, or run on a terminal to type the passphrase".into(),
-            ));
-        }
-    };
-    if typed.expose().chars().count() < 12 {
-        return Err(Error::Input(
-            "the passphrase is shorter than 12 characters; choose a longer one".into(),
-        ));
-    }
-    Ok(typed)
-}
-
-fn export(
-    context: &Context,
-    file: &std::path::Path,
-    passphrase_file: Option<&std::path::Path>,
-) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let store = context.open()?;
-    let passphrase = passphrase(passphrase_file, true)?;
-    let (bytes, count) = crate::archive::export(&store, &passphrase)?;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .map_err(|err| {
-            Error::Input(format!(
-                "cannot create {} (it must not exist yet): {err}",
-                file.display()
-            ))
-        })?;
-    out.write_all(&bytes)
-        .and_then(|()| out.sync_all())
-        .map_err(|err| Error::Input(format!("cannot write {}: {err}", file.display())))?;
-    println!(
-        "Exported {count} account(s) to {}, sealed with your passphrase.",
-        file.display()
-    );
-    Ok(())
-}
-
-fn import(
-    context: &Context,
-    file: &std::path::Path,
-    passphrase_file: Option<&std::path::Path>,
-) -> Result<(), Error> {
-    let bytes = std::fs::read(file)
-        .map_err(|err| Error::Input(format!("cannot read {}: {err}", file.display())))?;
-    let mut store = context.open()?;
-    let passphrase = passphrase(passphrase_file, false)?;
-    let names = crate::archive::import(&mut store, &bytes, &passphrase)?;
-    println!("Imported {} account(s): {}", names.len(), names.join(", "));
-    Ok(())
-}
-
-fn rekey(context: &Context, new_key_file: Option<PathBuf>) -> Result<(), Error> {
-    let mut store = context.open()?;
-    let old = store.key_source().clone();
-    let new = match new_key_file {
-        // A new file, never the old one rewritten: until the commit the old key must keep working.
-        Some(path) if path.exists() => {
-            return Err(Error::Input(format!(
-                "{} exists; give a path for a new key file",
-                path.display()
-            )));
-        }
-        Some(path) => KeySource::File(std::path::absolute(&path).unwrap_or(path)),
-        None => KeySource::Keyring,
-    };
-    let old_version = store.key_version();
-    store.rekey(new.clone())?;
-    if !store.checkpoint() {
-        eprintln!(
-            "vault: warning: a reader kept vault.db from being checkpointed; until SQLite checkpoints it (automatically, or when the last process using the vault, the daemon included, closes it), a copy of vault.db without its -wal file still opens with the old key. Take backups after that"
-        );
-    }
-    println!(
-        "Rekeyed: every secret is re-sealed with a new data key, wrapped by the master key in {}.",
-        new.describe()
-    );
-    match old {
-        KeySource::File(path) => println!(
-            "The old key file {} no longer opens the vault; delete it.",
-            path.display()
-        ),
-        KeySource::Keyring => keys::forget_keyring_entry(&store.vault_id()?, old_version),
-        KeySource::Env => println!(
-            "Unset VAULT_MASTER_KEY: the vault now uses {}.",
-            new.describe()
-        ),
-    }
-    Ok(())
-}
-
-fn doctor(context: &Context) -> Result<(), Error> {
-    let places = crate::doctor::Places {
-        vault_dir: &context.dir,
-        socket: &context.socket,
-        key_override: context.key_override(),
-    };
-    let findings = crate::doctor::examine(&places);
-    for finding in &findings {
-        if finding.ok {
-            println!("ok    {}", finding.what);
-        } else {
-            println!(
-                "FIX   {}
-      → {}",
-                finding.what, finding.fix
-            );
-        }
-    }
-    match findings.iter().filter(|finding| !finding.ok).count() {
-        0 => Ok(()),
-        problems => Err(Error::Input(format!(
-            "{problems} problem(s) found; each is listed above with its fix"
-        ))),
-    }
-}
-
-fn install_service(context: &Context, dir: Option<PathBuf>) -> Result<(), Error> {
-    let dir = dir.unwrap_or_else(|| {
-        directories::BaseDirs::new()
-            .map(|base| base.config_dir().join("systemd/user"))
-            .unwrap_or_else(|| PathBuf::from(".config/systemd/user"))
-    });
-    let exe = std::env::current_exe()
-        .map_err(|err| Error::Internal(format!("cannot find this program's path: {err}")))?;
-    let vault_dir = (context.dir != default_vault_dir()).then_some(context.dir.as_path());
-    std::fs::create_dir_all(&dir)
-        .map_err(|err| Error::Input(format!("cannot create {}: {err}", dir.display())))?;
-    for (name, text) in crate::service::unit_files(&exe, vault_dir) {
-        let path = dir.join(name);
-        std::fs::write(&path, text)
-            .map_err(|err| Error::Input(format!("cannot write {}: {err}", path.display())))?;
-        println!("wrote {}", path.display());
-    }
-    println!(
-        "Next: systemctl --user daemon-reload && systemctl --user enable --now {}",
-        crate::service::SOCKET_UNIT
-    );
-    Ok(())
 }
 
 fn default_vault_dir() -> PathBuf {
