@@ -3,26 +3,41 @@
 //! The `vault` binary is a thin command line over this library.
 //!
 //! # Map
-//! - **Edges that trust nothing**: `cli` (arguments), `client` (the daemon's socket: its directory
-//!   and peer are checked before a byte is sent), `server` (the socket API, the metadata and
-//!   metrics endpoints, connection caps and write deadlines), `oauth` (provider answers: read up
-//!   to 64 KiB, numbers clamped, text made printable, refusals diagnosed by `oauth::catalog`),
-//!   `archive` (import files), `config` (`config.toml`).
-//! - **The sealed store**: `store` (SQLite; secrets AES-256-GCM-sealed with AAD binding account,
-//!   kind and key version; account settings HMAC-signed), `crypto`, `keys` (where the master key
-//!   lives), `files` (the directory checks every layer shares), `secret` (zeroized, unprintable).
-//! - **Getting a token**: `refresh` plans under the account's lock (cached, or one upstream call),
-//!   sends, and commits the outcome — a rotated refresh token durably before its access token is
-//!   handed out. The CLI calls it directly; the daemon through `server::tokens`, which adds the
-//!   in-memory cache, single flight and backoff.
-//! - **Background duties** of `vault serve`: `refresher` (ahead of expiry), `validator` (cron),
-//!   `deadline_watch` (announced refresh-token deadlines), `alert`, `audit`, `log`.
+//! - **Edges that trust nothing**: `cli` (arguments; dispatch in `cli/mod.rs`, one file per
+//!   verb family), `client` (the daemon's socket: its directory and peer are checked before a
+//!   byte is sent), `daemon::http` (the socket API, the metadata and metrics endpoints,
+//!   connection caps and write deadlines — the only place where outcomes become HTTP statuses),
+//!   `oauth` (provider answers: read up to 64 KiB, numbers clamped, text made printable,
+//!   refusals diagnosed by `oauth::catalog`), `archive` (import files), `config` (`config.toml`).
+//! - **One vocabulary**: `account` (`AccountState` with its policy — refresh ahead? validate?
+//!   refuse at once? — `Transition`, the tagged `Grant`), `error` (`Problem`: one table of JSON
+//!   code, HTTP status and exit code), `daemon::alert::AlertEvent`. Every name that leaves the
+//!   program comes from one `named_enum!` table (`named`).
+//! - **The sealed store**: `store` (SQLite, split by concern: `accounts`, `sealing`, `commits`,
+//!   `events`, `schema`; secrets AES-256-GCM-sealed with AAD binding account, kind and key
+//!   version; settings HMAC-signed; every token or state commit fenced on the account's
+//!   `generation`). `store::RefreshStore` is the seam a second backend (PostgreSQL, fleet mode)
+//!   implements. `crypto`, `keys` (where the master key lives), `files` (the directory checks
+//!   every layer shares), `secret` (zeroized, unprintable).
+//! - **One refresh pipeline**, `refresh`, for the CLI and the daemon: `begin` (a stored token
+//!   good enough is read without any lock; otherwise the account's refresh guard is taken and
+//!   the account read again) → `PendingCall::send` (consumes the call: a rotating refresh token
+//!   is spent once, under the guard) → `Answered::settle` (commits, fenced, then releases the
+//!   guard) → `Settled` (the token or the error, and the `Transition` the commit made).
+//! - **`daemon`**, everything `vault serve` runs: `http` (the edge), `socket` (where and how the
+//!   socket is created), `tokens` (the core the edge and the duties ask), `table` (accounts,
+//!   grants, cached tokens), `flight` (single flight and backoff), `notify` (audit, events,
+//!   alerts), the duties `reloader`, `refresher`, `validator`, `deadline_watch`, and `alert`,
+//!   `audit`, `events`, `metrics`. `timing` (refresh-ahead, backoff, validation firings) is the
+//!   pure maths both the daemon and `vault status` use.
 //!
-//! A token request on the socket: `server::api` reads the peer's uid (SO_PEERCRED) and asks
-//! `server::tokens::Tokens::lookup` whether it is granted; `Tokens::obtain` answers from memory when
-//! the cached token lasts `min_valid`, else one caller runs `refresh::plan` → `UpstreamCall::send`
-//! → `refresh::finish` while the others wait for its result; failures become a `Problem`, which
-//! the edge turns into a status and a JSON error code.
+//! A token request on the socket: `daemon::http` reads the peer's uid (SO_PEERCRED) and asks
+//! `daemon::tokens::Tokens::lookup` (→ `table`) whether it is granted; `Tokens::obtain` (→
+//! `flight::obtain`) answers from memory when the cached token lasts `min_valid`; otherwise one
+//! caller runs the `refresh` pipeline (its store steps on a blocking thread) while the others
+//! wait for its result; the committed `Transition`, if any, is mirrored in the table and told
+//! to `notify`; a failure is a `Failure` carrying a `Problem`, which `http` turns into a status
+//! and a JSON error code.
 
 #![forbid(unsafe_code)]
 

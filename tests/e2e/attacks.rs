@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::add_with_browser;
-use crate::daemon_support::Daemon;
-use crate::fake_oauth::OfflineRule;
+use crate::support::Scenario;
+use crate::support::add_with_browser;
+use crate::support::daemon::Daemon;
+use crate::support::fake_oauth::OfflineRule;
 use crate::support::{TestVault, write_private};
 
 const NOBODY: u32 = 65534;
@@ -96,7 +97,7 @@ fn another_user_squatting_the_old_tmp_socket_gets_nothing_and_hands_out_nothing(
     if !running_as_root() {
         return;
     }
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     // cron, su, ssh without pam_systemd: no XDG_RUNTIME_DIR. The old fallback was
     // $TMPDIR/tokenvault-$UID, which another user can create first.
     let shared = shared_tmp();
@@ -120,7 +121,7 @@ fn a_socket_directory_of_another_user_is_refused_before_anything_is_sent() {
     if !running_as_root() {
         return;
     }
-    let (_fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
     let shared = shared_tmp();
     let planted = shared.path().join("tokenvault/vault.sock");
     let _impostor = Impostor::listen(&planted);
@@ -143,7 +144,7 @@ fn a_daemon_of_another_user_behind_a_private_directory_is_refused() {
     if !running_as_root() {
         return;
     }
-    let (_fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
     let shared = shared_tmp();
     let listening = shared.path().join("p/vault.sock");
     let _impostor = Impostor::listen(&listening);
@@ -201,10 +202,9 @@ fn serve_never_changes_a_planted_symlink_target_or_the_current_directory() {
     let mut command = vault.command(&["serve", "--socket", "x.sock"]);
     command.current_dir(&work).stderr(Stdio::null());
     let mut daemon = command.spawn().unwrap();
-    assert!(crate::lifecycle::eventually(
-        Duration::from_secs(20),
-        || { work.join("x.sock").exists() }
-    ));
+    assert!(crate::support::eventually(Duration::from_secs(20), || {
+        work.join("x.sock").exists()
+    }));
     let mode = std::fs::metadata(&work).unwrap().mode() & 0o777;
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -213,7 +213,7 @@ fn serve_never_changes_a_planted_symlink_target_or_the_current_directory() {
 
 #[test]
 fn no_child_inherits_the_master_key() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     let run = vault.run(&["exec", "mail", "--", "sh", "-c", "env"]);
     run.ok();
     assert!(run.stdout.contains("ACCESS_TOKEN="), "{}", run.stdout);
@@ -240,7 +240,7 @@ fn no_child_inherits_the_master_key() {
         .stderr(Stdio::null());
     let mut daemon = command.spawn().unwrap();
     fake.revoke_all();
-    let alerted = crate::lifecycle::eventually(Duration::from_secs(15), || {
+    let alerted = crate::support::eventually(Duration::from_secs(15), || {
         std::fs::read_to_string(&seen).is_ok_and(|env| env.contains("VAULT_EVENT"))
     });
     let _ = daemon.kill();
@@ -284,7 +284,7 @@ fn a_vault_directory_others_can_write_is_refused() {
 
 #[test]
 fn nothing_in_the_vault_directory_is_opened_through_a_symlink() {
-    let (_fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
 
     // vault.db itself.
     let elsewhere = vault.root.path().join("elsewhere.db");
@@ -319,7 +319,7 @@ fn nothing_in_the_vault_directory_is_opened_through_a_symlink() {
 
 #[test]
 fn vault_files_are_private_whatever_the_umask() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::uninitialized(Some(&fake));
     let mut init = vault.command_via(&["sh", "-c", "umask 022; exec \"$0\" \"$@\""], &["init"]);
     init.stdin(Stdio::null());
@@ -346,8 +346,8 @@ fn edit_db(vault: &TestVault, sql: &str) {
 
 #[test]
 fn edited_account_settings_never_send_a_secret_anywhere() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let evil = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let evil = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "mail").ok();
     add_with_browser(&vault, &fake, "work").ok();
@@ -467,7 +467,7 @@ fn a_relative_key_file_keeps_working_from_another_directory() {
 
 #[test]
 fn the_git_helper_answers_only_https_and_the_configured_host() {
-    let (fake, vault) = crate::vault_with_account("forge");
+    let Scenario { fake, vault } = Scenario::new().account("forge");
     let ask = |extra: &[&str], request: &str| {
         let run = vault.run_with_stdin(
             &[&["git-credential", "--account", "forge"], extra, &["get"]].concat(),
@@ -498,7 +498,7 @@ fn the_git_helper_answers_only_https_and_the_configured_host() {
 
 #[test]
 fn after_a_rekey_the_database_file_alone_no_longer_opens_with_the_old_key() {
-    let (_fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
     let daemon = Daemon::start(&vault, &[]);
     let old_key = vault.key_file();
     let new_key = vault.root.path().join("new.key");
@@ -535,7 +535,7 @@ fn vault_processes_leave_no_core_dump() {
     let soft = core.split_whitespace().nth(4);
     assert_eq!(soft, Some("0"), "{core}");
     // …but the program `vault exec` becomes gets the user's umask and core limit back.
-    let (_fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
     let mut command = vault.command_via(
         &["sh", "-c", "umask 022; ulimit -c 1024; exec \"$0\" \"$@\""],
         &["exec", "mail", "--", "sh", "-c", "umask; ulimit -c"],
@@ -573,7 +573,7 @@ fn another_user_flooding_the_socket_cannot_stall_the_owner() {
     if !running_as_root() {
         return;
     }
-    let (_fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
     std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
     let mut flood = as_nobody("python3")

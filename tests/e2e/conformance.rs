@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokenvault::account::SecretKind;
 
-use crate::daemon_support::Daemon;
-use crate::lifecycle::{alert_lines, eventually};
+use crate::support::daemon::Daemon;
 use crate::support::{TestVault, write_private};
+use crate::support::{alert_lines, eventually};
 
 const BASIC: (&str, &str) = ("conf-basic", "conf-basic-secret-0123456789");
 const POST: (&str, &str) = ("conf-post", "conf-post-secret-0123456789");
@@ -223,17 +223,6 @@ fn token(vault: &TestVault, name: &str, extra: &[&str]) -> String {
     run.stdout.trim().to_owned()
 }
 
-fn stored_refresh_token(vault: &TestVault, name: &str) -> String {
-    let store = vault.open_store();
-    let account = store.account(name).unwrap();
-    store
-        .secret(&account, SecretKind::RefreshToken)
-        .unwrap()
-        .unwrap()
-        .expose()
-        .clone()
-}
-
 #[test]
 fn authorization_code_with_pkce_state_and_iss_for_basic_and_post_clients() {
     let server = Certified::start();
@@ -267,11 +256,11 @@ fn authorization_code_with_pkce_state_and_iss_for_basic_and_post_clients() {
     for name in ["basic", "post", "public"] {
         assert!(server.is_active(&token(&vault, name, &[])), "{name}");
         // A token that must outlive the cached one: a real refresh, with rotation.
-        let before = stored_refresh_token(&vault, name);
+        let before = vault.stored_secret(name, SecretKind::RefreshToken);
         let fresh = token(&vault, name, &["--min-valid", "7200"]);
         assert!(server.is_active(&fresh), "{name}");
         assert_ne!(
-            stored_refresh_token(&vault, name),
+            vault.stored_secret(name, SecretKind::RefreshToken),
             before,
             "{name}: rotated"
         );
@@ -377,7 +366,7 @@ fn client_credentials_and_a_rotated_client_secret() {
 fn a_replayed_rotated_refresh_token_kills_the_grant_and_validation_finds_it_once() {
     let server = Certified::start();
     let vault = vault_with_mail(&server);
-    let stale = stored_refresh_token(&vault, "mail");
+    let stale = vault.stored_secret("mail", SecretKind::RefreshToken);
     token(&vault, "mail", &["--min-valid", "7200"]);
     // Someone replays the refresh token the vault has already rotated away: the server treats
     // it as theft and revokes the whole grant, the vault's new refresh token included.
@@ -505,7 +494,9 @@ const CHALLENGE: &str = "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSst
 #[test]
 fn the_built_in_provider_answers_like_the_certified_one() {
     let certified = Certified::start();
-    let built_in = crate::fake_oauth::start(crate::fake_oauth::OfflineRule::OfflineAccessScope);
+    let built_in = crate::support::fake_oauth::start(
+        crate::support::fake_oauth::OfflineRule::OfflineAccessScope,
+    );
     let servers = [
         Probed {
             token_url: format!("{}/token", certified.issuer),
@@ -518,8 +509,8 @@ fn the_built_in_provider_answers_like_the_certified_one() {
             auth_url: built_in.auth_url(),
             device_url: built_in.device_url(),
             client: (
-                crate::fake_oauth::CLIENT_ID,
-                crate::fake_oauth::CLIENT_SECRET,
+                crate::support::fake_oauth::CLIENT_ID,
+                crate::support::fake_oauth::CLIENT_SECRET,
             ),
         },
     ];
@@ -568,8 +559,8 @@ fn remove_revokes_the_grant_at_the_provider_unless_told_to_keep_it() {
         )
         .ok();
     }
-    let gone = stored_refresh_token(&vault, "gone");
-    let kept = stored_refresh_token(&vault, "kept");
+    let gone = vault.stored_secret("gone", SecretKind::RefreshToken);
+    let kept = vault.stored_secret("kept", SecretKind::RefreshToken);
     assert!(server.is_active(&gone) && server.is_active(&kept));
     let removed = run(&vault, &["remove", "gone"]);
     removed.ok();
@@ -603,7 +594,7 @@ fn a_login_by_another_user_is_refused_unless_allowed() {
         "{}",
         shown.stdout
     );
-    let before = stored_refresh_token(&vault, "mail");
+    let before = vault.stored_secret("mail", SecretKind::RefreshToken);
     // The same provider, but the browser is signed in as bob.
     let port = server.port();
     drop(server);
@@ -613,7 +604,7 @@ fn a_login_by_another_user_is_refused_unless_allowed() {
         "the login was by bob@example.com, but the account belongs to alice@example.com",
     );
     assert_eq!(
-        stored_refresh_token(&vault, "mail"),
+        vault.stored_secret("mail", SecretKind::RefreshToken),
         before,
         "nothing was changed"
     );

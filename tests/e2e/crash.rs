@@ -8,28 +8,17 @@ use std::time::Duration;
 
 use tokenvault::account::SecretKind;
 
-use crate::add_with_browser;
-use crate::daemon_support::{Daemon, signal};
-use crate::fake_oauth::OfflineRule;
+use crate::support::Scenario;
 use crate::support::TestVault;
-
-/// The refresh token the vault holds, read through the library with the vault's master key.
-fn stored_refresh_token(vault: &TestVault) -> String {
-    let store = vault.open_store();
-    let account = store.account("rotating").unwrap();
-    store
-        .secret(&account, SecretKind::RefreshToken)
-        .unwrap()
-        .unwrap()
-        .expose()
-        .clone()
-}
+use crate::support::add_with_browser;
+use crate::support::daemon::{Daemon, signal};
+use crate::support::fake_oauth::OfflineRule;
 
 /// Kills the daemon `kills` times at random moments while it rotates the refresh token again and
 /// again (every answer expires at once, so every ask refreshes), restarting it each time.
 /// Returns how many kills landed in the window between the provider's rotation and the commit.
 fn kill_during_rotation(kills: usize) -> usize {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| {
         b.rotate = true;
         b.access_lifetime = 0;
@@ -59,7 +48,7 @@ fn kill_during_rotation(kills: usize) -> usize {
 
         // The vault holds the provider's current token, or — killed inside the window — the one
         // just before it. Anything older would be a lost commit or a token spent twice.
-        let stored = stored_refresh_token(&vault);
+        let stored = vault.stored_secret("rotating", SecretKind::RefreshToken);
         let (current, previous, alive) = fake.newest_grant().unwrap();
         assert!(
             alive,
@@ -103,7 +92,7 @@ fn try_get(socket: &std::path::Path, path: &str) -> Option<u16> {
     .ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
-    crate::daemon_support::parse(&raw).map(|answer| answer.status)
+    crate::support::daemon::parse(&raw).map(|answer| answer.status)
 }
 
 fn random_u32() -> u32 {
@@ -171,9 +160,7 @@ fn rekey(
 /// and the new master key opens the vault, and it opens every secret — never a mix, never neither.
 #[test]
 fn sigkill_during_rekey_leaves_exactly_one_working_key() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     let mut store = vault.open_store();
     let config = store.account("mail").unwrap().config;
     for i in 0..2000 {

@@ -5,10 +5,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::daemon_support::{Daemon, get_concurrently, signal};
-use crate::fake_oauth::{FakeOAuth, Fault, OfflineRule};
 use crate::support::TestVault;
-use crate::{add_with_browser, token};
+use crate::support::daemon::{Daemon, get_concurrently, signal};
+use crate::support::fake_oauth::{FakeOAuth, Fault, OfflineRule};
+use crate::support::{Scenario, Served};
+use crate::support::{add_with_browser, token};
 
 /// A vault with one browser-added account whose cached token is already expired.
 fn vault_with_expired_token(fake: &FakeOAuth, name: &str) -> TestVault {
@@ -30,10 +31,11 @@ fn assert_no_secret_in(vault: &TestVault, text: &str) {
 
 #[test]
 fn serves_tokens_over_the_socket_and_vault_token_uses_it() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
-    let daemon = Daemon::start(&vault, &[]);
+    let Served {
+        fake,
+        vault,
+        daemon,
+    } = Scenario::new().account("mail").serve(&[]);
 
     let socket_mode = std::fs::metadata(&daemon.socket)
         .unwrap()
@@ -95,8 +97,7 @@ fn serves_tokens_over_the_socket_and_vault_token_uses_it() {
 
 #[test]
 fn a_thousand_concurrent_askers_cause_exactly_one_refresh() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = vault_with_expired_token(&fake, "hot");
+    let Scenario { fake, vault } = Scenario::new().expired_account("hot");
     // A slow provider: the askers arrive while the one refresh is in flight.
     fake.inject(Fault::Slow(Duration::from_millis(1500)));
     let daemon = Daemon::start(&vault, &[]);
@@ -119,9 +120,9 @@ fn a_thousand_concurrent_askers_cause_exactly_one_refresh() {
 
 #[test]
 fn rotation_under_concurrency_never_spends_a_token_twice() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| b.rotate = true);
-    let vault = vault_with_expired_token(&fake, "rotating");
+    let Scenario { fake, vault } = Scenario::new()
+        .configure(|b| b.rotate = true)
+        .expired_account("rotating");
     fake.configure(|b| b.access_lifetime = 1);
     let daemon = Daemon::start(&vault, &[]);
     // The askers race the refresher across repeated expiries of a 1 s token.
@@ -151,9 +152,7 @@ fn rotation_under_concurrency_never_spends_a_token_twice() {
 
 #[test]
 fn upstream_outage_serves_the_cache_then_503_and_never_revokes() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "cached").ok();
+    let Scenario { fake, vault } = Scenario::new().account("cached");
     let expired = vault_with_expired_token(&fake, "expired");
     let daemon = Daemon::start(&vault, &[]);
 
@@ -194,8 +193,7 @@ fn upstream_outage_serves_the_cache_then_503_and_never_revokes() {
 
 #[test]
 fn a_dead_grant_answers_409_with_the_fix() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = vault_with_expired_token(&fake, "dead");
+    let Scenario { fake, vault } = Scenario::new().expired_account("dead");
     fake.revoke_all();
     let daemon = Daemon::start(&vault, &[]);
     let answer = daemon.get("/v1/token/dead");
@@ -230,10 +228,11 @@ fn one_daemon_per_socket_and_stale_sockets_are_replaced() {
 
 #[test]
 fn bad_requests_are_refused_and_never_stall_others() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "acct").ok();
-    let daemon = Daemon::start(&vault, &[]);
+    let Served {
+        fake: _fake,
+        vault: _vault,
+        daemon,
+    } = Scenario::new().account("acct").serve(&[]);
 
     // A half-sent request stays open; others are answered meanwhile.
     let mut half = UnixStream::connect(&daemon.socket).unwrap();
@@ -248,7 +247,7 @@ fn bad_requests_are_refused_and_never_stall_others() {
         let _ = stream.write_all(bytes);
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
-        crate::daemon_support::parse(&answer).map(|a| a.status)
+        crate::support::daemon::parse(&answer).map(|a| a.status)
     };
     let status = raw(b"\x00\x01garbage\r\n\r\n");
     assert!(status.is_none_or(|s| s == 400), "garbage: {status:?}");
@@ -277,7 +276,7 @@ fn bad_requests_are_refused_and_never_stall_others() {
         .unwrap();
     let mut rest = Vec::new();
     let _ = half.read_to_end(&mut rest);
-    let status = crate::daemon_support::parse(&rest).map(|a| a.status);
+    let status = crate::support::daemon::parse(&rest).map(|a| a.status);
     assert!(
         status.is_none_or(|s| s == 408 || s == 400),
         "slow sender: {status:?}"
@@ -291,9 +290,7 @@ fn callers_of_another_uid_need_a_grant() {
         eprintln!("skipped: needs root to run a client as nobody");
         return;
     }
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "shared").ok();
+    let Scenario { fake, vault } = Scenario::new().account("shared");
     std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
     let socket_mode = std::fs::metadata(&daemon.socket)
@@ -348,12 +345,14 @@ fn callers_of_another_uid_need_a_grant() {
 
 #[test]
 fn sigterm_answers_requests_in_flight() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = vault_with_expired_token(&fake, "slow");
-    let daemon = Daemon::start(&vault, &[]);
+    let Served {
+        fake,
+        vault: _vault,
+        daemon,
+    } = Scenario::new().expired_account("slow").serve(&[]);
     fake.inject(Fault::Slow(Duration::from_millis(1500)));
     let socket = daemon.socket.clone();
-    let asker = std::thread::spawn(move || crate::daemon_support::get(&socket, "/v1/token/slow"));
+    let asker = std::thread::spawn(move || crate::support::daemon::get(&socket, "/v1/token/slow"));
     std::thread::sleep(Duration::from_millis(500));
     let (status, _) = daemon.stop();
     assert!(status.success());
@@ -394,7 +393,7 @@ fn vault_loads_no_shared_library_beyond_libc() {
 
 #[test]
 fn metrics_are_openmetrics_for_the_owner_only() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.refresh_token_lifetime = Some(86_400));
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "mail").ok();
@@ -583,7 +582,7 @@ impl Drop for EventReader {
 
 #[test]
 fn the_event_stream_tells_apps_of_new_and_dead_tokens_and_resumes() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     std::fs::write(
         vault.dir.join("config.toml"),
         "[alert]\ndesktop = false\n[validation]\nschedule = \"*/2 * * * * *\"\n",

@@ -1,7 +1,7 @@
 //! `vault demo` as a newcomer runs it: one process, no set-up, no network.
 
-use crate::fake_oauth::CLIENT_SECRET;
 use crate::support::TestVault;
+use crate::support::fake_oauth::CLIENT_SECRET;
 
 #[test]
 fn the_demo_shows_the_whole_lifecycle_and_leaves_nothing_behind() {
@@ -73,7 +73,7 @@ fn ctrl_c_cleans_up() {
             break;
         }
     }
-    crate::daemon_support::signal(&child, rustix::process::Signal::INT);
+    crate::support::daemon::signal(&child, rustix::process::Signal::INT);
     lines.for_each(drop);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));

@@ -1,15 +1,14 @@
 //! Fitting the programs people already run: `vault exec`, shell completions, the manual page.
 
-use crate::add_with_browser;
-use crate::daemon_support::Daemon;
-use crate::fake_oauth::OfflineRule;
+use crate::support::Scenario;
 use crate::support::TestVault;
+use crate::support::add_with_browser;
+use crate::support::daemon::Daemon;
+use crate::support::fake_oauth::OfflineRule;
 
 #[test]
 fn exec_runs_a_command_with_the_token_in_its_environment() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "api").ok();
+    let Scenario { fake, vault } = Scenario::new().account("api");
     let script = "printf %s \"$ACCESS_TOKEN\"; exit 7";
     let run = vault.run(&["exec", "api", "--no-daemon", "--", "sh", "-c", script]);
     assert_eq!(
@@ -79,9 +78,7 @@ fn completions_load_in_bash_and_the_man_page_renders() {
 
 #[test]
 fn status_is_a_table_for_people_and_json_for_scripts() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "fine").ok();
+    let Scenario { fake, vault } = Scenario::new().account("fine");
     add_with_browser(&vault, &fake, "dead").ok();
     fake.revoke_all();
     vault
@@ -142,9 +139,7 @@ fn systemd_units_verify_and_socket_activation_serves() {
         have("systemd-analyze") && have("systemd-socket-activate"),
         "systemd's tools are missing (.ci/run installs them)"
     );
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "svc").ok();
+    let Scenario { fake, vault } = Scenario::new().account("svc");
     let units = vault.root.path().join("units");
     vault
         .run(&["install-service", "--dir", units.to_str().unwrap()])
@@ -188,7 +183,7 @@ fn systemd_units_verify_and_socket_activation_serves() {
     while !socket.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let answer = crate::daemon_support::get(&socket, "/v1/token/svc");
+    let answer = crate::support::daemon::get(&socket, "/v1/token/svc");
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(fake.is_access_token(answer.json()["access_token"].as_str().unwrap()));
     let _ = activator.kill();
@@ -197,13 +192,11 @@ fn systemd_units_verify_and_socket_activation_serves() {
 
 #[test]
 fn git_pushes_over_https_with_the_vaults_token() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "forge").ok();
+    let Scenario { fake, vault } = Scenario::new().account("forge");
     let _daemon = Daemon::start(&vault, &[]);
     let forge_root = vault.root.path().join("forge");
     std::fs::create_dir_all(&forge_root).unwrap();
-    let forge = crate::fake_forge::start(&forge_root, &fake);
+    let forge = crate::support::fake_forge::start(&forge_root, &fake);
     let work = vault.root.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let git = |directory: &std::path::Path, args: &[&str]| git_in(&vault, directory, args);
@@ -277,9 +270,9 @@ fn google_auth_gets_the_token_from_the_metadata_endpoint() {
         python.is_ok_and(|s| s.success()),
         "python3 with google-auth and requests is missing (.ci/run installs them)"
     );
-    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    let fake = crate::support::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
-    let key_path = crate::service_account_key_file(&vault, &fake);
+    let key_path = crate::support::service_account_key_file(&vault, &fake);
     vault
         .run(&[
             "add-account",
@@ -372,7 +365,7 @@ fn google_auth_gets_the_token_from_the_metadata_endpoint() {
         assert_eq!(status_of(&[], true), "200");
         let audit = vault.dir.join("audit.log");
         assert!(
-            crate::lifecycle::eventually(std::time::Duration::from_secs(3), || {
+            crate::support::eventually(std::time::Duration::from_secs(3), || {
                 std::fs::read_to_string(&audit).is_ok_and(|log| log.contains("\"uid\":65534"))
             }),
             "{}",
@@ -394,8 +387,8 @@ fn google_auth_gets_the_token_from_the_metadata_endpoint() {
 fn one_git_helper_line_serves_every_configured_host_with_its_own_account() {
     // Two forges, each accepting only the tokens of its own provider, and a third nobody mapped.
     let (alpha, beta) = (
-        crate::fake_oauth::start(OfflineRule::OfflineAccessScope),
-        crate::fake_oauth::start(OfflineRule::OfflineAccessScope),
+        crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope),
+        crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope),
     );
     let vault = TestVault::new(Some(&alpha));
     add_with_browser(&vault, &alpha, "alpha").ok();
@@ -409,7 +402,7 @@ fn one_git_helper_line_serves_every_configured_host_with_its_own_account() {
     .map(|(provider, dir)| {
         let root = vault.root.path().join(dir);
         std::fs::create_dir_all(&root).unwrap();
-        crate::fake_forge::start(&root, provider)
+        crate::support::fake_forge::start(&root, provider)
     })
     .collect();
     std::fs::write(
@@ -445,7 +438,7 @@ fn one_git_helper_line_serves_every_configured_host_with_its_own_account() {
                 .success()
         );
     }
-    let push = |forge: &crate::fake_forge::FakeForge| {
+    let push = |forge: &crate::support::fake_forge::FakeForge| {
         git(
             &work,
             &[

@@ -3,9 +3,10 @@
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::fake_oauth::{CLIENT_ID, Fault, OfflineRule};
+use crate::support::Scenario;
+use crate::support::fake_oauth::{CLIENT_ID, Fault, OfflineRule};
 use crate::support::{TestVault, random_key, write_private};
-use crate::{add_with_browser, browser_add_args};
+use crate::support::{add_with_browser, browser_add_args};
 
 fn assert_no_accounts(vault: &TestVault) {
     let list = vault.run(&["list"]);
@@ -15,9 +16,7 @@ fn assert_no_accounts(vault: &TestVault) {
 
 #[test]
 fn wrong_master_key_is_refused() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "a").ok();
+    let Scenario { fake: _fake, vault } = Scenario::new().account("a");
     let mut command = vault.command(&["token", "a"]);
     command.env("VAULT_MASTER_KEY", random_key());
     vault
@@ -113,7 +112,7 @@ fn missing_vault_and_corrupt_database() {
 
 #[test]
 fn malformed_service_account_keys() {
-    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    let fake = crate::support::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     let path = vault.root.path().join("sa.json");
     let cases = [
@@ -204,7 +203,7 @@ fn bad_arguments() {
 
 #[test]
 fn forged_state_denied_consent_and_busy_port() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     // A redirect with another state is ignored (any local process can send one): the login
     // goes on waiting for its own, here until its timeout.
@@ -246,7 +245,7 @@ exec curl -s -o /dev/null -L --max-time 20 \"$1\"
 
 #[test]
 fn no_redirect_times_out() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     let args = browser_add_args(&vault, &fake, "a", &["--timeout", "2"]);
     let mut command = vault.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -259,7 +258,7 @@ fn no_redirect_times_out() {
 
 #[test]
 fn garbage_or_html_from_the_token_endpoint() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     for fault in [Fault::Html, Fault::Garbage] {
         fake.inject(fault);
@@ -286,9 +285,7 @@ fn garbage_or_html_from_the_token_endpoint() {
 
 #[test]
 fn duplicate_account_names_are_refused_before_the_browser() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "dup").ok();
+    let Scenario { fake, vault } = Scenario::new().account("dup");
     let before = fake.counters(|c| c.token_requests);
     add_with_browser(&vault, &fake, "dup").fails_with(1, "already exists");
     assert_eq!(fake.counters(|c| c.token_requests), before);
@@ -311,7 +308,7 @@ fn account_names_never_escape_the_vault_directory() {
 
 #[test]
 fn a_reader_that_leaves_early_ends_the_output_quietly() {
-    let (_fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
     for verb in [&["status"][..], &["list"], &["status", "--json"]] {
         // `vault status | head -0`: the pipe's reader is gone before the first line.
         let mut child = vault
@@ -330,9 +327,9 @@ fn a_reader_that_leaves_early_ends_the_output_quietly() {
 
 #[test]
 fn doctor_lists_each_problem_with_its_fix() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     {
-        let _daemon = crate::daemon_support::Daemon::start(&vault, &[]);
+        let _daemon = crate::support::daemon::Daemon::start(&vault, &[]);
         let healthy = vault.run(&["doctor"]);
         healthy.ok();
         assert!(
@@ -355,7 +352,7 @@ fn doctor_lists_each_problem_with_its_fix() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut other_daemon = command.spawn().unwrap();
-    assert!(crate::lifecycle::eventually(
+    assert!(crate::support::eventually(
         std::time::Duration::from_secs(20),
         || std::os::unix::net::UnixStream::connect(vault.socket()).is_ok()
     ));

@@ -1,12 +1,13 @@
 //! Every way to add an account, end to end through the binary.
 
-use crate::fake_oauth::{CLIENT_ID, Fault, OfflineRule, PUBLIC_CLIENT_ID};
+use crate::support::Scenario;
 use crate::support::TestVault;
-use crate::{add_with_browser, client_secret_file, token};
+use crate::support::fake_oauth::{CLIENT_ID, Fault, OfflineRule, PUBLIC_CLIENT_ID};
+use crate::support::{add_with_browser, client_secret_file, token};
 
 #[test]
 fn browser_login_with_discovery_then_tokens_from_cache_and_refresh() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     let run = add_with_browser(&vault, &fake, "work");
     run.ok();
@@ -49,7 +50,7 @@ fn browser_login_with_discovery_then_tokens_from_cache_and_refresh() {
 
 #[test]
 fn rotated_refresh_tokens_are_kept_and_the_grant_survives() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.rotate = true);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "rotating").ok();
@@ -67,7 +68,7 @@ fn rotated_refresh_tokens_are_kept_and_the_grant_survives() {
 
 #[test]
 fn google_style_offline_access_and_public_client() {
-    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    let fake = crate::support::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     vault
         .run(&[
@@ -93,7 +94,7 @@ fn google_style_offline_access_and_public_client() {
 
 #[test]
 fn a_code_exchange_without_refresh_token_is_refused_with_the_fix() {
-    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    let fake = crate::support::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     // Explicit URLs add no offline parameters, so this Google-like server issues no refresh token.
     let run = vault.run(&[
@@ -116,7 +117,7 @@ fn a_code_exchange_without_refresh_token_is_refused_with_the_fix() {
 
 #[test]
 fn device_flow() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::new(Some(&fake));
     let secret = client_secret_file(&vault);
     let run = vault.run(&[
@@ -141,7 +142,7 @@ fn device_flow() {
 
 #[test]
 fn device_flow_honours_slow_down() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.device_slow_down_first = true);
     let vault = TestVault::new(Some(&fake));
     let run = vault.run(&[
@@ -167,9 +168,9 @@ fn device_flow_honours_slow_down() {
 
 #[test]
 fn service_account_jwt_bearer() {
-    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    let fake = crate::support::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
-    let key_path = crate::service_account_key_file(&vault, &fake);
+    let key_path = crate::support::service_account_key_file(&vault, &fake);
     let run = vault.run(&[
         "add-account",
         "robot",
@@ -196,7 +197,7 @@ fn service_account_jwt_bearer() {
 
 #[test]
 fn client_credentials_with_post_auth() {
-    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    let fake = crate::support::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     let secret = client_secret_file(&vault);
     vault
@@ -222,7 +223,7 @@ fn client_credentials_with_post_auth() {
 
 #[test]
 fn imported_refresh_token_is_proven_first() {
-    let fake = crate::fake_oauth::start(OfflineRule::Google);
+    let fake = crate::support::fake_oauth::start(OfflineRule::Google);
     let vault = TestVault::new(Some(&fake));
     let refresh = fake.issue_refresh_token("email");
     vault
@@ -266,9 +267,7 @@ fn imported_refresh_token_is_proven_first() {
 
 #[test]
 fn revoked_grant_needs_login_then_recovers() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     fake.revoke_all();
     let run = vault.run(&["token", "mail", "--min-valid", "7200"]);
     run.fails_with(3, "vault login mail");
@@ -300,9 +299,7 @@ fn revoked_grant_needs_login_then_recovers() {
 
 #[test]
 fn rejected_client_secret_is_a_client_error() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "acct").ok();
+    let Scenario { fake, vault } = Scenario::new().account("acct");
     fake.configure(|b| b.client_secret = "rotated-on-the-console".into());
     vault
         .run(&["token", "acct", "--min-valid", "7200"])
@@ -317,9 +314,7 @@ fn rejected_client_secret_is_a_client_error() {
 
 #[test]
 fn upstream_outage_is_transient_and_a_valid_token_is_still_served() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "flaky").ok();
+    let Scenario { fake, vault } = Scenario::new().account("flaky");
     fake.inject(Fault::Unavailable503);
     let served = vault.run(&["token", "flaky", "--min-valid", "7200"]);
     served.ok();
@@ -337,7 +332,7 @@ fn upstream_outage_is_transient_and_a_valid_token_is_still_served() {
 
 #[test]
 fn outage_with_an_expired_token_says_try_later() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.access_lifetime = 0);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "down").ok();

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use crate::daemon_support::Daemon;
-use crate::fake_oauth::{Fault, OfflineRule};
-use crate::lifecycle::{alert_lines, alerting_config, eventually};
+use crate::support::Scenario;
 use crate::support::TestVault;
-use crate::{add_with_browser, token};
+use crate::support::daemon::Daemon;
+use crate::support::fake_oauth::{Fault, OfflineRule};
+use crate::support::{add_with_browser, token};
+use crate::support::{alert_lines, alerting_config, eventually};
 
 const YEAR: i64 = 365 * 24 * 3600;
 
@@ -16,7 +17,7 @@ fn absurd_lifetimes_are_clamped_and_never_panic() {
     // u64::MAX and 2^63 wrapped to the past (a refresh every second); 3·10^11 overflowed the
     // date formatting: add-account stored the account and then panicked, and so did status.
     for lifetime in [u64::MAX, 1 << 63, 300_000_000_000] {
-        let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+        let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
         fake.configure(|b| b.access_lifetime = lifetime);
         let vault = TestVault::new(Some(&fake));
         add_with_browser(&vault, &fake, "mail").ok();
@@ -54,7 +55,7 @@ fn resident_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_400_mb_answer_is_not_read() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     let daemon = Daemon::start(&vault, &[]);
     fake.inject(Fault::Huge(400 << 20));
     // A token valid 2 hours cannot come from the cache: the daemon must ask the provider.
@@ -74,7 +75,7 @@ fn a_400_mb_answer_is_not_read() {
 
 #[test]
 fn control_characters_from_a_provider_are_stripped_and_the_alert_still_runs() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     let alerts = alerting_config(&vault, &fake, "");
     let daemon = Daemon::start(&vault, &[]);
     // OSC 52 writes the clipboard of the terminal that prints it; a NUL in VAULT_REASON kept
@@ -101,7 +102,7 @@ fn control_characters_from_a_provider_are_stripped_and_the_alert_still_runs() {
 
 #[test]
 fn an_absurd_retry_after_is_capped_by_the_backoff() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.access_lifetime = 2);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "mail").ok();
@@ -124,7 +125,7 @@ fn an_absurd_retry_after_is_capped_by_the_backoff() {
 
 #[test]
 fn a_min_valid_beyond_the_lifetime_does_not_turn_requests_into_refreshes() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| {
         b.access_lifetime = 600;
         b.rotate = true;
@@ -146,7 +147,7 @@ fn a_min_valid_beyond_the_lifetime_does_not_turn_requests_into_refreshes() {
 
 #[test]
 fn a_lost_refresh_answer_is_retried_at_once_with_the_same_token() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     fake.configure(|b| {
         b.rotate = true;
         b.reuse_grace = Some(Duration::from_secs(30));
@@ -170,7 +171,7 @@ fn a_lost_refresh_answer_is_retried_at_once_with_the_same_token() {
 
 #[test]
 fn a_lost_refresh_answer_on_a_strict_server_is_a_dead_grant_said_at_once() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     fake.configure(|b| b.rotate = true);
     // No grace: the retry is a reuse, and the server kills the grant. Nothing could have saved
     // it once the first request left; the vault says so now instead of at the next refresh.
@@ -221,7 +222,7 @@ fn microsoft_and_google_refusals_name_their_real_cause_and_fix() {
         ),
     ];
     for (status, answer, code, state, words) in cases {
-        let (fake, vault) = crate::vault_with_account("mail");
+        let Scenario { fake, vault } = Scenario::new().account("mail");
         fake.inject(Fault::Answer(status, answer));
         let run = vault.run(&["token", "mail", "--no-daemon", "--min-valid", "7200"]);
         run.fails_with(code, words);

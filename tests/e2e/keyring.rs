@@ -3,10 +3,10 @@
 //! and `vault rekey` moves it between the keyring and key files, or to a new keyring entry.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ecosystem::have;
-use crate::fake_oauth::OfflineRule;
+use crate::support::fake_oauth::OfflineRule;
 use crate::support::{Run, TestVault};
 
 /// A session bus and an unlocked Secret Service for one test; both end when it is dropped.
@@ -26,10 +26,7 @@ impl SecretService {
             .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon runs (.ci/run installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::support::eventually(Duration::from_secs(10), || socket.exists());
         let runtime = root.join("keyring-runtime");
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
             .create(&runtime)
@@ -62,7 +59,7 @@ fn the_keyring_holds_the_master_key_and_rekey_rotates_it() {
         have("dbus-daemon") && have("gnome-keyring-daemon"),
         "dbus-daemon and gnome-keyring are missing (.ci/run installs them)"
     );
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::uninitialized(Some(&fake));
     let service = SecretService::start(&vault);
     // No VAULT_MASTER_KEY, no key file: the keyring or nothing.
@@ -85,7 +82,7 @@ fn the_keyring_holds_the_master_key_and_rekey_rotates_it() {
     let init = with_keyring(&["init"]);
     init.ok();
     assert!(init.stdout.contains("the OS keyring"), "{}", init.stdout);
-    let add = crate::browser_add_args(&vault, &fake, "mail", &["--timeout", "30"]);
+    let add = crate::support::browser_add_args(&vault, &fake, "mail", &["--timeout", "30"]);
     with_keyring(&add.iter().map(String::as_str).collect::<Vec<_>>()).ok();
     fresh_token(&with_keyring);
     assert!(

@@ -1,50 +1,17 @@
 //! The daemon's background duties: refresh ahead, scheduled validation, backoff and alerts.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::daemon_support::Daemon;
-use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::support::Scenario;
 use crate::support::TestVault;
-use crate::{add_with_browser, token};
-
-/// Writes `config.toml` with an alert command that appends one line per alert to a file, and
-/// the fake server's webhook. Returns the file.
-pub(crate) fn alerting_config(vault: &TestVault, fake: &FakeOAuth, extra: &str) -> PathBuf {
-    let alerts = vault.root.path().join("alerts.log");
-    let config = format!(
-        "[alert]\ncommand = \"printf '%s|%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" \\\"$VAULT_REASON\\\" >> {}\"\nwebhook = \"{}/webhook\"\ndesktop = false\n{extra}",
-        alerts.display(),
-        fake.base
-    );
-    std::fs::write(vault.dir.join("config.toml"), config).unwrap();
-    alerts
-}
-
-pub(crate) fn alert_lines(path: &PathBuf) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until `done` holds, up to `limit`.
-pub(crate) fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
-}
+use crate::support::daemon::Daemon;
+use crate::support::fake_oauth::OfflineRule;
+use crate::support::{add_with_browser, alert_lines, alerting_config, eventually, token};
 
 #[test]
 fn short_lived_tokens_are_refreshed_ahead_and_askers_never_wait() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.access_lifetime = 6);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "short").ok();
@@ -78,9 +45,7 @@ fn short_lived_tokens_are_refreshed_ahead_and_askers_never_wait() {
 
 #[test]
 fn a_revoked_grant_is_found_by_validation_and_alerted_once() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "mail").ok();
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     let alerts = alerting_config(
         &vault,
         &fake,
@@ -129,7 +94,7 @@ fn a_revoked_grant_is_found_by_validation_and_alerted_once() {
 
 #[test]
 fn reuse_of_a_rotated_refresh_token_is_caught() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.rotate = true);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "rotated").ok();
@@ -156,9 +121,7 @@ fn reuse_of_a_rotated_refresh_token_is_caught() {
 
 #[test]
 fn a_rejected_client_secret_alerts_client_error() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "acct").ok();
+    let Scenario { fake, vault } = Scenario::new().account("acct");
     let alerts = alerting_config(
         &vault,
         &fake,
@@ -178,9 +141,7 @@ fn a_rejected_client_secret_alerts_client_error() {
 
 #[test]
 fn an_outage_is_degraded_then_recovered_never_revoked() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "flaky").ok();
+    let Scenario { fake, vault } = Scenario::new().account("flaky");
     let alerts = alerting_config(
         &vault,
         &fake,
@@ -239,9 +200,7 @@ fn bad_config_refuses_to_start_with_line_and_reason() {
 
 #[test]
 fn a_restarted_daemon_serves_the_persisted_token_without_refreshing() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "kept").ok();
+    let Scenario { fake, vault } = Scenario::new().account("kept");
     let first = Daemon::start(&vault, &[]);
     let token = first.get("/v1/token/kept").json()["access_token"].clone();
     first.stop();
@@ -257,7 +216,7 @@ fn a_restarted_daemon_serves_the_persisted_token_without_refreshing() {
 
 #[test]
 fn an_account_can_have_its_own_refresh_margin_and_schedule() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.access_lifetime = 16);
     let vault = TestVault::new(Some(&fake));
     add_with_browser(&vault, &fake, "default-margin").ok();
@@ -297,9 +256,7 @@ fn an_account_can_have_its_own_refresh_margin_and_schedule() {
 
 #[test]
 fn vault_validate_proves_each_account_now() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "alive").ok();
+    let Scenario { fake, vault } = Scenario::new().account("alive");
     add_with_browser(&vault, &fake, "other").ok();
     let run = vault.run(&["validate"]);
     run.ok();
@@ -331,7 +288,7 @@ fn vault_validate_proves_each_account_now() {
 
 #[test]
 fn a_refresh_token_deadline_is_alerted_once_ahead_of_it() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     // A Google app in "Testing" status: the refresh token dies in an hour, and says so.
     fake.configure(|b| b.refresh_token_lifetime = Some(3600));
     let vault = TestVault::new(Some(&fake));
@@ -416,7 +373,7 @@ impl WebhookSink {
 
 #[test]
 fn webhooks_are_signed_and_retried_with_the_same_id() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     let sink = WebhookSink::start(1);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let secret_file = vault.root.path().join("webhook.secret");
@@ -496,7 +453,7 @@ fn webhooks_are_signed_and_retried_with_the_same_id() {
 
 #[test]
 fn json_logs_for_machines_with_journal_priorities_under_systemd() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     let alerts = alerting_config(
         &vault,
         &fake,
@@ -547,7 +504,7 @@ fn json_logs_for_machines_with_journal_priorities_under_systemd() {
 /// dead. Its commit is fenced on the account's generation and refused as superseded.
 #[test]
 fn a_login_wins_over_a_refresh_in_flight() {
-    let (fake, vault) = crate::vault_with_account("mail");
+    let Scenario { fake, vault } = Scenario::new().account("mail");
     fake.inject(tokenvault::devprovider::Fault::Slow(Duration::from_secs(4)));
     let asked = fake.counters(|counters| counters.token_requests);
     let in_flight = vault

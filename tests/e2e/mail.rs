@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::add_with_browser;
-use crate::daemon_support::Daemon;
 use crate::ecosystem::have;
-use crate::fake_mail::{self, FakeMail, Protocol};
-use crate::fake_oauth::{FakeOAuth, OfflineRule};
+use crate::support::add_with_browser;
+use crate::support::daemon::Daemon;
+use crate::support::fake_mail::{self, FakeMail, Protocol};
+use crate::support::fake_oauth::{FakeOAuth, OfflineRule};
 use crate::support::{TestVault, run_with_input};
 
 /// A vault with the account `mail` and its daemon, the way a user runs it.
@@ -61,7 +61,7 @@ fn assert_logged_in_with_vault_tokens(server: &FakeMail, fake: &FakeOAuth, login
 #[test]
 fn msmtp_parses_the_readme_recipe_and_runs_passwordeval() {
     assert!(have("msmtp"), "msmtp is missing (.ci/run installs it)");
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let (vault, _daemon) = mail_vault(&fake);
     let pretend = |config: &Path| {
         let mut msmtp = vault.program("msmtp");
@@ -88,7 +88,7 @@ fn msmtp_parses_the_readme_recipe_and_runs_passwordeval() {
 #[test]
 fn msmtp_sends_with_the_vaults_token_over_xoauth2_and_oauthbearer() {
     assert!(have("msmtp"), "msmtp is missing (.ci/run installs it)");
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let (vault, _daemon) = mail_vault(&fake);
     let server = fake_mail::start(Protocol::Smtp, &fake);
     for auth in ["xoauth2", "oauthbearer"] {
@@ -121,7 +121,7 @@ fn msmtp_sends_with_the_vaults_token_over_xoauth2_and_oauthbearer() {
 #[test]
 fn git_send_email_sends_a_patch_through_msmtp() {
     assert!(have("msmtp"), "msmtp is missing (.ci/run installs it)");
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let (vault, _daemon) = mail_vault(&fake);
     let server = fake_mail::start(Protocol::Smtp, &fake);
     let config = msmtp_config(&vault, "mail", SmtpServer::Local(server.port), "xoauth2");
@@ -187,7 +187,7 @@ fn mbsync_logs_in_with_xoauth2_from_vault_token() {
         have("mbsync"),
         "mbsync is missing (.ci/run installs isync and the XOAUTH2 SASL plugin)"
     );
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let (vault, _daemon) = mail_vault(&fake);
     let server = fake_mail::start(Protocol::Imap, &fake);
     let list = |account: &str| {
@@ -227,7 +227,7 @@ fn aerc_logs_in_with_xoauth2_from_vault_token() {
         have("aerc") && have("tmux"),
         "aerc and tmux are missing (.ci/run installs them)"
     );
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let (vault, _daemon) = mail_vault(&fake);
     let server = fake_mail::start(Protocol::Imaps, &fake);
     // aerc reads ~/.config/aerc; the tests' HOME is the vault's scratch home.

@@ -2,15 +2,14 @@
 
 use std::path::Path;
 
-use crate::fake_oauth::OfflineRule;
+use crate::support::Scenario;
+use crate::support::fake_oauth::OfflineRule;
 use crate::support::{Run, TestVault};
-use crate::{add_with_browser, token};
+use crate::support::{add_with_browser, token};
 
 #[test]
 fn ciphertext_moved_to_another_account_fails_to_open() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "alice").ok();
+    let Scenario { fake, vault } = Scenario::new().account("alice");
     add_with_browser(&vault, &fake, "bob").ok();
     {
         let db = rusqlite::Connection::open(vault.db_path()).unwrap();
@@ -33,9 +32,7 @@ fn ciphertext_moved_to_another_account_fails_to_open() {
 
 #[test]
 fn secret_kind_is_bound_too() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
-    let vault = TestVault::new(Some(&fake));
-    add_with_browser(&vault, &fake, "carol").ok();
+    let Scenario { fake: _fake, vault } = Scenario::new().account("carol");
     {
         let db = rusqlite::Connection::open(vault.db_path()).unwrap();
         // Present the (sealed) client secret as the refresh token.
@@ -61,7 +58,7 @@ fn vault_files_are_private() {
 
 #[test]
 fn rekey_reseals_everything_under_a_new_master_key() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = TestVault::uninitialized(Some(&fake));
     let old_key = vault.root.path().join("old.key");
     let new_key = vault.root.path().join("new.key");
@@ -71,7 +68,7 @@ fn rekey_reseals_everything_under_a_new_master_key() {
         vault.run_command(command, None)
     };
     with_key(&old_key, &["init"]).ok();
-    let secret = crate::client_secret_file(&vault);
+    let secret = crate::support::client_secret_file(&vault);
     let mut add = vault.command(&[
         "--key-file",
         old_key.to_str().unwrap(),
@@ -80,7 +77,7 @@ fn rekey_reseals_everything_under_a_new_master_key() {
         "--issuer",
         &fake.base,
         "--client-id",
-        crate::fake_oauth::CLIENT_ID,
+        crate::support::fake_oauth::CLIENT_ID,
         "--client-secret-file",
         secret.to_str().unwrap(),
         "--timeout",
@@ -132,7 +129,7 @@ pub(crate) fn with_passphrase(
 
 #[test]
 fn export_and_import_round_trip_and_refuse_bad_archives() {
-    let fake = crate::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
     let source = TestVault::new(Some(&fake));
     add_with_browser(&source, &fake, "mail").ok();
     source
@@ -160,7 +157,7 @@ fn export_and_import_round_trip_and_refuse_bad_archives() {
         "{}",
         run.stdout
     );
-    crate::token(
+    crate::support::token(
         &target,
         &fake,
         &["mail", "--no-daemon", "--min-valid", "7200"],

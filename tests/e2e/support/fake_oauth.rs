@@ -15,7 +15,7 @@ pub fn trust_fixture_service_account(fake: &FakeOAuth) {
     use rustls_pki_types::PrivatePkcs8KeyDer;
     use rustls_pki_types::pem::PemObject;
     let key: serde_json::Value =
-        serde_json::from_str(include_str!("../fixtures/service-account.json")).unwrap();
+        serde_json::from_str(include_str!("../../fixtures/service-account.json")).unwrap();
     let der = PrivatePkcs8KeyDer::from_pem_slice(key["private_key"].as_str().unwrap().as_bytes())
         .unwrap();
     let pair = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).unwrap();

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 
-use crate::fake_oauth::FakeOAuth;
+use crate::support::fake_oauth::FakeOAuth;
 
 #[derive(Clone, Copy)]
 pub enum Protocol {

@@ -1,14 +1,26 @@
-//! Runs the real `vault` binary against a real vault directory, and scans every output.
+//! What the end-to-end tests share: `TestVault` runs the real `vault` binary against a real
+//! vault directory and scans every output; `daemon` starts `vault serve` and talks to its
+//! socket; `fake_oauth` (the dev provider), `fake_forge` and `fake_mail` are the servers on
+//! 127.0.0.1; `scenario` builds the usual world in one call.
+
+pub mod daemon;
+pub mod fake_forge;
+pub mod fake_mail;
+pub mod fake_oauth;
+mod scenario;
+
+pub use scenario::{Scenario, Served};
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::fake_oauth::FakeOAuth;
+use fake_oauth::{CLIENT_ID, CLIENT_SECRET, FakeOAuth};
 
 pub struct TestVault {
     pub root: tempfile::TempDir,
@@ -58,7 +70,7 @@ pub fn random_key() -> String {
 /// A private key chunk from the service-account fixture, for leak scans.
 pub fn private_key_sample() -> String {
     let key: serde_json::Value =
-        serde_json::from_str(include_str!("../fixtures/service-account.json")).unwrap();
+        serde_json::from_str(include_str!("../../fixtures/service-account.json")).unwrap();
     let pem = key["private_key"].as_str().unwrap();
     pem.lines().nth(5).unwrap().to_owned()
 }
@@ -228,6 +240,18 @@ impl TestVault {
         tokenvault::store::Store::open(&self.dir, Some(key)).unwrap()
     }
 
+    /// Secret `kind` of account `name` as stored, opened with the vault's master key.
+    pub fn stored_secret(&self, name: &str, kind: tokenvault::account::SecretKind) -> String {
+        let store = self.open_store();
+        let account = store.account(name).unwrap();
+        store
+            .secret(&account, kind)
+            .unwrap()
+            .unwrap()
+            .expose()
+            .clone()
+    }
+
     /// The daemon's socket for this vault (never the user's real one).
     pub fn socket(&self) -> PathBuf {
         self.root.path().join("run/vault.sock")
@@ -291,4 +315,100 @@ pub fn run_with_input(mut command: Command, input: &str) -> std::process::Output
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+// Accounts as most tests add them.
+/// Writes the client secret to a 0600 file and returns its path.
+pub fn client_secret_file(vault: &TestVault) -> PathBuf {
+    let path = vault.root.path().join("client-secret.txt");
+    write_private(&path, &format!("{CLIENT_SECRET}\n"));
+    path
+}
+
+/// `add-account NAME` through the browser flow with OIDC discovery (offline_access +
+/// prompt=consent) and a confidential client, plus `extra` arguments.
+pub fn browser_add_args(
+    vault: &TestVault,
+    fake: &FakeOAuth,
+    name: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let secret = client_secret_file(vault);
+    let base = [
+        "add-account",
+        name,
+        "--issuer",
+        &fake.base,
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--scope",
+        "openid email",
+    ];
+    base.iter()
+        .chain(extra)
+        .map(|arg| arg.to_string())
+        .collect()
+}
+
+pub fn add_with_browser(vault: &TestVault, fake: &FakeOAuth, name: &str) -> Run {
+    let args = browser_add_args(vault, fake, name, &["--timeout", "30"]);
+    vault.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The service-account fixture, pointed at `fake` (which is told to trust it), written to a file.
+pub fn service_account_key_file(vault: &TestVault, fake: &FakeOAuth) -> PathBuf {
+    fake_oauth::trust_fixture_service_account(fake);
+    let key =
+        include_str!("../../fixtures/service-account.json").replace("TOKEN_URI", &fake.token_url());
+    let path = vault.root.path().join("sa.json");
+    std::fs::write(&path, key).unwrap();
+    path
+}
+
+/// The access token `vault token` prints, checked to be one the server issued.
+pub fn token(vault: &TestVault, fake: &FakeOAuth, args: &[&str]) -> String {
+    let run = vault.run(&[&["token"], args].concat());
+    run.ok();
+    let token = run.stdout.trim().to_owned();
+    assert!(
+        fake.is_access_token(&token),
+        "not an issued token: {token:?}"
+    );
+    token
+}
+
+// Waiting and alerts.
+/// Writes `config.toml` with an alert command that appends one line per alert to a file, and
+/// the fake server's webhook. Returns the file.
+pub fn alerting_config(vault: &TestVault, fake: &FakeOAuth, extra: &str) -> PathBuf {
+    let alerts = vault.root.path().join("alerts.log");
+    let config = format!(
+        "[alert]\ncommand = \"printf '%s|%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" \\\"$VAULT_REASON\\\" >> {}\"\nwebhook = \"{}/webhook\"\ndesktop = false\n{extra}",
+        alerts.display(),
+        fake.base
+    );
+    std::fs::write(vault.dir.join("config.toml"), config).unwrap();
+    alerts
+}
+
+pub fn alert_lines(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `done` holds, up to `limit`.
+pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
 }
