@@ -43,7 +43,8 @@ pub enum Lookup {
 }
 
 pub struct Slot {
-    name: String,
+    /// Shared with the table's key: 100,000 accounts keep one copy of each name.
+    name: Arc<str>,
     state: Mutex<AccountState>,
     grants: Vec<Principal>,
     /// The configured scopes, answered when the provider did not name the granted ones.
@@ -61,7 +62,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(account: AccountSummary, grants: Vec<Principal>) -> Slot {
+    fn new(name: Arc<str>, account: AccountSummary, grants: Vec<Principal>) -> Slot {
         Slot {
             state: Mutex::new(account.state),
             grants,
@@ -81,7 +82,7 @@ impl Slot {
             }),
             busy: AtomicBool::new(false),
             flight: Flight::default(),
-            name: account.name,
+            name,
         }
     }
 
@@ -185,7 +186,7 @@ impl Slot {
 /// Every account the daemon serves, by name.
 pub struct AccountTable {
     owner_uid: u32,
-    accounts: RwLock<HashMap<String, Arc<Slot>>>,
+    accounts: RwLock<HashMap<Arc<str>, Arc<Slot>>>,
 }
 
 impl AccountTable {
@@ -258,14 +259,13 @@ impl AccountTable {
         let mut changed = Vec::new();
         let mut next = HashMap::with_capacity(accounts.len());
         for account in accounts {
-            let name = account.name.clone();
-            let grants = by_account.remove(&name).unwrap_or_default();
-            let slot = match table.remove(&name) {
+            let grants = by_account.remove(&account.name).unwrap_or_default();
+            let slot = match table.remove(account.name.as_str()) {
                 Some(slot) if slot.matches(&account, &grants) => slot,
                 Some(old) => {
                     if old.state() != account.state {
                         changed.push(Transition {
-                            account: name.clone(),
+                            account: account.name.clone(),
                             from: old.state(),
                             to: account.state,
                             reason: Some(format!(
@@ -274,11 +274,11 @@ impl AccountTable {
                             )),
                         });
                     }
-                    Arc::new(Slot::new(account, grants))
+                    Arc::new(Slot::new(old.name.clone(), account, grants))
                 }
-                None => Arc::new(Slot::new(account, grants)),
+                None => Arc::new(Slot::new(Arc::from(account.name.as_str()), account, grants)),
             };
-            next.insert(name, slot);
+            next.insert(slot.name.clone(), slot);
         }
         *table = next;
         changed

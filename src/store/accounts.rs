@@ -294,16 +294,17 @@ const ACCOUNT_COLUMNS: &str = "SELECT id, name, config, state, created_at, last_
      last_validated_at, last_error, access_expires_at, refresh_expires_at, validation_schedule, \
      refresh_before, config_mac, generation FROM accounts";
 
-/// One row of `ACCOUNT_COLUMNS`; its settings are used only when their tag vouches for them.
+/// One row of `ACCOUNT_COLUMNS`, read by column name; its settings are used only when their
+/// tag vouches for them.
 fn read_account(
     row: &rusqlite::Row<'_>,
     settings_key: &MacKey,
 ) -> rusqlite::Result<Result<Account, StoreError>> {
-    let id: i64 = row.get(0)?;
-    let name: String = row.get(1)?;
-    let config: String = row.get(2)?;
-    let state: String = row.get(3)?;
-    let tag: Option<Vec<u8>> = row.get(12)?;
+    let id: i64 = row.get("id")?;
+    let name: String = row.get("name")?;
+    let config: String = row.get("config")?;
+    let state: String = row.get("state")?;
+    let tag: Option<Vec<u8>> = row.get("config_mac")?;
     let vouched =
         tag.is_some_and(|tag| settings_key.verify(&settings_message(id, &name, &config), &tag));
     if !vouched {
@@ -324,15 +325,15 @@ fn read_account(
         name,
         config,
         state,
-        created_at: row.get(4)?,
-        last_refresh_at: row.get(5)?,
-        last_validated_at: row.get(6)?,
-        last_error: row.get(7)?,
-        access_expires_at: row.get(8)?,
-        refresh_expires_at: row.get(9)?,
-        validation_schedule: row.get(10)?,
-        refresh_before: row.get(11)?,
-        generation: row.get(13)?,
+        created_at: row.get("created_at")?,
+        last_refresh_at: row.get("last_refresh_at")?,
+        last_validated_at: row.get("last_validated_at")?,
+        last_error: row.get("last_error")?,
+        access_expires_at: row.get("access_expires_at")?,
+        refresh_expires_at: row.get("refresh_expires_at")?,
+        validation_schedule: row.get("validation_schedule")?,
+        refresh_before: row.get("refresh_before")?,
+        generation: row.get("generation")?,
     }))
 }
 
