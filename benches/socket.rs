@@ -89,12 +89,7 @@ fn main() {
     });
     let loaded_rss = rss_kib(daemon.id());
 
-    let cli = time_cli(&vault_dir, &key_file, &vault_socket);
-    let hello_process = time_process(Command::new("true"));
-    println!(
-        "{:<34} {:>12} {:>10.0} {:>10} {:>13}   (`true` as a process: p50 {:.0} µs)",
-        "`vault token NAME` (whole process)", "", cli, "", "", hello_process
-    );
+    whole_process_comparison(&vault_dir, &key_file, &vault_socket, &work);
     println!(
         "daemon RSS idle with {ACCOUNTS} accounts: {:.1} MiB",
         idle_rss as f64 / 1024.0
@@ -309,24 +304,89 @@ async fn request(stream: &mut UnixStream, path: &str, keep_alive: bool) {
 }
 
 /// p50 wall time of `vault token NAME` as a whole process, in µs.
-fn time_cli(dir: &Path, key_file: &Path, socket: &Path) -> f64 {
-    let mut command = vault(dir, key_file, socket);
-    command.args(["token", "account-00042"]);
-    time_process(command)
-}
-
-fn time_process(mut command: Command) -> f64 {
-    command.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut times: Vec<f64> = (0..300)
-        .map(|_| {
+/// `vault token NAME` as a whole process, next to `pizauth show` (when pizauth is on PATH, or
+/// named by $PIZAUTH) and `/bin/true`, timed in interleaved rounds: this VM's speed drifts by 2×
+/// between runs, so only ratios measured round by round mean anything.
+fn whole_process_comparison(dir: &Path, key_file: &Path, socket: &Path, work: &Path) {
+    let mut vault_token = vault(dir, key_file, socket);
+    vault_token.args(["token", "account-00042"]);
+    let mut contenders = vec![("`vault token NAME`", vault_token, true)];
+    let pizauth = pizauth_server(work);
+    if let Some((program, runtime, _)) = &pizauth {
+        let mut show = Command::new(program);
+        // No provider behind it, so `show` answers "token unavailable" (exit 1): the same
+        // process start, socket round trip and print as with a token.
+        show.args(["show", "mail"]).env("XDG_RUNTIME_DIR", runtime);
+        contenders.push(("`pizauth show` (no token)", show, false));
+    }
+    contenders.push(("`/bin/true`", Command::new("/bin/true"), true));
+    let rounds = 400;
+    let mut times = vec![Vec::with_capacity(rounds); contenders.len()];
+    for _ in 0..rounds {
+        for ((_, command, succeeds), times) in contenders.iter_mut().zip(&mut times) {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
             let started = Instant::now();
             let status = command.status().unwrap();
-            assert!(status.success());
-            started.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+            assert_eq!(status.success(), *succeeds, "{command:?}");
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    for ((label, ..), own) in contenders.iter().zip(&times) {
+        let ratios: Vec<f64> = own.iter().zip(&times[0]).map(|(t, v)| v / t).collect();
+        println!(
+            "{label:<34} p50 {:>6.0} µs   `vault token` / this, paired median: {:.2}x",
+            median(own.clone()),
+            median(ratios)
+        );
+    }
+    if pizauth.is_none() {
+        println!("(pizauth not found: put it on PATH or set PIZAUTH to compare with it)");
+    }
+    if let Some((.., mut server)) = pizauth {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A running `pizauth server` with one account, when pizauth is installed: (program, its
+/// runtime directory, the server process).
+fn pizauth_server(work: &Path) -> Option<(PathBuf, PathBuf, Child)> {
+    let program = std::env::var_os("PIZAUTH").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join("pizauth"))
+            .find(|candidate| candidate.is_file())
+    })?;
+    let runtime = work.join("pizauth-runtime");
+    std::fs::create_dir_all(&runtime).ok()?;
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .ok()?;
+    let config = work.join("pizauth.conf");
+    std::fs::write(
+        &config,
+        "account \"mail\" {\n auth_uri = \"http://127.0.0.1:9/a\";\n token_uri = \"http://127.0.0.1:9/t\";\n client_id = \"c\";\n scopes = [\"s\"];\n}\n",
+    )
+    .ok()?;
+    let server = Command::new(&program)
+        .args(["server", "-d", "-c"])
+        .arg(&config)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&runtime).ok()?.next().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((program, runtime, server))
 }
 
 /// The floor: a bare hyper server answering a fixed JSON body on a Unix socket.

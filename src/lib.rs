@@ -55,6 +55,7 @@ mod doctor;
 mod enroll;
 pub mod error;
 mod files;
+pub mod front;
 #[cfg(test)]
 mod fuzzing;
 pub mod keys;

@@ -1,38 +1,44 @@
+//! `vault`: answers `vault token NAME` from the daemon itself, and runs the full command line
+//! (`vault-full`, beside this program) for everything else. See `tokenvault::front`.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
+
+/// The full command line's program, installed in the same directory as this one.
+const FULL: &str = "vault-full";
 
 fn main() -> ExitCode {
     tokenvault::process::harden();
-    tokenvault::keys::capture_env_key();
-    // SAFETY: nothing has started a thread yet, so no one reads the environment concurrently.
-    // The key stays in this process (read above), and no child started later inherits it.
-    unsafe { std::env::remove_var(tokenvault::keys::MASTER_KEY_ENV) };
-    let cli = tokenvault::cli::Cli::from_args();
-    if !cli.runs_daemon() {
-        // `vault status | head`: end quietly when the reader leaves, as Unix tools do, instead
-        // of panicking on "Broken pipe" (Rust ignores SIGPIPE by default).
-        // SAFETY: still single-threaded; restoring a default signal disposition.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let arguments: Vec<OsString> = std::env::args_os().collect();
+    if let Some(call) = tokenvault::front::parse(&arguments)
+        && let Some(code) = tokenvault::front::answer(&call)
+    {
+        return ExitCode::from(code);
     }
-    match tokenvault::cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    run_full(&arguments)
+}
+
+/// Replaces this process with the full program, with the same arguments and environment. Only
+/// the directory of this very executable is looked in, never `PATH`.
+fn run_full(arguments: &[OsString]) -> ExitCode {
+    let full = match std::env::current_exe() {
+        Ok(me) => me.with_file_name(FULL),
         Err(err) => {
-            eprintln!("vault: error: {err}");
-            ExitCode::from(err.exit_code())
+            eprintln!("vault: error: cannot find this program's own path: {err}");
+            return ExitCode::from(1);
         }
-    }
-}
-
-// `vault token` runs on every mail a client sends, and loading one more shared library costs
-// about 75 µs of its ~1.1 ms (measured: a hello world with and without libm.so). All this
-// program takes from libm is `log` (SQLite's FTS5 ranking, compiled into the bundled SQLite but
-// unused) and `pow` (tokio's scheduler statistics), so both are defined here from the pure-Rust
-// `libm` crate and the linker, finding them, never asks for libm.so.
-#[unsafe(no_mangle)]
-pub extern "C" fn log(x: f64) -> f64 {
-    libm::log(x)
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn pow(x: f64, y: f64) -> f64 {
-    libm::pow(x, y)
+    };
+    // The full program hardens itself and must see the user's own umask and core limit, to give
+    // them back to the program `vault exec` becomes.
+    tokenvault::process::restore_inherited();
+    let err = std::process::Command::new(&full)
+        .arg0("vault")
+        .args(arguments.iter().skip(1))
+        .exec();
+    eprintln!(
+        "vault: error: cannot run {} ({err}). Install it beside vault: cargo install --path . (or copy target/release/vault and target/release/{FULL} together)",
+        full.display()
+    );
+    ExitCode::from(1)
 }

@@ -36,7 +36,6 @@ pub struct Cli {
 
 /// Where the vault, its master key and the daemon are: options every command takes.
 #[derive(Args)]
-#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Locations {
     /// The vault directory [default: $XDG_DATA_HOME/tokenvault]
     #[arg(long = "vault", global = true, env = "VAULT_DIR", value_name = "DIR")]
@@ -50,39 +49,10 @@ struct Locations {
     socket: Option<PathBuf>,
 }
 
-/// A parser that knows only `vault token`. Mail clients and scripts run that verb on every
-/// send, and building clap's tree of every verb costs about a fifth of the whole call; this
-/// tree is built from the same `Locations` and `TokenArgs`, so it accepts exactly what the full
-/// parser accepts for that verb. Anything else (help, errors, other verbs) goes to the full
-/// parser, so those answers are unchanged.
-#[derive(Parser)]
-#[command(name = "vault")]
-struct TokenOnlyCli {
-    #[command(flatten)]
-    locations: Locations,
-    #[command(subcommand)]
-    command: TokenOnly,
-}
-
-#[derive(Subcommand)]
-enum TokenOnly {
-    Token(token::TokenArgs),
-}
-
 impl Cli {
-    /// The command line of this process; `vault token` is parsed the quick way when it can be.
+    /// The command line of this process.
     pub fn from_args() -> Cli {
-        let arguments: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        match TokenOnlyCli::try_parse_from(&arguments) {
-            Ok(TokenOnlyCli {
-                locations,
-                command: TokenOnly::Token(args),
-            }) => Cli {
-                locations,
-                command: Command::Token(args),
-            },
-            Err(_) => Cli::parse_from(arguments),
-        }
+        Cli::parse()
     }
 }
 
@@ -288,31 +258,33 @@ fn when(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::front::{self, TokenCall};
 
-    fn quick(arguments: &[&str]) -> Option<(Locations, token::TokenArgs)> {
-        let TokenOnlyCli { locations, command } = TokenOnlyCli::try_parse_from(arguments).ok()?;
-        let TokenOnly::Token(args) = command;
-        Some((locations, args))
+    fn quick(arguments: &[&str]) -> Option<TokenCall> {
+        let arguments: Vec<std::ffi::OsString> = arguments.iter().map(Into::into).collect();
+        front::parse(&arguments)
     }
 
-    fn full(arguments: &[&str]) -> Option<(Locations, token::TokenArgs)> {
+    /// What the full parser makes of a `vault token` line the front would answer itself.
+    fn full(arguments: &[&str]) -> Option<TokenCall> {
         match Cli::try_parse_from(arguments).ok()? {
             Cli {
                 locations,
                 command: Command::Token(args),
-            } => Some((locations, args)),
+            } => args.as_front_call(locations.socket),
             _ => None,
         }
     }
 
     #[test]
-    fn the_quick_token_parser_agrees_with_the_full_one() {
+    fn the_front_agrees_with_the_full_parser() {
         for arguments in [
             &["vault", "token", "mail"][..],
             &["vault", "token", "mail", "--json", "--min-valid", "300"],
             &["vault", "--socket", "/run/s.sock", "token", "mail"],
-            &["vault", "token", "--vault", "/v", "mail", "--no-daemon"],
+            &["vault", "token", "--vault", "/v", "mail"],
             &["vault", "--key-file=/k", "token", "--min-valid=0", "mail"],
+            &["vault", "token", "mail", "--socket=/s", "--key-file", "/k"],
         ] {
             let quick = quick(arguments);
             assert!(quick.is_some(), "{arguments:?}");
@@ -321,17 +293,50 @@ mod tests {
     }
 
     #[test]
-    fn help_errors_and_other_verbs_go_to_the_full_parser() {
+    fn help_errors_and_other_verbs_go_to_the_full_program() {
         for arguments in [
             &["vault", "token", "--help"][..],
+            &["vault", "token", "-h"],
             &["vault", "--version"],
+            &["vault"],
             &["vault", "token"],
             &["vault", "token", "a", "b"],
             &["vault", "token", "mail", "--min-valid", "-5"],
+            &["vault", "token", "mail", "--min-valid", "99999999999"],
+            &["vault", "token", "mail", "--no-daemon"],
+            &["vault", "token", "mail", "--json=yes"],
+            &["vault", "token", "mail", "--json", "--json"],
+            &["vault", "--socket", "/a", "--socket", "/b", "token", "mail"],
+            &["vault", "--socket=", "token", "mail"],
+            &["vault", "token", "--", "mail"],
             &["vault", "list"],
+            &["vault", "mail", "token"],
             &["vault", "exec", "token", "--", "true"],
         ] {
             assert!(quick(arguments).is_none(), "{arguments:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+        /// Whatever the command line, the front answers only what the full parser reads as the
+        /// same `vault token` call.
+        #[test]
+        fn any_command_line_the_front_takes_means_the_same_to_clap(
+            words in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "token", "mail", "--json", "--min-valid", "30", "--min-valid=5", "-5",
+                    "--socket", "/s", "--socket=/t", "--vault", "/v", "--key-file=/k", "--no-daemon",
+                    "--", "-h", "x=y", "",
+                ]),
+                0..7,
+            ),
+        ) {
+            let mut arguments = vec!["vault"];
+            arguments.extend(words);
+            if let Some(call) = quick(&arguments) {
+                proptest::prop_assert_eq!(Some(call), full(&arguments));
+            }
         }
     }
 }

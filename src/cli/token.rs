@@ -12,7 +12,6 @@ use crate::refresh::{self, Need};
 use crate::secret::SecretString;
 
 #[derive(Args)]
-#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct TokenArgs {
     name: String,
     /// The token must stay valid at least this many seconds, else it is refreshed first
@@ -24,6 +23,23 @@ pub(super) struct TokenArgs {
     /// Do not ask the daemon; read the vault and refresh in this process
     #[arg(long)]
     no_daemon: bool,
+}
+
+#[cfg(test)]
+impl TokenArgs {
+    /// The call the front would make for these arguments (`None` for `--no-daemon`, which only
+    /// the full program serves).
+    pub(super) fn as_front_call(
+        &self,
+        socket: Option<std::path::PathBuf>,
+    ) -> Option<crate::front::TokenCall> {
+        (!self.no_daemon).then(|| crate::front::TokenCall {
+            socket,
+            name: self.name.clone(),
+            min_valid: self.min_valid,
+            json: self.json,
+        })
+    }
 }
 
 #[derive(Args)]
