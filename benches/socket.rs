@@ -27,6 +27,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--hello-server") {
         return hello_server(Path::new(&args[2]));
     }
+    if args.get(1).map(String::as_str) == Some("--blocking-server") {
+        return blocking_server(Path::new(&args[2]));
+    }
     if args.iter().any(|arg| arg == "--list") {
         return;
     }
@@ -41,12 +44,22 @@ fn main() {
             .arg("--hello-server")
             .arg(&hello_socket),
     );
+    let blocking_socket = work.join("blocking.sock");
+    let mut blocking = spawn(
+        Command::new(std::env::current_exe().unwrap())
+            .arg("--blocking-server")
+            .arg(&blocking_socket),
+    );
     let mut daemon = spawn(vault(&vault_dir, &key_file, &vault_socket).arg("serve"));
     pin_to(1);
+    wait_for(&blocking_socket);
     wait_for(&hello_socket);
     wait_for(&vault_socket);
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(daemon.id());
+    let idle_before = cpu_seconds(daemon.id());
+    std::thread::sleep(RUN_FOR);
+    let idle_cpu = (cpu_seconds(daemon.id()) - idle_before) * 1e3 / RUN_FOR.as_secs_f64();
 
     println!(
         "tokenvault socket benchmark — server pinned to CPU 0, client on CPU 1, {ACCOUNTS} accounts"
@@ -75,6 +88,20 @@ fn main() {
             floor.p50
         );
     }
+    // What a new connection per request costs the daemon (every `vault token`, msmtp
+    // `passwordeval`, mbsync `PassCmd` opens one), next to a bare blocking-accept server that
+    // answers each connection on the accepting thread, as pizauth does.
+    for connections in [1, 8] {
+        let ours = cpu_per_request(daemon.id(), &vault_socket, token_path, connections);
+        let floor = cpu_per_request(blocking.id(), &blocking_socket, "/", connections);
+        println!(
+            "{:<34} daemon {:>6.1} µs CPU/request   blocking server {:>6.1} µs   {:.2}x",
+            format!("new connection per request c={connections}"),
+            ours,
+            floor,
+            ours / floor
+        );
+    }
     // Touch many accounts so their tokens are loaded into the daemon's memory.
     let spread: Vec<String> = (0..ACCOUNTS)
         .step_by(10)
@@ -89,9 +116,20 @@ fn main() {
     });
     let loaded_rss = rss_kib(daemon.id());
 
-    whole_process_comparison(&vault_dir, &key_file, &vault_socket, &work);
+    whole_process_comparison(&vault_dir, &key_file, &vault_socket, &work, daemon.id());
+    // How the daemon served the connections of this whole run.
+    let metrics = runtime.block_on(async {
+        let mut stream = UnixStream::connect(&vault_socket).await.unwrap();
+        request(&mut stream, "/v1/metrics", false).await
+    });
+    for line in String::from_utf8_lossy(&metrics)
+        .lines()
+        .filter(|line| line.starts_with("tokenvault_socket_connections_total"))
+    {
+        println!("{line}");
+    }
     println!(
-        "daemon RSS idle with {ACCOUNTS} accounts: {:.1} MiB",
+        "daemon RSS idle with {ACCOUNTS} accounts: {:.1} MiB; CPU idle: {idle_cpu:.1} ms per second",
         idle_rss as f64 / 1024.0
     );
     println!(
@@ -104,7 +142,7 @@ fn main() {
         rss_kib(hello.id()) as f64 / 1024.0
     );
 
-    for child in [&mut daemon, &mut hello] {
+    for child in [&mut daemon, &mut hello, &mut blocking] {
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -270,7 +308,7 @@ fn load(socket: &Path, path: &str, connections: usize, keep_alive: bool) -> Figu
 }
 
 /// Sends one GET and reads its whole answer (Content-Length framed).
-async fn request(stream: &mut UnixStream, path: &str, keep_alive: bool) {
+async fn request(stream: &mut UnixStream, path: &str, keep_alive: bool) -> Vec<u8> {
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n");
@@ -297,7 +335,7 @@ async fn request(stream: &mut UnixStream, path: &str, keep_alive: bool) {
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
                 .unwrap_or(0);
             if buffer.len() >= head + length {
-                return;
+                return buffer.split_off(head);
             }
         }
     }
@@ -307,34 +345,47 @@ async fn request(stream: &mut UnixStream, path: &str, keep_alive: bool) {
 /// `vault token NAME` as a whole process, next to `pizauth show` (when pizauth is on PATH, or
 /// named by $PIZAUTH) and `/bin/true`, timed in interleaved rounds: this VM's speed drifts by 2×
 /// between runs, so only ratios measured round by round mean anything.
-fn whole_process_comparison(dir: &Path, key_file: &Path, socket: &Path, work: &Path) {
+fn whole_process_comparison(dir: &Path, key_file: &Path, socket: &Path, work: &Path, daemon: u32) {
     let mut vault_token = vault(dir, key_file, socket);
     vault_token.args(["token", "account-00042"]);
-    let mut contenders = vec![("`vault token NAME`", vault_token, true)];
+    let mut contenders = vec![("`vault token NAME`", vault_token, true, Some(daemon))];
     let pizauth = pizauth_server(work);
-    if let Some((program, runtime, _)) = &pizauth {
+    if let Some((program, runtime, server)) = &pizauth {
         let mut show = Command::new(program);
         // No provider behind it, so `show` answers "token unavailable" (exit 1): the same
         // process start, socket round trip and print as with a token.
         show.args(["show", "mail"]).env("XDG_RUNTIME_DIR", runtime);
-        contenders.push(("`pizauth show` (no token)", show, false));
+        contenders.push(("`pizauth show` (no token)", show, false, Some(server.id())));
     }
-    contenders.push(("`/bin/true`", Command::new("/bin/true"), true));
+    contenders.push(("`/bin/true`", Command::new("/bin/true"), true, None));
     let rounds = 400;
     let mut times = vec![Vec::with_capacity(rounds); contenders.len()];
+    // Each server's CPU is read around each of its calls only, so the others' calls and the
+    // time between rounds do not count.
+    let mut server_cpu = vec![0.0; contenders.len()];
     for _ in 0..rounds {
-        for ((_, command, succeeds), times) in contenders.iter_mut().zip(&mut times) {
+        for (((_, command, succeeds, server), times), cpu) in
+            contenders.iter_mut().zip(&mut times).zip(&mut server_cpu)
+        {
             command.stdout(Stdio::null()).stderr(Stdio::null());
+            let before = server.map_or(0.0, cpu_seconds);
             let started = Instant::now();
             let status = command.status().unwrap();
-            assert_eq!(status.success(), *succeeds, "{command:?}");
             times.push(started.elapsed().as_secs_f64() * 1e6);
+            *cpu += server.map_or(0.0, cpu_seconds) - before;
+            assert_eq!(status.success(), *succeeds, "{command:?}");
         }
     }
-    for ((label, ..), own) in contenders.iter().zip(&times) {
+    for (((label, .., server), own), cpu) in contenders.iter().zip(&times).zip(server_cpu) {
         let ratios: Vec<f64> = own.iter().zip(&times[0]).map(|(t, v)| v / t).collect();
+        let server_cpu = server.map_or(String::new(), |_| {
+            format!(
+                "   its server: {:.0} µs CPU/call",
+                cpu * 1e6 / rounds as f64
+            )
+        });
         println!(
-            "{label:<34} p50 {:>6.0} µs   `vault token` / this, paired median: {:.2}x",
+            "{label:<34} p50 {:>6.0} µs   `vault token` / this, paired median: {:.2}x{server_cpu}",
             median(own.clone()),
             median(ratios)
         );
@@ -374,19 +425,70 @@ fn pizauth_server(work: &Path) -> Option<(PathBuf, PathBuf, Child)> {
         "account \"mail\" {\n auth_uri = \"http://127.0.0.1:9/a\";\n token_uri = \"http://127.0.0.1:9/t\";\n client_id = \"c\";\n scopes = [\"s\"];\n}\n",
     )
     .ok()?;
+    // On the daemon's CPU, as the daemon: a server woken on its client's CPU skips the
+    // cross-CPU wake-up the daemon pays.
+    pin_to(0);
     let server = Command::new(&program)
         .args(["server", "-d", "-c"])
         .arg(&config)
         .env("XDG_RUNTIME_DIR", &runtime)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+        .spawn();
+    pin_to(1);
+    let server = server.ok()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_dir(&runtime).ok()?.next().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     Some((program, runtime, server))
+}
+
+/// CPU seconds process `pid` has run so far: the sum over its live threads of the scheduler's
+/// nanosecond on-CPU time (`/proc/PID/task/*/schedstat`), far finer than utime's 10 ms ticks.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
+}
+
+/// Microseconds of the server's CPU per request, new connection per request, `connections` at
+/// once for `RUN_FOR`.
+fn cpu_per_request(pid: u32, socket: &Path, path: &str, connections: usize) -> f64 {
+    let before = cpu_seconds(pid);
+    let figures = load(socket, path, connections, false);
+    let used = cpu_seconds(pid) - before;
+    used * 1e6 / (figures.rate * RUN_FOR.as_secs_f64())
+}
+
+/// The bare floor for new connections: one thread, blocking accept, read the request head,
+/// write a fixed answer, close — no runtime at all.
+fn blocking_server(socket: &Path) {
+    use std::io::{Read, Write};
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"status\":\"ok\"}";
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut buffer = [0u8; 2048];
+        let mut read = 0;
+        while !buffer[..read]
+            .windows(4)
+            .any(|window| window == b"\r\n\r\n")
+        {
+            match stream.read(&mut buffer[read..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        let _ = stream.write_all(answer);
+    }
 }
 
 /// The floor: a bare hyper server answering a fixed JSON body on a Unix socket.

@@ -1,15 +1,15 @@
 //! The daemon's audit log: who (uid, pid) got which account's token, and every state change.
 //! Never a token value. Lines are JSON, appended to `audit.log` in the vault directory (0600).
 //!
-//! Records go through a channel to a writer task, so answering a request never waits on disk.
+//! Records wait in a queue for a writer task, so answering a request never waits on disk.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use crate::account::AccountState;
-use tokio::sync::mpsc;
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -34,59 +34,79 @@ pub enum Record {
     },
 }
 
-/// Lines reach the file at least this often (and when the buffer fills), so a burst of requests
-/// costs one write, not one per request.
+/// Lines reach the file at least this often (sooner when `WAKE_AT` records wait), so a burst
+/// of requests costs one write, not one per request.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// Records waiting that make the writer run before its next tick.
+const WAKE_AT: usize = 1024;
 
-enum Message {
-    Record(Record),
-    /// Write out everything queued, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
+/// The audit log's handle. Recording only appends to a queue under a lock, without waking
+/// anyone: the token fast path runs on its own thread, and waking the writer on the main runtime
+/// for every answer would cost more than the answer.
 #[derive(Clone)]
 pub struct Audit {
-    sender: mpsc::UnboundedSender<Message>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    waiting: Mutex<Vec<Record>>,
+    file: Mutex<AuditFile>,
+    /// Tells the writer that `WAKE_AT` records wait.
+    full: tokio::sync::Notify,
 }
 
 impl Audit {
     /// Opens (appends to) `audit.log` in `vault_dir` and starts its writer task.
     pub fn start(vault_dir: &Path) -> std::io::Result<Audit> {
-        let mut out = AuditFile::open(vault_dir.join("audit.log"))?;
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Message>();
+        let file = AuditFile::open(vault_dir.join("audit.log"))?;
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new(Vec::new()),
+            file: Mutex::new(file),
+            full: tokio::sync::Notify::new(),
+        });
+        let writer = shared.clone();
         tokio::spawn(async move {
-            let mut flush = tokio::time::interval(FLUSH_EVERY);
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
                 tokio::select! {
-                    received = receiver.recv() => match received {
-                        Some(Message::Record(record)) => out.write_record(&record),
-                        Some(Message::Flush(done)) => {
-                            let _ = out.flush();
-                            let _ = done.send(());
-                        }
-                        None => break,
-                    },
-                    _ = flush.tick() => {
-                        let _ = out.flush();
-                    }
+                    _ = tick.tick() => {}
+                    _ = writer.full.notified() => {}
                 }
+                writer.write_waiting();
             }
-            let _ = out.flush();
         });
-        Ok(Audit { sender })
+        Ok(Audit { shared })
     }
 
     pub fn record(&self, record: Record) {
-        // The writer lives as long as the runtime; after that there is nobody left to record.
-        let _ = self.sender.send(Message::Record(record));
+        let Ok(mut waiting) = self.shared.waiting.lock() else {
+            return;
+        };
+        waiting.push(record);
+        if waiting.len() == WAKE_AT {
+            self.shared.full.notify_one();
+        }
     }
 
-    /// Waits until everything recorded so far is in the file (at shutdown).
+    /// Writes everything recorded so far to the file (at shutdown).
     pub async fn flush(&self) {
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        if self.sender.send(Message::Flush(done)).is_ok() {
-            let _ = flushed.await;
+        self.shared.write_waiting();
+    }
+}
+
+impl Shared {
+    fn write_waiting(&self) {
+        let batch = match self.waiting.lock() {
+            Ok(mut waiting) => std::mem::take(&mut *waiting),
+            Err(_) => return,
+        };
+        let Ok(mut file) = self.file.lock() else {
+            return;
+        };
+        for record in &batch {
+            file.write_record(record);
         }
+        let _ = file.flush();
     }
 }
 

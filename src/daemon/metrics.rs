@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::account::AccountState;
+use crate::named::named_enum;
 use crate::oauth::Outcome;
 use crate::refresh::Need;
 
@@ -55,8 +56,26 @@ impl StateLabels {
     }
 }
 
+named_enum! {
+    /// How a connection to the socket was served.
+    pub enum ConnectionPath {
+        /// Its token request was waiting at the accept, and answered on the accepting thread.
+        AtAccept = "at_accept",
+        /// Its token request came a moment later; answered on the accepting thread too.
+        AfterWait = "after_wait",
+        /// Everything else: served by the HTTP server.
+        Http = "http",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: &'static str,
+}
+
 /// The counters the daemon keeps while it runs.
 pub struct Metrics {
+    connections: Family<PathLabels, Counter>,
     upstream_calls: Family<CallLabels, Counter>,
     upstream_seconds: Histogram,
     token_answers: Family<StatusLabels, Counter>,
@@ -75,6 +94,7 @@ pub struct Snapshot {
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
+            connections: Family::default(),
             upstream_calls: Family::default(),
             // 10 ms … ~82 s: the token endpoint's usual answer to its request timeout.
             upstream_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
@@ -107,6 +127,15 @@ impl Metrics {
         self.upstream_seconds.observe(seconds);
     }
 
+    /// One connection to the socket, and how it was served.
+    pub fn connection(&self, path: ConnectionPath) {
+        self.connections
+            .get_or_create(&PathLabels {
+                path: path.as_str(),
+            })
+            .inc();
+    }
+
     /// One answer to a token request on the socket or the metadata endpoint.
     pub fn token_answer(&self, status: u16) {
         self.token_answers
@@ -125,6 +154,11 @@ impl Metrics {
     /// The exposition: the counters, and the gauges of `snapshot`.
     pub fn render(&self, snapshot: Snapshot) -> String {
         let mut registry = Registry::with_prefix("tokenvault");
+        registry.register(
+            "socket_connections",
+            "Connections to the socket, by how they were served",
+            self.connections.clone(),
+        );
         registry.register(
             "upstream_calls",
             "Calls to token endpoints, by account, purpose and outcome",

@@ -127,18 +127,23 @@ async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> 
             }
         }
     };
-    tokens.metrics().token_answer(response.status().as_u16());
+    record_answer(tokens, peer, name, response.status().as_u16());
+    response
+}
+
+/// Counts a token answer and writes its audit line (who asked, for what, and the status).
+pub(super) fn record_answer(tokens: &Tokens, peer: Peer, name: &str, status: u16) {
+    tokens.metrics().token_answer(status);
     tokens.audit().record(Record::Token {
         at: now_unix(),
         uid: Some(peer.uid),
         pid: peer.pid,
         account: name.chars().take(64).collect(),
-        status: response.status().as_u16(),
+        status,
     });
-    response
 }
 
-fn min_valid(query: Option<&str>) -> Result<i64, String> {
+pub(super) fn min_valid(query: Option<&str>) -> Result<i64, String> {
     let Some(query) = query else {
         return Ok(DEFAULT_MIN_VALID);
     };
@@ -164,6 +169,11 @@ struct TokenBody<'a> {
 }
 
 fn token_response(token: &CachedToken) -> Response<Body> {
+    body_response(StatusCode::OK, Bytes::from(token_body(token)))
+}
+
+/// The JSON of a token answer.
+pub(super) fn token_body(token: &CachedToken) -> Vec<u8> {
     let body = TokenBody {
         access_token: token.access_token.expose(),
         token_type: "Bearer",
@@ -172,8 +182,7 @@ fn token_response(token: &CachedToken) -> Response<Body> {
         scope: &token.scope,
     };
     // Serializing borrowed strings and integers cannot fail.
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    body_response(StatusCode::OK, Bytes::from(bytes))
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 fn failure_response(failure: &Failure) -> Response<Body> {

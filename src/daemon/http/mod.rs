@@ -1,7 +1,9 @@
 //! The HTTP edge: connections on the socket and the loopback TCP listeners, each admitted under
 //! its caller's cap and served as HTTP/1.1. The only place where outcomes become statuses.
 
+mod accept;
 mod api;
+mod fast;
 mod limits;
 mod metadata;
 
@@ -12,10 +14,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{UnixListener, UnixStream};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::UnixStream;
 
-use super::table::Peer;
+use super::metrics::ConnectionPath;
 use super::tokens::Tokens;
 use super::{ServeOptions, ServerError, socket};
 
@@ -33,7 +35,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The daemon's listeners: the socket, and the optional loopback metadata and metrics ports.
 pub struct Edge {
-    socket: UnixListener,
+    /// The socket's accept thread, and the connections it leaves to hyper.
+    socket: accept::SocketThread,
+    handoffs: tokio::sync::mpsc::UnboundedReceiver<accept::Handoff>,
     /// The socket's path when this daemon created it (not socket-activated), to remove at exit.
     owned_path: Option<PathBuf>,
     metadata: Option<MetadataListener>,
@@ -42,7 +46,7 @@ pub struct Edge {
 
 impl Edge {
     /// Binds every listener `options` asks for; any failure stops the start.
-    pub async fn open(tokens: &Tokens, options: &ServeOptions) -> Result<Edge, ServerError> {
+    pub async fn open(tokens: &Arc<Tokens>, options: &ServeOptions) -> Result<Edge, ServerError> {
         let group = options
             .socket_group
             .as_deref()
@@ -65,8 +69,18 @@ impl Edge {
                 Some(options.socket.clone()),
             ),
         };
+        let caps = limits::ConnectionCaps::new(SOCKET_CONNECTIONS_PER_CALLER, tokens.owner().uid);
+        let (handoffs_in, handoffs) = tokio::sync::mpsc::unbounded_channel();
+        let socket =
+            accept::start(socket, tokens.clone(), caps, handoffs_in).map_err(|source| {
+                ServerError::Socket {
+                    path: options.socket.clone(),
+                    source,
+                }
+            })?;
         Ok(Edge {
             socket,
+            handoffs,
             owned_path,
             metadata,
             metrics,
@@ -81,17 +95,13 @@ impl Edge {
     ) {
         let owner_uid = tokens.owner().uid;
         let graceful = GracefulShutdown::new();
-        let socket_caps = limits::ConnectionCaps::new(SOCKET_CONNECTIONS_PER_CALLER, owner_uid);
         let metadata_caps = limits::ConnectionCaps::new(METADATA_CONNECTIONS_PER_CALLER, owner_uid);
         let metrics_caps = limits::ConnectionCaps::new(METADATA_CONNECTIONS_PER_CALLER, owner_uid);
+        let mut handoffs = self.handoffs;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
-                accepted = self.socket.accept() => match accepted {
-                    Ok((stream, _)) => serve_connection(stream, tokens, &socket_caps, &graceful),
-                    // Out of file descriptors and the like: keep serving the connections we have.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                },
+                Some(handoff) = handoffs.recv() => serve_handoff(handoff, tokens, &graceful),
                 accepted = accept_tcp(self.metadata.as_ref().map(|(listener, _)| listener)) => {
                     if let (Ok((stream, _)), Some((_, account))) = (accepted, &self.metadata) {
                         serve_metadata_connection(stream, tokens, account, &metadata_caps, &graceful);
@@ -105,7 +115,11 @@ impl Edge {
                 _ = &mut shutdown => break,
             }
         }
-        drop(self.socket);
+        // The socket closes when its thread stops: no new connection from here on.
+        self.socket.stop();
+        while let Ok(handoff) = handoffs.try_recv() {
+            serve_handoff(handoff, tokens, &graceful);
+        }
         if let Some(path) = self.owned_path {
             let _ = std::fs::remove_file(path);
         }
@@ -113,24 +127,17 @@ impl Edge {
     }
 }
 
-fn serve_connection(
-    stream: UnixStream,
-    tokens: &Arc<Tokens>,
-    caps: &Arc<limits::ConnectionCaps>,
-    graceful: &GracefulShutdown,
-) {
-    let Ok(credentials) = stream.peer_cred() else {
+/// A connection the socket's thread did not answer itself: served by hyper on this runtime.
+fn serve_handoff(handoff: accept::Handoff, tokens: &Arc<Tokens>, graceful: &GracefulShutdown) {
+    let accept::Handoff {
+        stream,
+        peer,
+        admitted,
+    } = handoff;
+    let Ok(stream) = UnixStream::from_std(stream) else {
         return;
     };
-    let peer = Peer {
-        uid: credentials.uid(),
-        gid: credentials.gid(),
-        pid: credentials.pid(),
-    };
-    // A caller holding its share already: the new connection is closed at once.
-    let Some(admitted) = caps.admit(Some(peer.uid)) else {
-        return;
-    };
+    tokens.metrics().connection(ConnectionPath::Http);
     let tokens = tokens.clone();
     let service = service_fn(move |request| {
         let tokens = tokens.clone();
@@ -139,8 +146,7 @@ fn serve_connection(
     spawn_connection(stream, service, admitted, graceful);
 }
 
-/// Serves one admitted connection: HTTP/1.1, writes under a deadline, its place in the caps
-/// held until it closes.
+/// Serves one admitted connection on a task of its own (see `serve_http`).
 fn spawn_connection<I, S>(
     stream: I,
     service: S,
@@ -152,13 +158,23 @@ fn spawn_connection<I, S>(
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    tokio::spawn(serve_http(stream, service, admitted, graceful.watcher()));
+}
+
+/// Serves one admitted connection: HTTP/1.1, writes under a deadline, its place in the caps
+/// held until it closes, drained at shutdown.
+async fn serve_http<I, S>(stream: I, service: S, admitted: limits::Admitted, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = api::Body> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let io = TokioIo::new(limits::WriteDeadline::new(stream));
-    let connection = http1_builder().serve_connection(io, service);
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        let _ = connection.await;
-        drop(admitted);
-    });
+    let _ = watcher
+        .watch(http1_builder().serve_connection(io, service))
+        .await;
+    drop(admitted);
 }
 
 /// HTTP/1.1 with keep-alive, a bounded request head and a deadline for it.
