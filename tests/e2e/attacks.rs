@@ -547,14 +547,19 @@ fn vault_processes_leave_no_core_dump() {
     assert_eq!(lines, ["0022", "1024"], "{}", run.stdout);
 }
 
-/// Another user opens connections to the daemon and pipelines requests without reading answers.
+/// Another user opens connections to the daemon and holds them: `pipelined` sends requests
+/// without reading answers, `silent` sends nothing, `partial` half a token request.
 const FLOOD: &str = r#"
 import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-path, count = sys.argv[1], int(sys.argv[2])
+path, count, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 held = []
-request = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n" * 100
+request = {
+    "pipelined": b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n" * 100,
+    "silent": b"",
+    "partial": b"GET /v1/token/mail?min_valid=60 HTTP/1.1\r\nConnec",
+}[kind]
 for _ in range(count):
     s = socket.socket(socket.AF_UNIX)
     try:
@@ -568,18 +573,14 @@ print("flooding", flush=True)
 time.sleep(60)
 "#;
 
-#[test]
-fn another_user_flooding_the_socket_cannot_stall_the_owner() {
-    if !running_as_root() {
-        return;
-    }
-    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
-    std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+/// Starts another user's flood of `count` connections of `kind` (see `FLOOD`) on the socket;
+/// returns once they are all open.
+fn flood_as_nobody(socket: &std::path::Path, count: u32, kind: &str) -> std::process::Child {
     let mut flood = as_nobody("python3")
         .args(["-c", FLOOD])
-        .arg(&daemon.socket)
-        .arg("2000")
+        .arg(socket)
+        .arg(count.to_string())
+        .arg(kind)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -588,19 +589,73 @@ fn another_user_flooding_the_socket_cannot_stall_the_owner() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "flooding");
+    flood
+}
+
+fn open_descriptors(daemon: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn another_user_flooding_the_socket_cannot_stall_the_owner() {
+    if !running_as_root() {
+        return;
+    }
+    let Scenario { fake: _fake, vault } = Scenario::new().account("mail");
+    std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+    let mut flood = flood_as_nobody(&daemon.socket, 2000, "pipelined");
     // The owner still gets a token at once.
     let run = vault.run_command(
         vault.command_via(&["timeout", "20"], &["token", "mail"]),
         None,
     );
     run.ok();
-    let open = std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
-        .unwrap()
-        .count();
+    let open = open_descriptors(&daemon);
     let _ = flood.kill();
     let _ = flood.wait();
     assert!(
         open < 700,
         "the daemon holds {open} descriptors for one caller"
     );
+}
+
+/// The accepting thread watches a connection for its first bytes (the token fast path): silent
+/// and half-sent connections from another user must neither stall the owner's tokens nor stay
+/// open past the request-head deadline.
+#[test]
+fn silent_and_half_sent_connections_cannot_hold_the_accepting_thread() {
+    if !running_as_root() {
+        return;
+    }
+    let Scenario { fake, vault } = Scenario::new().account("mail");
+    std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+    let before = open_descriptors(&daemon);
+    let mut floods = [
+        flood_as_nobody(&daemon.socket, 300, "silent"),
+        flood_as_nobody(&daemon.socket, 300, "partial"),
+    ];
+    for _ in 0..20 {
+        let run = vault.run_command(
+            vault.command_via(&["timeout", "20"], &["token", "mail"]),
+            None,
+        );
+        run.ok();
+        assert!(fake.is_access_token(run.stdout.trim()));
+    }
+    // Past the 5 s request-head deadline every one of them is closed, though still held open
+    // by their sender.
+    assert!(
+        crate::support::eventually(Duration::from_secs(15), || open_descriptors(&daemon)
+            <= before + 2),
+        "{} descriptors open, {before} before the flood",
+        open_descriptors(&daemon)
+    );
+    for flood in &mut floods {
+        let _ = flood.kill();
+        let _ = flood.wait();
+    }
 }
