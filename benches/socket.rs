@@ -15,7 +15,7 @@ use tokenvault::keys::KeySource;
 use tokenvault::oauth::ClientAuth;
 use tokenvault::oauth::provider::Endpoints;
 use tokenvault::secret::SecretString;
-use tokenvault::store::{Store, TokenUpdate};
+use tokenvault::store::{NewAccount, Store, TokenUpdate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -32,6 +32,10 @@ fn main() {
     }
     if args.iter().any(|arg| arg == "--list") {
         return;
+    }
+    // `cargo bench --bench socket -- --growth-only`: just the 1k/10k/100k table.
+    if args.iter().any(|arg| arg == "--growth-only") {
+        return growth(&[1_000, 10_000, 100_000]);
     }
     let work = scratch_dir();
     let (vault_dir, key_file) = build_vault(&work);
@@ -147,6 +151,7 @@ fn main() {
         let _ = child.wait();
     }
     let _ = std::fs::remove_dir_all(&work);
+    growth(&[1_000, 10_000, 100_000]);
 }
 
 fn scratch_dir() -> PathBuf {
@@ -162,6 +167,12 @@ fn scratch_dir() -> PathBuf {
 }
 
 fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
+    build_vault_of(work, ACCOUNTS)
+}
+
+/// A vault of `count` accounts whose access tokens are stored and valid for a day (their token
+/// endpoint is unreachable: nothing in the benchmark calls it). Added 1,000 per transaction.
+fn build_vault_of(work: &Path, count: usize) -> (PathBuf, PathBuf) {
     let dir = work.join("vault");
     let key_file = work.join("master.key");
     let mut store = Store::init(&dir, KeySource::File(key_file.clone())).unwrap();
@@ -176,29 +187,126 @@ fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
         scopes: vec!["https://mail.google.com/".into()],
     };
     let refresh = SecretString::from("rt-bench-not-used".to_owned());
+    let secrets = [(tokenvault::account::SecretKind::RefreshToken, &refresh)];
     let expires = tokenvault::clock::now_unix() + 86_400;
-    for i in 0..ACCOUNTS {
-        let access = SecretString::from(format!(
-            "ya29.bench-access-token-{i:05}-{}",
-            "x".repeat(180)
-        ));
-        let update = TokenUpdate {
-            access_token: &access,
+    let names: Vec<String> = (0..count).map(|i| format!("account-{i:05}")).collect();
+    let tokens: Vec<SecretString> = (0..count)
+        .map(|i| {
+            SecretString::from(format!(
+                "ya29.bench-access-token-{i:05}-{}",
+                "x".repeat(180)
+            ))
+        })
+        .collect();
+    let updates: Vec<TokenUpdate<'_>> = tokens
+        .iter()
+        .map(|access| TokenUpdate {
+            access_token: access,
             access_expires_at: Some(expires),
             new_refresh_token: None,
             refresh_expires_at: None,
             validated: true,
-        };
-        store
-            .insert_account(
-                &format!("account-{i:05}"),
-                &config,
-                &[(tokenvault::account::SecretKind::RefreshToken, &refresh)],
-                &update,
-            )
-            .unwrap();
+        })
+        .collect();
+    let accounts: Vec<NewAccount<'_>> = names
+        .iter()
+        .zip(&updates)
+        .map(|(name, update)| NewAccount {
+            name,
+            config: &config,
+            secrets: &secrets,
+            tokens: update,
+            validation_schedule: None,
+            refresh_before: None,
+        })
+        .collect();
+    for batch in accounts.chunks(1000) {
+        store.insert_accounts(batch).unwrap();
     }
     (dir, key_file)
+}
+
+/// How the daemon grows with the number of accounts: start-up until the socket answers, RSS idle
+/// and with every account's token loaded (first fetch of each, 8 at a time), the first-fetch
+/// rate, and `vault status` over all of them.
+fn growth(sizes: &[usize]) {
+    println!(
+        "{:>8} {:>12} {:>10} {:>12} {:>14} {:>16} {:>12}",
+        "accounts",
+        "start-up ms",
+        "RSS idle",
+        "RSS loaded",
+        "B/account",
+        "first fetch/s",
+        "status ms"
+    );
+    for &count in sizes {
+        let work = scratch_dir().join(format!("growth-{count}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let (dir, key_file) = build_vault_of(&work, count);
+        let socket = work.join("vault.sock");
+        pin_to(0);
+        let started = Instant::now();
+        let mut daemon = spawn(vault(&dir, &key_file, &socket).arg("serve"));
+        pin_to(1);
+        wait_for(&socket);
+        let start_up = started.elapsed();
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = rss_kib(daemon.id());
+        let paths: Vec<String> = (0..count)
+            .map(|i| format!("/v1/token/account-{i:05}"))
+            .collect();
+        let fetched = Instant::now();
+        client_runtime().block_on(async {
+            let chunks: Vec<Vec<String>> = paths
+                .chunks(count.div_ceil(8))
+                .map(<[String]>::to_vec)
+                .collect();
+            let tasks: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    let socket = socket.clone();
+                    tokio::spawn(async move {
+                        let mut stream = UnixStream::connect(&socket).await.unwrap();
+                        for path in &chunk {
+                            request(&mut stream, path, true).await;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        let rate = count as f64 / fetched.elapsed().as_secs_f64();
+        let loaded = rss_kib(daemon.id());
+        let mut status = vault(&dir, &key_file, &socket);
+        status
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let status_ms = median(
+            (0..3)
+                .map(|_| {
+                    let started = Instant::now();
+                    assert!(status.status().unwrap().success());
+                    started.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        );
+        println!(
+            "{count:>8} {:>12.0} {:>8.1} MiB {:>8.1} MiB {:>14.0} {:>16.0} {:>12.0}",
+            start_up.as_secs_f64() * 1e3,
+            idle as f64 / 1024.0,
+            loaded as f64 / 1024.0,
+            (loaded.saturating_sub(idle) * 1024) as f64 / count as f64,
+            rate,
+            status_ms
+        );
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        let _ = std::fs::remove_dir_all(&work);
+    }
 }
 
 fn vault(dir: &Path, key_file: &Path, socket: &Path) -> Command {

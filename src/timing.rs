@@ -78,11 +78,6 @@ impl Firing {
     }
 }
 
-/// When account `name` is next validated on `schedule` (what the daemon will do, for `vault status`).
-pub fn next_validation(schedule: &cron::Schedule, name: &str, now: i64) -> i64 {
-    Firing::of(schedule, now).for_account(name)
-}
-
 /// The first time the schedule fires after `now` (never, for a schedule with no future time).
 fn next_after(schedule: &cron::Schedule, now: i64) -> i64 {
     DateTime::<Utc>::from_timestamp(now, 0)

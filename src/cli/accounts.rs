@@ -8,6 +8,7 @@ use crate::account::{Account, AccountState, Grant};
 use crate::clock::now_unix;
 use crate::config::Config;
 use crate::error::Error;
+use crate::timing::Firing;
 
 #[derive(Args)]
 pub(super) struct StatusArgs {
@@ -56,16 +57,25 @@ struct Status<'a> {
     last_error: Option<&'a str>,
 }
 
-fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> {
+/// The global validation schedule, as text and next firing, computed once for every account.
+#[derive(Clone, Copy)]
+struct Global<'a> {
+    schedule: &'a str,
+    firing: Firing,
+}
+
+fn status_of<'a>(account: &'a Account, global: Global<'_>, now: i64) -> Status<'a> {
     let own = account
         .validation_schedule
         .as_deref()
         .and_then(|text| crate::config::parse_schedule(text).ok());
-    let schedule = own.as_ref().unwrap_or(&config.validation.schedule);
+    let firing = own
+        .as_ref()
+        .map_or(global.firing, |own| Firing::of(own, now));
     let next_validation_at = account
         .state
         .may_validate()
-        .then(|| crate::timing::next_validation(schedule, &account.name, now));
+        .then(|| firing.for_account(&account.name));
     Status {
         name: &account.name,
         state: account.state,
@@ -81,7 +91,9 @@ fn status_of<'a>(account: &'a Account, config: &Config, now: i64) -> Status<'a> 
         last_refresh_at: account.last_refresh_at,
         last_validated_at: account.last_validated_at,
         next_validation_at,
-        validation_schedule: schedule.to_string(),
+        validation_schedule: own
+            .as_ref()
+            .map_or_else(|| global.schedule.to_owned(), ToString::to_string),
         last_error: account.last_error.as_deref(),
     }
 }
@@ -95,9 +107,14 @@ pub(super) fn status(context: &Context, args: StatusArgs) -> Result<(), Error> {
         Some(name) => vec![store.account(name)?],
         None => store.accounts()?,
     };
+    let schedule = config.validation.schedule.to_string();
+    let global = Global {
+        schedule: &schedule,
+        firing: Firing::of(&config.validation.schedule, now),
+    };
     let statuses: Vec<Status<'_>> = accounts
         .iter()
-        .map(|account| status_of(account, &config, now))
+        .map(|account| status_of(account, global, now))
         .collect();
     if args.json {
         let json = match (&args.name, statuses.first()) {

@@ -54,7 +54,7 @@ impl Store {
     pub fn account(&self, name: &str) -> Result<Account, StoreError> {
         self.conn
             .query_row(
-                &format!("{ACCOUNT_COLUMNS} WHERE name = ?1"),
+                &format!("{} WHERE name = ?1", select_accounts()),
                 [name],
                 |row| read_account(row, &self.settings_key),
             )
@@ -65,7 +65,7 @@ impl Store {
     pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("{ACCOUNT_COLUMNS} ORDER BY name"))?;
+            .prepare(&format!("{} ORDER BY name", select_accounts()))?;
         let rows = stmt.query_map([], |row| read_account(row, &self.settings_key))?;
         rows.map(|row| row?).collect()
     }
@@ -290,21 +290,67 @@ pub struct NewAccount<'a> {
     pub refresh_before: Option<u64>,
 }
 
-const ACCOUNT_COLUMNS: &str = "SELECT id, name, config, state, created_at, last_refresh_at, \
-     last_validated_at, last_error, access_expires_at, refresh_expires_at, validation_schedule, \
-     refresh_before, config_mac, generation FROM accounts";
+/// The columns `read_account` reads, as `select_accounts` selects them: each name is written
+/// once, and `column` finds its position at compile time (looking names up per row cost
+/// `vault status` a fifth of its time with 100,000 accounts).
+const COLUMNS: [&str; 14] = [
+    "id",
+    "name",
+    "config",
+    "state",
+    "created_at",
+    "last_refresh_at",
+    "last_validated_at",
+    "last_error",
+    "access_expires_at",
+    "refresh_expires_at",
+    "validation_schedule",
+    "refresh_before",
+    "config_mac",
+    "generation",
+];
 
-/// One row of `ACCOUNT_COLUMNS`, read by column name; its settings are used only when their
-/// tag vouches for them.
+/// `SELECT` of every column `read_account` reads.
+fn select_accounts() -> String {
+    format!("SELECT {} FROM accounts", COLUMNS.join(", "))
+}
+
+/// The position of `name` in `COLUMNS`; a name not there fails the build.
+const fn column(name: &str) -> usize {
+    let mut index = 0;
+    while index < COLUMNS.len() {
+        if same(COLUMNS[index].as_bytes(), name.as_bytes()) {
+            return index;
+        }
+        index += 1;
+    }
+    panic!("not one of COLUMNS")
+}
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// One row of `select_accounts`; its settings are used only when their tag vouches for them.
 fn read_account(
     row: &rusqlite::Row<'_>,
     settings_key: &MacKey,
 ) -> rusqlite::Result<Result<Account, StoreError>> {
-    let id: i64 = row.get("id")?;
-    let name: String = row.get("name")?;
-    let config: String = row.get("config")?;
-    let state: String = row.get("state")?;
-    let tag: Option<Vec<u8>> = row.get("config_mac")?;
+    let id: i64 = row.get(const { column("id") })?;
+    let name: String = row.get(const { column("name") })?;
+    let config: String = row.get(const { column("config") })?;
+    let state: String = row.get(const { column("state") })?;
+    let tag: Option<Vec<u8>> = row.get(const { column("config_mac") })?;
     let vouched =
         tag.is_some_and(|tag| settings_key.verify(&settings_message(id, &name, &config), &tag));
     if !vouched {
@@ -325,15 +371,15 @@ fn read_account(
         name,
         config,
         state,
-        created_at: row.get("created_at")?,
-        last_refresh_at: row.get("last_refresh_at")?,
-        last_validated_at: row.get("last_validated_at")?,
-        last_error: row.get("last_error")?,
-        access_expires_at: row.get("access_expires_at")?,
-        refresh_expires_at: row.get("refresh_expires_at")?,
-        validation_schedule: row.get("validation_schedule")?,
-        refresh_before: row.get("refresh_before")?,
-        generation: row.get("generation")?,
+        created_at: row.get(const { column("created_at") })?,
+        last_refresh_at: row.get(const { column("last_refresh_at") })?,
+        last_validated_at: row.get(const { column("last_validated_at") })?,
+        last_error: row.get(const { column("last_error") })?,
+        access_expires_at: row.get(const { column("access_expires_at") })?,
+        refresh_expires_at: row.get(const { column("refresh_expires_at") })?,
+        validation_schedule: row.get(const { column("validation_schedule") })?,
+        refresh_before: row.get(const { column("refresh_before") })?,
+        generation: row.get(const { column("generation") })?,
     }))
 }
 
