@@ -15,7 +15,8 @@ use crate::secret::SecretString;
 pub struct CachedToken {
     pub access_token: SecretString,
     pub expires_at: i64,
-    pub scope: String,
+    /// Usually the slot's own configured scopes, shared rather than copied per token.
+    pub scope: Arc<str>,
 }
 
 /// When the account's token was issued and expires, and when it is next validated.
@@ -48,7 +49,7 @@ pub struct Slot {
     state: Mutex<AccountState>,
     grants: Vec<Principal>,
     /// The configured scopes, answered when the provider did not name the granted ones.
-    scope: String,
+    scope: Arc<str>,
     /// Boxed: most accounts have none, and an inline schedule would triple the slot's size.
     validation_schedule: Option<Box<cron::Schedule>>,
     /// The account's own schedule as stored, to notice when it changes.
@@ -66,7 +67,7 @@ impl Slot {
         Slot {
             state: Mutex::new(account.state),
             grants,
-            scope: account.scope,
+            scope: Arc::from(account.scope),
             validation_schedule: account
                 .validation_schedule
                 .as_deref()
@@ -160,7 +161,7 @@ impl Slot {
     }
 
     /// The configured scopes, space-separated.
-    pub fn scope(&self) -> &str {
+    pub fn scope(&self) -> &Arc<str> {
         &self.scope
     }
 

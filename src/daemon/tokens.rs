@@ -134,7 +134,7 @@ impl Tokens {
         let token = Arc::new(CachedToken {
             access_token: issued.token.access_token,
             expires_at: issued.token.expires_at,
-            scope: scope.unwrap_or_else(|| slot.scope().to_owned()),
+            scope: scope.map_or_else(|| slot.scope().clone(), Arc::from),
         });
         let fresh = issued.upstream_problem.is_none();
         if slot.cache(token.clone(), fresh) {
