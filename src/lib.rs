@@ -31,7 +31,9 @@
 //!   `audit`, `events`, `metrics`. `timing` (refresh-ahead, backoff, validation firings) is the
 //!   pure maths both the daemon and `vault status` use.
 //!
-//! A token request on the socket: `daemon::http` reads the peer's uid (SO_PEERCRED) and asks
+//! A token request on the socket: `daemon::http`'s accept thread reads the peer's uid
+//! (SO_PEERCRED), applies its cap, and answers a plain request for a token in memory right there
+//! (`http::fast`); any other request goes to hyper (`http::api`), which asks
 //! `daemon::tokens::Tokens::lookup` (→ `table`) whether it is granted; `Tokens::obtain` (→
 //! `flight::obtain`) answers from memory when the cached token lasts `min_valid`; otherwise one
 //! caller runs the `refresh` pipeline (its store steps on a blocking thread) while the others
