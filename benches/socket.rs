@@ -175,7 +175,7 @@ fn build_vault(work: &Path) -> (PathBuf, PathBuf) {
 fn build_vault_of(work: &Path, count: usize) -> (PathBuf, PathBuf) {
     let dir = work.join("vault");
     let key_file = work.join("master.key");
-    let mut store = Store::init(&dir, KeySource::File(key_file.clone())).unwrap();
+    let mut store = Store::init(&dir, KeySource::File(key_file.clone()), None).unwrap();
     let config = AccountConfig {
         grant: Grant::RefreshToken {
             client_id: "bench-client".into(),

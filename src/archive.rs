@@ -269,7 +269,7 @@ mod tests {
     fn scratch_store() -> (tempfile::TempDir, Store) {
         let root = tempfile::tempdir().unwrap();
         let key = KeySource::File(root.path().join("master.key"));
-        let store = Store::init(&root.path().join("vault"), key).unwrap();
+        let store = Store::init(&root.path().join("vault"), key, None).unwrap();
         (root, store)
     }
 

@@ -82,7 +82,7 @@ fn run_in(work: &Path) -> Result<(), Error> {
 
     let vault_dir = work.join("vault");
     let key_file = work.join("master.key");
-    let store = Store::init(&vault_dir, KeySource::File(key_file.clone()))?;
+    let store = Store::init(&vault_dir, KeySource::File(key_file.clone()), None)?;
     std::fs::write(vault_dir.join(crate::config::CONFIG_FILE), demo_config())
         .map_err(|err| Error::Input(format!("cannot write the demo's config: {err}")))?;
     steps.step("Created a throwaway vault (SQLite, every secret sealed with AES-256-GCM)");
@@ -220,8 +220,14 @@ async fn lifecycle(
     );
     let refused = wait_for_refusal(&socket).await?;
     steps.step("Caught by validation before any app needed a token");
-    let status =
-        Store::open(vault_dir, Some(KeySource::File(key_file.to_owned())))?.account(ACCOUNT)?;
+    let status = Store::open(
+        vault_dir,
+        &crate::keys::Unlock {
+            source: Some(KeySource::File(key_file.to_owned())),
+            passphrase_file: None,
+        },
+    )?
+    .account(ACCOUNT)?;
     steps.detail(&format!(
         "vault status {ACCOUNT}: state {}",
         status.state.as_str()

@@ -37,7 +37,7 @@ fn problem(what: impl Into<String>, fix: impl Into<String>) -> Finding {
 pub struct Places<'a> {
     pub vault_dir: &'a Path,
     pub socket: &'a Path,
-    pub key_override: Option<KeySource>,
+    pub unlock: crate::keys::Unlock,
 }
 
 /// Every check, in the order a user would fix things.
@@ -46,7 +46,7 @@ pub fn examine(places: &Places<'_>) -> Vec<Finding> {
     let mut findings = vec![vault_dir(places.vault_dir, me)];
     findings.extend(vault_files(places.vault_dir, me));
     findings.push(config(places.vault_dir));
-    let store = match Store::open(places.vault_dir, places.key_override.clone()) {
+    let store = match Store::open(places.vault_dir, &places.unlock) {
         Ok(store) => {
             findings.push(fine(format!(
                 "the master key ({}) opens the vault",

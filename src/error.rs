@@ -15,6 +15,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Passphrase(#[from] crate::passphrase::PassphraseError),
     #[error("account {account:?} was not added: {source}")]
     NotAdded { account: String, source: OAuthError },
     #[error("account {account:?} was not re-authorized: {source}")]

@@ -4,8 +4,8 @@
 //! send; the full program's start-up (a 10 MB binary: its relocations, pages and argument tree)
 //! cost more than the rest of the call, and none of it is needed to ask the socket.
 //!
-//! The front recognises only a plain `vault [--vault D] [--key-file F] [--socket S] token NAME
-//! [--min-valid N] [--json]` (options in any order, `--opt=value` too, `VAULT_SOCKET` honoured).
+//! The front recognises only a plain `vault [--vault D] [--key-file F] [--key-passphrase-file P]
+//! [--socket S] token NAME [--min-valid N] [--json]` (options in any order, `--opt=value` too, `VAULT_SOCKET` honoured).
 //! Anything else — help, a typo, `--no-daemon`, no daemon running — goes to the full program,
 //! which parses it with clap and answers exactly as it always did.
 
@@ -57,7 +57,7 @@ pub fn parse(arguments: &[OsString]) -> Option<TokenCall> {
             match option {
                 "--socket" => socket = Some(PathBuf::from(value()?)),
                 // Every command takes these; the front needs only the socket, but skips their values.
-                "--vault" | "--key-file" => {
+                "--vault" | "--key-file" | "--key-passphrase-file" => {
                     value()?;
                 }
                 "--min-valid" if verb => min_valid = Some(value()?.parse().ok()?),

@@ -1,4 +1,5 @@
-//! Where the master key comes from: the OS keyring (default), a key file, or `VAULT_MASTER_KEY`.
+//! Where the master key comes from: the OS keyring (default), a key file, `VAULT_MASTER_KEY`, or
+//! a passphrase (Argon2id).
 //!
 //! The master key only wraps the vault's data key (see `store`), so changing where the master key
 //! lives never re-encrypts the secrets themselves.
@@ -30,6 +31,116 @@ pub enum KeySource {
     File(PathBuf),
     /// The `VAULT_MASTER_KEY` environment variable.
     Env,
+    /// Derived from a passphrase, typed or read from a file, with these recorded parameters.
+    Passphrase(Kdf),
+}
+
+/// How a command obtains the master key: the source named on its command line (else the one the
+/// vault records), and the file a passphrase is read from (else the terminal).
+#[derive(Debug, Clone, Default)]
+pub struct Unlock {
+    pub source: Option<KeySource>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// The file a passphrase is read from, when the vault's master key is derived from one; `None`
+/// means typed on the terminal.
+pub type PassphraseFile<'a> = Option<&'a Path>;
+
+/// How to give the passphrase without a terminal, for the error that says so.
+const PASSPHRASE_HOW: &str = "--key-passphrase-file PATH (or VAULT_KEY_PASSPHRASE_FILE, or the systemd credential tokenvault-passphrase)";
+
+/// The name of the systemd credential (`LoadCredential=`) holding the passphrase.
+pub const PASSPHRASE_CREDENTIAL: &str = "tokenvault-passphrase";
+
+const SALT_LEN: usize = 16;
+
+/// Argon2id's cost and salt for a passphrase-derived master key, recorded in the vault (they are
+/// not secret, and the key cannot be derived again without them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kdf {
+    memory_kib: u32,
+    passes: u32,
+    lanes: u32,
+    salt: [u8; SALT_LEN],
+}
+
+impl Kdf {
+    /// RFC 9106's second recommended setting (64 MiB, 3 passes, 4 lanes), for memory-constrained
+    /// machines too; a fresh salt for each key.
+    pub fn fresh() -> Result<Kdf, KeyError> {
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(crypto::random_bytes::<SALT_LEN>()?.expose());
+        Ok(Kdf {
+            memory_kib: 64 * 1024,
+            passes: 3,
+            lanes: 4,
+            salt,
+        })
+    }
+
+    /// The largest costs accepted from a record: an edited vault must not make every command
+    /// allocate gigabytes or spin for minutes (it could only make its own key underivable).
+    const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+    const MAX_PASSES: u32 = 16;
+    const MAX_LANES: u32 = 16;
+
+    fn params(&self) -> Result<argon2::Params, KeyError> {
+        if self.memory_kib > Self::MAX_MEMORY_KIB
+            || self.passes > Self::MAX_PASSES
+            || self.lanes > Self::MAX_LANES
+        {
+            return Err(KeyError::KdfRecord(self.to_record()));
+        }
+        argon2::Params::new(self.memory_kib, self.passes, self.lanes, Some(KEY_LEN))
+            .map_err(|_| KeyError::KdfRecord(self.to_record()))
+    }
+
+    fn derive(&self, passphrase: &SecretString) -> Result<MasterKey, KeyError> {
+        let argon = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            self.params()?,
+        );
+        let mut key = Secret::new([0u8; KEY_LEN]);
+        argon
+            .hash_password_into(passphrase.expose().as_bytes(), &self.salt, key.expose_mut())
+            .map_err(|_| KeyError::KdfRecord(self.to_record()))?;
+        Ok(key)
+    }
+
+    fn to_record(&self) -> String {
+        format!(
+            "argon2id:m={},t={},p={}:{}",
+            self.memory_kib,
+            self.passes,
+            self.lanes,
+            STANDARD.encode(self.salt)
+        )
+    }
+
+    fn from_record(record: &str) -> Option<Kdf> {
+        let (params, salt) = record.strip_prefix("argon2id:")?.split_once(':')?;
+        let mut numbers = params.split(',');
+        let mut number = |name: &str| -> Option<u32> {
+            numbers
+                .next()?
+                .strip_prefix(name)?
+                .strip_prefix('=')?
+                .parse()
+                .ok()
+        };
+        let (memory_kib, passes, lanes) = (number("m")?, number("t")?, number("p")?);
+        if numbers.next().is_some() {
+            return None;
+        }
+        Some(Kdf {
+            memory_kib,
+            passes,
+            lanes,
+            salt: STANDARD.decode(salt).ok()?.try_into().ok()?,
+        })
+    }
 }
 
 #[derive(Debug, Error)]
@@ -69,6 +180,16 @@ pub enum KeyError {
     },
     #[error(transparent)]
     Random(#[from] crypto::CryptoError),
+    #[error(transparent)]
+    Passphrase(#[from] crate::passphrase::PassphraseError),
+    #[error(
+        "the vault records a master key source tokenvault does not know ({0}); was the database edited? Restore it from a backup"
+    )]
+    UnknownSource(String),
+    #[error(
+        "the vault's passphrase parameters are malformed or beyond the accepted costs ({0}); was the database edited? Restore it from a backup"
+    )]
+    KdfRecord(String),
 }
 
 impl KeySource {
@@ -78,14 +199,23 @@ impl KeySource {
             KeySource::Keyring => "keyring".to_owned(),
             KeySource::File(path) => format!("file:{}", path.display()),
             KeySource::Env => "env".to_owned(),
+            KeySource::Passphrase(kdf) => format!("passphrase:{}", kdf.to_record()),
         }
     }
 
-    pub fn from_record(record: &str) -> KeySource {
-        match record.strip_prefix("file:") {
-            Some(path) => KeySource::File(PathBuf::from(path)),
-            None if record == "env" => KeySource::Env,
-            None => KeySource::Keyring,
+    pub fn from_record(record: &str) -> Result<KeySource, KeyError> {
+        if let Some(path) = record.strip_prefix("file:") {
+            return Ok(KeySource::File(PathBuf::from(path)));
+        }
+        if let Some(kdf) = record.strip_prefix("passphrase:") {
+            return Kdf::from_record(kdf)
+                .map(KeySource::Passphrase)
+                .ok_or_else(|| KeyError::KdfRecord(kdf.to_owned()));
+        }
+        match record {
+            "keyring" => Ok(KeySource::Keyring),
+            "env" => Ok(KeySource::Env),
+            other => Err(KeyError::UnknownSource(other.chars().take(40).collect())),
         }
     }
 
@@ -94,28 +224,55 @@ impl KeySource {
             KeySource::Keyring => "the OS keyring".to_owned(),
             KeySource::File(path) => format!("key file {}", path.display()),
             KeySource::Env => "VAULT_MASTER_KEY".to_owned(),
+            KeySource::Passphrase(_) => "a passphrase (Argon2id)".to_owned(),
         }
     }
 
-    /// Loads the master key of the vault `vault_id` that wraps data-key `version` from this source.
-    pub fn load(&self, vault_id: &str, version: i64) -> Result<MasterKey, KeyError> {
+    /// Loads the master key of the vault `vault_id` that wraps data-key `version` from this source;
+    /// a passphrase comes from `passphrase` or the terminal.
+    pub fn load(
+        &self,
+        vault_id: &str,
+        version: i64,
+        passphrase: PassphraseFile<'_>,
+    ) -> Result<MasterKey, KeyError> {
         match self {
             KeySource::Keyring => load_from_keyring(vault_id, version),
             KeySource::File(path) => load_key_file(path),
             KeySource::Env => load_from_env(),
+            KeySource::Passphrase(kdf) => kdf.derive(&read_passphrase(passphrase, false)?),
         }
     }
 
     /// Loads the key from this source, creating it first where the source is empty (a new key file
-    /// or keyring entry). Used by `vault init` and `vault rekey`.
-    pub fn load_or_create(&self, vault_id: &str, version: i64) -> Result<MasterKey, KeyError> {
+    /// or keyring entry, a passphrase chosen now). Used by `vault init` and `vault rekey`.
+    pub fn load_or_create(
+        &self,
+        vault_id: &str,
+        version: i64,
+        passphrase: PassphraseFile<'_>,
+    ) -> Result<MasterKey, KeyError> {
         match self {
             KeySource::Keyring => create_in_keyring(vault_id, version),
             KeySource::File(path) if path.exists() => load_key_file(path),
             KeySource::File(path) => create_key_file(path),
             KeySource::Env => load_from_env(),
+            KeySource::Passphrase(kdf) => kdf.derive(&read_passphrase(passphrase, true)?),
         }
     }
+}
+
+fn read_passphrase(file: PassphraseFile<'_>, new: bool) -> Result<SecretString, KeyError> {
+    Ok(crate::passphrase::read(&crate::passphrase::Ask {
+        file,
+        what: if new {
+            "new passphrase for the vault's master key"
+        } else {
+            "passphrase of the vault's master key"
+        },
+        how: PASSPHRASE_HOW,
+        new,
+    })?)
 }
 
 /// `VAULT_MASTER_KEY` as this process found it, read once. `main` reads it and then removes it
@@ -286,11 +443,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/master.key");
         let created = KeySource::File(path.clone())
-            .load_or_create("v", 1)
+            .load_or_create("v", 1, None)
             .unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let loaded = KeySource::File(path).load("v", 1).unwrap();
+        let loaded = KeySource::File(path).load("v", 1, None).unwrap();
         assert_eq!(created.expose(), loaded.expose());
     }
 
@@ -299,10 +456,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
         KeySource::File(path.clone())
-            .load_or_create("v", 1)
+            .load_or_create("v", 1, None)
             .unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = KeySource::File(path).load("v", 1).unwrap_err();
+        let err = KeySource::File(path).load("v", 1, None).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 
@@ -313,7 +470,7 @@ mod tests {
         fs::write(&path, "not a key").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
-            KeySource::File(path).load("v", 1),
+            KeySource::File(path).load("v", 1, None),
             Err(KeyError::KeyFileMalformed(_))
         ));
     }
@@ -324,8 +481,66 @@ mod tests {
             KeySource::Keyring,
             KeySource::Env,
             KeySource::File("/k/m.key".into()),
+            KeySource::Passphrase(Kdf::fresh().unwrap()),
         ] {
-            assert_eq!(KeySource::from_record(&source.to_record()), source);
+            assert_eq!(KeySource::from_record(&source.to_record()).unwrap(), source);
         }
+        for edited in [
+            "",
+            "keyrin",
+            "passphrase:argon2id:m=1,t=1:AAAA",
+            "passphrase:x",
+        ] {
+            assert!(KeySource::from_record(edited).is_err(), "{edited}");
+        }
+    }
+
+    fn private_file(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("passphrase");
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_passphrase_derives_the_same_key_with_the_same_salt_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let right = private_file(dir.path(), "correct horse battery staple\n");
+        let kdf = Kdf {
+            // Cheap costs: the derivation, not Argon2's strength, is under test.
+            memory_kib: 64,
+            passes: 1,
+            lanes: 1,
+            ..Kdf::fresh().unwrap()
+        };
+        let source = KeySource::Passphrase(kdf.clone());
+        let created = source.load_or_create("v", 1, Some(&right)).unwrap();
+        let loaded = source.load("v", 1, Some(&right)).unwrap();
+        assert_eq!(created.expose(), loaded.expose());
+        let other_salt = KeySource::Passphrase(Kdf {
+            salt: [7; SALT_LEN],
+            ..kdf
+        });
+        assert_ne!(
+            other_salt.load("v", 1, Some(&right)).unwrap().expose(),
+            created.expose()
+        );
+        let wrong = private_file(dir.path(), "correct horse battery stapler");
+        assert_ne!(
+            source.load("v", 1, Some(&wrong)).unwrap().expose(),
+            created.expose()
+        );
+    }
+
+    #[test]
+    fn edited_costs_beyond_the_limits_are_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = private_file(dir.path(), "correct horse battery staple");
+        let mut kdf = Kdf::fresh().unwrap();
+        kdf.memory_kib = u32::MAX;
+        let err = KeySource::Passphrase(kdf)
+            .load("v", 1, Some(&file))
+            .unwrap_err();
+        assert!(matches!(err, KeyError::KdfRecord(_)), "{err}");
     }
 }

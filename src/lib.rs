@@ -64,6 +64,7 @@ pub mod keys;
 mod log;
 mod named;
 pub mod oauth;
+mod passphrase;
 pub mod process;
 mod refresh;
 mod revoke;

@@ -5,47 +5,14 @@ use super::Context;
 use crate::error::Error;
 use crate::secret::SecretString;
 
-/// A passphrase from a file, else typed (twice when `confirm`); at least 12 characters.
-fn passphrase(file: Option<&std::path::Path>, confirm: bool) -> Result<SecretString, Error> {
-    use std::io::IsTerminal;
-    let typed = match file {
-        Some(path) => SecretString::from(std::fs::read_to_string(path).map_err(|err| {
-            Error::Input(format!(
-                "cannot read the passphrase file {}: {err}",
-                path.display()
-            ))
-        })?)
-        .trimmed(),
-        None if std::io::stdin().is_terminal() => {
-            let first = SecretString::from(
-                rpassword::prompt_password("Passphrase: ")
-                    .map_err(|err| Error::Input(format!("cannot read the passphrase: {err}")))?,
-            );
-            if confirm {
-                let again =
-                    SecretString::from(rpassword::prompt_password("Again: ").map_err(|err| {
-                        Error::Input(format!("cannot read the passphrase: {err}"))
-                    })?);
-                if again.expose() != first.expose() {
-                    return Err(Error::Input(
-                        "the passphrases differ; nothing was written".into(),
-                    ));
-                }
-            }
-            first
-        }
-        None => {
-            return Err(Error::Input(
-                "give --passphrase-file PATH, or run on a terminal to type the passphrase".into(),
-            ));
-        }
-    };
-    if typed.expose().chars().count() < 12 {
-        return Err(Error::Input(
-            "the passphrase is shorter than 12 characters; choose a longer one".into(),
-        ));
-    }
-    Ok(typed)
+/// The archive's passphrase from `--passphrase-file`, else typed (twice when it is chosen).
+fn passphrase(file: Option<&std::path::Path>, new: bool) -> Result<SecretString, Error> {
+    Ok(crate::passphrase::read(&crate::passphrase::Ask {
+        file,
+        what: "archive passphrase",
+        how: "--passphrase-file PATH",
+        new,
+    })?)
 }
 
 pub(super) fn export(

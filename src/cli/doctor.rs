@@ -7,7 +7,7 @@ pub(super) fn doctor(context: &Context) -> Result<(), Error> {
     let places = crate::doctor::Places {
         vault_dir: &context.dir,
         socket: &context.socket,
-        key_override: context.key_override(),
+        unlock: context.unlock(),
     };
     let findings = crate::doctor::examine(&places);
     for finding in &findings {

@@ -1,19 +1,31 @@
 use super::Context;
 use crate::error::Error;
-use crate::keys::{KeyError, KeySource};
+use crate::keys::{Kdf, KeyError, KeySource};
 use crate::store::{Store, StoreError};
 
-pub(super) fn run(context: &Context) -> Result<(), Error> {
-    let store = match context.key_override() {
-        Some(source) => Store::init(&context.dir, source)?,
-        None => match Store::init(&context.dir, KeySource::Keyring) {
+pub(super) fn run(context: &Context, passphrase: bool) -> Result<(), Error> {
+    let passphrase_file = context.passphrase_file.as_deref();
+    let store = match (context.key_override(), passphrase) {
+        (Some(source), true) => {
+            return Err(Error::Input(format!(
+                "--passphrase derives the master key from a passphrase, but {} was given too; choose one",
+                source.describe()
+            )));
+        }
+        (Some(source), false) => Store::init(&context.dir, source, None)?,
+        (None, true) => Store::init(
+            &context.dir,
+            KeySource::Passphrase(Kdf::fresh()?),
+            passphrase_file,
+        )?,
+        (None, false) => match Store::init(&context.dir, KeySource::Keyring, None) {
             Err(StoreError::Key(KeyError::NoKeyring(reason))) => {
                 let key_file = fallback_key_file();
                 eprintln!(
-                    "No OS keyring is available ({reason}).\nFalling back to the key file {} (mode 0600). Keep it out of backups of the vault,\nor use VAULT_MASTER_KEY / --key-file PATH to put the key elsewhere.",
+                    "No OS keyring is available ({reason}).\nFalling back to the key file {} (mode 0600). Keep it out of backups of the vault,\nor use VAULT_MASTER_KEY / --key-file PATH / --passphrase to put the key elsewhere.",
                     key_file.display()
                 );
-                Store::init(&context.dir, KeySource::File(key_file))?
+                Store::init(&context.dir, KeySource::File(key_file), None)?
             }
             other => other?,
         },

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::error::Error;
-use crate::keys::{self, KeySource};
+use crate::keys::{self, KeySource, Unlock};
 use crate::store::Store;
 
 #[derive(Parser)]
@@ -44,6 +44,16 @@ struct Locations {
     /// in the environment overrides both.
     #[arg(long, global = true, env = "VAULT_KEY_FILE", value_name = "PATH")]
     key_file: Option<PathBuf>,
+    /// For a vault whose master key is derived from a passphrase: read the passphrase from this
+    /// file (mode 0600) instead of the terminal. Under systemd, the credential
+    /// tokenvault-passphrase ($CREDENTIALS_DIRECTORY) is read when present
+    #[arg(
+        long,
+        global = true,
+        env = "VAULT_KEY_PASSPHRASE_FILE",
+        value_name = "PATH"
+    )]
+    key_passphrase_file: Option<PathBuf>,
     /// The daemon's socket [default: $XDG_RUNTIME_DIR/tokenvault/vault.sock]
     #[arg(long, global = true, env = "VAULT_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
@@ -58,8 +68,13 @@ impl Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new vault (master key in the OS keyring, else a key file)
-    Init,
+    /// Create a new vault (master key in the OS keyring, else a key file, or from a passphrase)
+    Init {
+        /// Derive the master key from a passphrase (Argon2id), typed twice or read from
+        /// --key-passphrase-file; every command then asks for it (`vault serve` once, at start)
+        #[arg(long)]
+        passphrase: bool,
+    },
     /// See the whole token lifecycle in a minute: a throwaway vault and a built-in provider
     Demo {
         /// Keep the demo's directory (vault, key file, audit log) afterwards
@@ -103,13 +118,21 @@ enum Command {
     Man,
     /// Rotate the keys: a new master key (a new key file, or the OS keyring) and a new data key
     /// re-sealing every secret, in one transaction
+    #[command(group = clap::ArgGroup::new("new_key").required(true).args(["new_key_file", "keyring", "passphrase"]))]
     Rekey {
         /// Put the new master key in this file (created 0600; must not exist yet)
-        #[arg(long = "new-key-file", value_name = "PATH", conflicts_with = "keyring")]
+        #[arg(long = "new-key-file", value_name = "PATH")]
         new_key_file: Option<PathBuf>,
         /// Put the new master key in the OS keyring (a new entry; the old one is removed)
-        #[arg(long, required_unless_present = "new_key_file")]
+        #[arg(long)]
         keyring: bool,
+        /// Derive the new master key from a new passphrase (typed twice, or read from
+        /// --new-passphrase-file)
+        #[arg(long)]
+        passphrase: bool,
+        /// Read the new passphrase from this file (mode 0600)
+        #[arg(long, value_name = "PATH", requires = "passphrase")]
+        new_passphrase_file: Option<PathBuf>,
     },
     /// Write every account and its secrets to FILE, sealed with a passphrase
     Export {
@@ -153,13 +176,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             .locations
             .key_file
             .map(|path| std::path::absolute(&path).unwrap_or(path)),
+        passphrase_file: cli
+            .locations
+            .key_passphrase_file
+            .or_else(systemd_passphrase_credential),
         socket: cli
             .locations
             .socket
             .unwrap_or_else(crate::daemon::default_socket_path),
     };
     match cli.command {
-        Command::Init => init::run(&context),
+        Command::Init { passphrase } => init::run(&context, passphrase),
         Command::Demo { keep } => crate::demo::run(keep),
         Command::AddAccount(args) => add::run_add(&context, *args),
         Command::Login(args) => add::run_login(&context, args),
@@ -190,9 +217,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         } => archive::import(&context, &file, passphrase_file.as_deref()),
         Command::Rekey {
             new_key_file,
-            // --keyring is the other choice: no new key file means the keyring.
+            // --keyring is the remaining choice of the required group: neither of the others.
             keyring: _,
-        } => rekey::rekey(&context, new_key_file),
+            passphrase,
+            new_passphrase_file,
+        } => rekey::rekey(
+            &context,
+            rekey::Target::chosen(new_key_file, passphrase),
+            new_passphrase_file.as_deref(),
+        ),
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|err| Error::Input(format!("cannot write the manual page: {err}"))),
@@ -203,6 +236,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 struct Context {
     dir: PathBuf,
     key_file: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
     socket: PathBuf,
 }
 
@@ -216,9 +250,23 @@ impl Context {
         }
     }
 
-    fn open(&self) -> Result<Store, Error> {
-        Ok(Store::open(&self.dir, self.key_override())?)
+    fn unlock(&self) -> Unlock {
+        Unlock {
+            source: self.key_override(),
+            passphrase_file: self.passphrase_file.clone(),
+        }
     }
+
+    fn open(&self) -> Result<Store, Error> {
+        Ok(Store::open(&self.dir, &self.unlock())?)
+    }
+}
+
+/// The passphrase systemd hands the service (`LoadCredential=tokenvault-passphrase:PATH`), if any.
+fn systemd_passphrase_credential() -> Option<PathBuf> {
+    let path =
+        PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join(keys::PASSPHRASE_CREDENTIAL);
+    path.exists().then_some(path)
 }
 
 fn default_vault_dir() -> PathBuf {
@@ -285,6 +333,7 @@ mod tests {
             &["vault", "token", "--vault", "/v", "mail"],
             &["vault", "--key-file=/k", "token", "--min-valid=0", "mail"],
             &["vault", "token", "mail", "--socket=/s", "--key-file", "/k"],
+            &["vault", "--key-passphrase-file", "/p", "token", "mail"],
         ] {
             let quick = quick(arguments);
             assert!(quick.is_some(), "{arguments:?}");

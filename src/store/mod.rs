@@ -27,7 +27,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use thiserror::Error;
 
 use crate::crypto::{self, CryptoError, KEY_LEN, Key, MacKey};
-use crate::keys::{KeyError, KeySource, MasterKey};
+use crate::keys::{KeyError, KeySource, MasterKey, PassphraseFile, Unlock};
 use crate::secret::Secret;
 use sealing::{install_data_key, mark_settings_signed, wrap_aad};
 
@@ -48,7 +48,7 @@ pub enum StoreError {
     )]
     TooNew(PathBuf, i64),
     #[error(
-        "the master key from {0} does not open this vault. Give the key the vault was created with (--key-file, VAULT_MASTER_KEY or the OS keyring)"
+        "the master key from {0} does not open this vault. Give the key or passphrase the vault was created with (--key-file, --key-passphrase-file, VAULT_MASTER_KEY or the OS keyring)"
     )]
     WrongMasterKey(String),
     #[error("no account named {0:?}. See the accounts with: vault list")]
@@ -110,8 +110,13 @@ impl Store {
         dir.join(DB_FILE)
     }
 
-    /// Creates a new vault in `dir`, its master key at `key_source`.
-    pub fn init(dir: &Path, key_source: KeySource) -> Result<Store, StoreError> {
+    /// Creates a new vault in `dir`, its master key at `key_source` (a passphrase for it read from
+    /// `passphrase`, else typed).
+    pub fn init(
+        dir: &Path,
+        key_source: KeySource,
+        passphrase: PassphraseFile<'_>,
+    ) -> Result<Store, StoreError> {
         let path = Self::db_path(dir);
         if path.exists() {
             return Err(StoreError::VaultExists(dir.to_owned()));
@@ -120,7 +125,7 @@ impl Store {
         let dir = &trusted_dir(dir)?;
         let path = Self::db_path(dir);
         let vault_id = hex(crypto::random_bytes::<16>()?.expose());
-        let master = key_source.load_or_create(&vault_id, 1)?;
+        let master = key_source.load_or_create(&vault_id, 1, passphrase)?;
         let result = Self::create_db(dir, &vault_id, &master, key_source.clone());
         if result.is_err() {
             // Leave nothing half-made: no database without its key, no orphaned keyring entry.
@@ -171,9 +176,9 @@ impl Store {
         })
     }
 
-    /// Opens the vault in `dir`. The master key comes from `key_override` when given, else from
+    /// Opens the vault in `dir`. The master key comes from `unlock.source` when given, else from
     /// the source recorded at `vault init`.
-    pub fn open(dir: &Path, key_override: Option<KeySource>) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, unlock: &Unlock) -> Result<Store, StoreError> {
         if !Self::db_path(dir).exists() {
             return Err(StoreError::NoVault(dir.to_owned()));
         }
@@ -201,8 +206,11 @@ impl Store {
             ) => (id, source, version, wrapped),
             _ => return Err(corrupt(&path, "malformed meta table")),
         };
-        let key_source = key_override.unwrap_or_else(|| KeySource::from_record(&recorded));
-        let master = key_source.load(&vault_id, key_version)?;
+        let key_source = match &unlock.source {
+            Some(source) => source.clone(),
+            None => KeySource::from_record(&recorded)?,
+        };
+        let master = key_source.load(&vault_id, key_version, unlock.passphrase_file.as_deref())?;
         let data_key = Key::from_bytes(&master)
             .open(&wrapped, wrap_aad(&vault_id, key_version).as_bytes())
             .map_err(|_| StoreError::WrongMasterKey(key_source.describe()))?;

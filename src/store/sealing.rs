@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{Store, StoreError, now};
 use crate::account::{Account, SecretKind};
 use crate::crypto::{self, KEY_LEN, Key, MacKey};
-use crate::keys::{KeySource, MasterKey};
+use crate::keys::{KeySource, MasterKey, PassphraseFile};
 use crate::secret::SecretString;
 
 impl Store {
@@ -39,12 +39,17 @@ impl Store {
     }
 
     /// Rotates the keys: a new data key (next version) re-seals every secret, wrapped by the new
-    /// master key from `new_source`, all in one transaction. Until it commits, the old master key
-    /// keeps working; a crash leaves the vault as it was.
-    pub fn rekey(&mut self, new_source: KeySource) -> Result<(), StoreError> {
+    /// master key from `new_source` (a new passphrase read from `passphrase`, else typed), all in
+    /// one transaction. Until it commits, the old master key keeps working; a crash leaves the
+    /// vault as it was.
+    pub fn rekey(
+        &mut self,
+        new_source: KeySource,
+        passphrase: PassphraseFile<'_>,
+    ) -> Result<(), StoreError> {
         let vault_id = self.vault_id()?;
         let new_version = self.key_version + 1;
-        let new_master = new_source.load_or_create(&vault_id, new_version)?;
+        let new_master = new_source.load_or_create(&vault_id, new_version, passphrase)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -116,7 +116,13 @@ fn sigkill_soak() {
 /// Whether the master key in `key_file` opens the vault and every secret in it.
 fn opens_every_secret(vault: &TestVault, key_file: &std::path::Path) -> bool {
     let key = tokenvault::keys::KeySource::File(key_file.to_owned());
-    let Ok(store) = tokenvault::store::Store::open(&vault.dir, Some(key)) else {
+    let Ok(store) = tokenvault::store::Store::open(
+        &vault.dir,
+        &tokenvault::keys::Unlock {
+            source: Some(key),
+            passphrase_file: None,
+        },
+    ) else {
         return false;
     };
     store.accounts().unwrap().iter().all(|account| {

@@ -13,5 +13,6 @@ mod hostile_provider;
 mod keyring;
 mod lifecycle;
 mod mail;
+mod passphrase;
 mod security;
 mod support;

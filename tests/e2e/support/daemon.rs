@@ -17,6 +17,11 @@ impl Daemon {
     pub fn start(vault: &TestVault, extra: &[&str]) -> Daemon {
         let mut command = vault.command(&[&["serve"], extra].concat());
         command.stdout(Stdio::null()).stderr(Stdio::piped());
+        Self::spawn(command, vault)
+    }
+
+    /// Starts `command` (a `vault serve` of `vault`) and waits until its socket answers.
+    pub fn spawn(mut command: std::process::Command, vault: &TestVault) -> Daemon {
         let child = command.spawn().expect("start vault serve");
         let daemon = Daemon {
             child,

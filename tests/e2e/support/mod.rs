@@ -26,6 +26,9 @@ pub struct TestVault {
     pub root: tempfile::TempDir,
     pub dir: PathBuf,
     master_key: String,
+    /// Set for a vault whose master key is derived from the passphrase in this file (then
+    /// `VAULT_MASTER_KEY` is not set).
+    passphrase_file: Option<PathBuf>,
     /// Extra planted secrets to look for besides the fake server's.
     pub planted: Vec<String>,
     pub fake: Option<FakeOAuth>,
@@ -83,6 +86,18 @@ impl TestVault {
         vault
     }
 
+    /// A vault whose master key is derived from a passphrase, every command given it in the file
+    /// `VAULT_KEY_PASSPHRASE_FILE` names; already initialized.
+    pub fn with_passphrase(fake: Option<&FakeOAuth>, passphrase: &str) -> TestVault {
+        let mut vault = Self::uninitialized(fake);
+        let file = vault.root.path().join("passphrase");
+        write_private(&file, &format!("{passphrase}\n"));
+        vault.passphrase_file = Some(file);
+        vault.planted.push(passphrase.to_owned());
+        vault.run(&["init", "--passphrase"]).ok();
+        vault
+    }
+
     pub fn uninitialized(fake: Option<&FakeOAuth>) -> TestVault {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("vault");
@@ -90,6 +105,7 @@ impl TestVault {
             dir,
             root,
             master_key: random_key(),
+            passphrase_file: None,
             planted: vec![private_key_sample()],
             fake: fake.cloned(),
         }
@@ -132,10 +148,13 @@ impl TestVault {
                 "unix:path=/nonexistent/tokenvault-test-bus",
             )
             .env("VAULT_DIR", &self.dir)
-            .env("VAULT_MASTER_KEY", &self.master_key)
             .env("VAULT_SOCKET", self.socket())
             .env("BROWSER", self.browser_helper())
             .stdin(Stdio::null());
+        match &self.passphrase_file {
+            Some(file) => command.env("VAULT_KEY_PASSPHRASE_FILE", file),
+            None => command.env("VAULT_MASTER_KEY", &self.master_key),
+        };
         command
     }
 
@@ -236,8 +255,22 @@ impl TestVault {
 
     /// The vault's store, opened in this process with its master key.
     pub fn open_store(&self) -> tokenvault::store::Store {
+        if self.passphrase_file.is_some() {
+            let unlock = tokenvault::keys::Unlock {
+                source: None,
+                passphrase_file: self.passphrase_file.clone(),
+            };
+            return tokenvault::store::Store::open(&self.dir, &unlock).unwrap();
+        }
         let key = tokenvault::keys::KeySource::File(self.key_file());
-        tokenvault::store::Store::open(&self.dir, Some(key)).unwrap()
+        tokenvault::store::Store::open(
+            &self.dir,
+            &tokenvault::keys::Unlock {
+                source: Some(key),
+                passphrase_file: None,
+            },
+        )
+        .unwrap()
     }
 
     /// Secret `kind` of account `name` as stored, opened with the vault's master key.
