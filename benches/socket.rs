@@ -218,6 +218,7 @@ fn build_vault_of(work: &Path, count: usize) -> (PathBuf, PathBuf) {
             tokens: update,
             validation_schedule: None,
             refresh_before: None,
+            client_secret_expires_at: None,
         })
         .collect();
     for batch in accounts.chunks(1000) {

@@ -170,9 +170,23 @@ named_enum! {
     /// The kinds of sealed secret an account can hold. The kind is part of each blob's AAD.
     pub enum SecretKind {
         ClientSecret = "client_secret",
+        /// The client secret before the newest, kept while a rotation is under way: tried when
+        /// the provider refuses the newest with `invalid_client`, until the user retires it.
+        PreviousClientSecret = "previous_client_secret",
         RefreshToken = "refresh_token",
         ServiceAccountKey = "service_account_key",
         AccessToken = "access_token",
+    }
+}
+
+named_enum! {
+    /// A date on which one of an account's credentials stops working whatever the vault does;
+    /// the user is alerted ahead of it, once per date. Its name is the event recorded then.
+    pub enum Deadline {
+        /// Announced by the provider (`refresh_token_expires_in`): only a new login helps.
+        RefreshToken = "expiring",
+        /// Recorded by the user (`vault set-client-secret --expires`): a new secret helps.
+        ClientSecret = "client_secret_expiring",
     }
 }
 
@@ -189,6 +203,9 @@ pub struct Account {
     pub last_error: Option<String>,
     pub access_expires_at: Option<i64>,
     pub refresh_expires_at: Option<i64>,
+    /// When the newest client secret stops working, as the user recorded it (Microsoft Entra
+    /// client secrets expire after at most two years).
+    pub client_secret_expires_at: Option<i64>,
     /// The account's own validation schedule (cron), overriding config.toml's.
     pub validation_schedule: Option<String>,
     /// The account's own refresh-ahead margin in seconds, overriding config.toml's.

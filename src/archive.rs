@@ -16,12 +16,6 @@ use crate::store::{NewAccount, Store, StoreError, TokenUpdate};
 const FORMAT: &str = "tokenvault-export";
 const ITERATIONS: u32 = 600_000;
 const AAD: &[u8] = b"tokenvault export v1";
-const SECRET_KINDS: [SecretKind; 4] = [
-    SecretKind::RefreshToken,
-    SecretKind::ClientSecret,
-    SecretKind::ServiceAccountKey,
-    SecretKind::AccessToken,
-];
 
 /// The file: public parameters and the sealed payload.
 #[derive(Serialize, Deserialize)]
@@ -48,6 +42,9 @@ struct ExportedAccount {
     refresh_expires_at: Option<i64>,
     validation_schedule: Option<String>,
     refresh_before: Option<u64>,
+    /// Absent from archives made before client-secret rotation.
+    #[serde(default)]
+    client_secret_expires_at: Option<i64>,
     /// Secret kind → value.
     secrets: Vec<(String, String)>,
 }
@@ -63,14 +60,12 @@ impl ExportedAccount {
 
 /// The long-lived secrets an imported account brings (its access token goes with its tokens).
 fn long_lived_secrets(account: &ExportedAccount) -> Vec<(SecretKind, SecretString)> {
-    [
-        SecretKind::RefreshToken,
-        SecretKind::ClientSecret,
-        SecretKind::ServiceAccountKey,
-    ]
-    .into_iter()
-    .filter_map(|kind| account.secret(kind).map(|value| (kind, value)))
-    .collect()
+    SecretKind::ALL
+        .iter()
+        .copied()
+        .filter(|&kind| kind != SecretKind::AccessToken)
+        .filter_map(|kind| account.secret(kind).map(|value| (kind, value)))
+        .collect()
 }
 
 /// What an archive brings is checked as if typed on the command line: names, endpoint URLs
@@ -134,7 +129,7 @@ pub fn export(store: &Store, passphrase: &SecretString) -> Result<(Vec<u8>, usiz
     let mut accounts = Vec::new();
     for account in store.accounts()? {
         let mut secrets = Vec::new();
-        for kind in SECRET_KINDS {
+        for &kind in SecretKind::ALL {
             if let Some(value) = store.secret(&account, kind)? {
                 secrets.push((kind.as_str().to_owned(), value.expose().clone()));
             }
@@ -146,6 +141,7 @@ pub fn export(store: &Store, passphrase: &SecretString) -> Result<(Vec<u8>, usiz
             refresh_expires_at: account.refresh_expires_at,
             validation_schedule: account.validation_schedule,
             refresh_before: account.refresh_before,
+            client_secret_expires_at: account.client_secret_expires_at,
             secrets,
         });
     }
@@ -245,6 +241,7 @@ pub fn import(
             tokens,
             validation_schedule: account.validation_schedule.as_deref(),
             refresh_before: account.refresh_before,
+            client_secret_expires_at: account.client_secret_expires_at,
         })
         .collect();
     store.insert_accounts(&new).map_err(|err| match err {

@@ -16,6 +16,7 @@
 //! desktop = true                # notify-send when a session bus exists
 //! degraded_after_seconds = 900  # alert when transient failures last this long
 //! expiring_before_seconds = 86400  # alert this long before a refresh token's own deadline
+//! client_secret_expiring_before_seconds = 1209600  # … and before a client secret's recorded expiry
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -104,6 +105,9 @@ pub struct AlertConfig {
     pub degraded_after_seconds: u64,
     /// Alert this long before a refresh token's announced deadline (`refresh_token_expires_in`).
     pub expiring_before_seconds: u64,
+    /// Alert this long before a client secret's recorded expiry (`set-client-secret --expires`):
+    /// making a new one may need an administrator, so the default is two weeks.
+    pub client_secret_expiring_before_seconds: u64,
 }
 
 impl Default for AlertConfig {
@@ -115,6 +119,7 @@ impl Default for AlertConfig {
             desktop: true,
             degraded_after_seconds: 900,
             expiring_before_seconds: 86_400,
+            client_secret_expiring_before_seconds: 14 * 86_400,
         }
     }
 }

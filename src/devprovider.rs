@@ -122,7 +122,9 @@ pub struct Behaviour {
     pub access_lifetime: u64,
     pub deny_consent: bool,
     pub forge_state: bool,
-    pub client_secret: String,
+    /// The confidential client's active secrets: a provider such as Microsoft Entra accepts
+    /// several at once, so that one can be rotated without downtime.
+    pub client_secrets: Vec<String>,
     pub faults: VecDeque<Fault>,
     /// Device flow: answer `slow_down` to the first poll.
     pub device_slow_down_first: bool,
@@ -143,6 +145,8 @@ pub struct Behaviour {
 pub struct Counters {
     pub token_requests: u32,
     pub refresh_grants: u32,
+    /// Requests refused `invalid_client` (an unknown client, or a secret it does not hold).
+    pub client_rejections: u32,
     pub slow_downs: u32,
     /// Gaps between consecutive device polls.
     pub device_poll_gaps: Vec<Duration>,
@@ -204,7 +208,7 @@ impl DevProvider {
                 access_lifetime: 3600,
                 deny_consent: false,
                 forge_state: false,
-                client_secret: CLIENT_SECRET.to_owned(),
+                client_secrets: vec![CLIENT_SECRET.to_owned()],
                 faults: VecDeque::new(),
                 device_slow_down_first: false,
                 delay: None,
@@ -478,7 +482,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 /// Client authentication: exactly one method; Basic credentials are form-urlencoded first.
 fn authenticate(
-    inner: &Inner,
+    inner: &mut Inner,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<String, Box<Response>> {
@@ -518,9 +522,12 @@ fn authenticate(
         )
     };
     match (id.as_str(), secret) {
-        (CLIENT_ID, Some(secret)) if secret == inner.behaviour.client_secret => Ok(id),
+        (CLIENT_ID, Some(secret)) if inner.behaviour.client_secrets.contains(&secret) => Ok(id),
         (PUBLIC_CLIENT_ID, None) => Ok(id),
-        _ => Err(Box::new(invalid())),
+        _ => {
+            inner.counters.client_rejections += 1;
+            Err(Box::new(invalid()))
+        }
     }
 }
 
@@ -619,7 +626,7 @@ fn answer(shared: &Arc<Mutex<Inner>>, headers: &HeaderMap, body: &str) -> Respon
     if grant_type == "urn:ietf:params:oauth:grant-type:jwt-bearer" {
         return jwt_bearer(&mut inner, &form);
     }
-    let client_id = match authenticate(&inner, headers, &form) {
+    let client_id = match authenticate(&mut inner, headers, &form) {
         Ok(id) => id,
         Err(response) => return *response,
     };
@@ -718,7 +725,7 @@ async fn device_authorization(State(shared): Shared, headers: HeaderMap, body: S
         .into_owned()
         .collect();
     let mut inner = lock(&shared);
-    if let Err(refusal) = authenticate(&inner, &headers, &form) {
+    if let Err(refusal) = authenticate(&mut inner, &headers, &form) {
         return *refusal;
     }
     let device_code = random("dc-PLANTED-");

@@ -38,6 +38,10 @@ pub enum Error {
     )]
     ClientRejected { account: String, reason: String },
     #[error(
+        "the provider refused the new client secret of account {account:?} (invalid_client); the previous one still works and stays in use as a fallback, so nothing stopped. A secret just created can take a few minutes to work (Microsoft Entra); otherwise check it and run again: vault set-client-secret {account}"
+    )]
+    NewClientSecretRefused { account: String },
+    #[error(
         "the provider refused the requests of account {account:?} as misconfigured ({reason}): check its scopes, the client's type and the grant it allows. Then: vault remove {account} && vault add-account {account} …"
     )]
     Misconfigured { account: String, reason: String },
@@ -150,7 +154,9 @@ impl Error {
     pub fn problem(&self) -> Problem {
         match self {
             Error::ReauthRequired { .. } => Problem::ReauthRequired,
-            Error::ClientRejected { .. } | Error::Misconfigured { .. } => Problem::ClientError,
+            Error::ClientRejected { .. }
+            | Error::Misconfigured { .. }
+            | Error::NewClientSecretRefused { .. } => Problem::ClientError,
             Error::Unavailable { .. } => Problem::UpstreamUnavailable,
             Error::Interrupted => Problem::Interrupted,
             Error::Daemon { problem, .. } => *problem,

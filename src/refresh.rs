@@ -61,6 +61,21 @@ pub async fn access_token<S: RefreshStore>(
     }
 }
 
+/// A live refresh now, recorded as a validation: the proof that the account's credentials work
+/// (`vault validate`, a new client secret).
+pub async fn prove<S: RefreshStore>(
+    store: &mut S,
+    http: &reqwest::Client,
+    name: &str,
+) -> Result<Settled, Error> {
+    match begin(store, name, Need::Fresh { validation: true })? {
+        Begun::Call(call) => Ok(call.send(http).await.settle(store)),
+        Begun::Cached(_) => Err(Error::Internal(
+            "a proof was answered from the cache".into(),
+        )),
+    }
+}
+
 /// The first step of getting a token: a stored one that meets `need`, or the call to make.
 pub enum Begun<G> {
     Cached(AccessToken),
@@ -119,12 +134,13 @@ pub struct PendingCall<G> {
 
 impl<G> PendingCall<G> {
     pub async fn send(self: Box<Self>, http: &reqwest::Client) -> Answered<G> {
-        let outcome = self.call.send(http).await;
+        let (outcome, fell_back) = self.call.send(http).await;
         Answered {
             guard: self.guard,
             account: self.account,
             outcome,
             need: self.need,
+            fell_back,
         }
     }
 }
@@ -137,6 +153,7 @@ pub struct Answered<G> {
     account: Account,
     outcome: Outcome,
     need: Need,
+    fell_back: bool,
 }
 
 /// What a settled call gives: the token (or why there is none), and the account's change of
@@ -146,6 +163,8 @@ pub struct Settled {
     pub transition: Option<Transition>,
     /// The scope the provider granted, when it named it.
     pub scope: Option<String>,
+    /// The provider refused the newest client secret, and the answer came with the previous one.
+    pub fell_back: bool,
 }
 
 impl<G> Answered<G> {
@@ -191,6 +210,7 @@ impl<G> Answered<G> {
             issued,
             transition,
             scope,
+            fell_back: self.fell_back,
         }
     }
 }
@@ -252,11 +272,24 @@ enum Credential {
     },
 }
 
+impl Credential {
+    /// The OAuth client the call authenticates as, if it authenticates with a client secret.
+    fn client_mut(&mut self) -> Option<&mut Client> {
+        match self {
+            Credential::RefreshToken { client, .. } => client.as_mut(),
+            Credential::ClientCredentials { client } => Some(client),
+            Credential::ServiceAccount { .. } => None,
+        }
+    }
+}
+
 /// One call to the token endpoint with an account's long-lived credential.
 struct UpstreamCall {
     token_url: String,
     scopes: Vec<String>,
     credential: Credential,
+    /// The client secret before the newest, while a rotation is under way.
+    previous_secret: Option<SecretString>,
 }
 
 impl UpstreamCall {
@@ -293,10 +326,31 @@ impl UpstreamCall {
             token_url: config.endpoints.token_url.clone(),
             scopes: config.scopes.clone(),
             credential,
+            previous_secret: store.secret(account, SecretKind::PreviousClientSecret)?,
         })
     }
 
-    async fn send(self, http: &reqwest::Client) -> Outcome {
+    /// Sends the call; when the provider refuses the client and a previous client secret is
+    /// kept, sends it once more with that one. Safe to repeat: a server authenticates the client
+    /// before it looks at the grant (RFC 6749 §5.2), so a refused client spent nothing.
+    /// True with the outcome when the previous secret was used.
+    async fn send(mut self, http: &reqwest::Client) -> (Outcome, bool) {
+        let outcome = self.send_once(http).await;
+        let client_refused = matches!(
+            &outcome,
+            Outcome::Permanent(rejection) if rejection.kind == RejectionKind::InvalidClient
+        );
+        let previous = self.previous_secret.take();
+        match (self.credential.client_mut(), previous) {
+            (Some(client), Some(previous)) if client_refused => {
+                client.secret = Some(previous);
+                (self.send_once(http).await, true)
+            }
+            _ => (outcome, false),
+        }
+    }
+
+    async fn send_once(&self, http: &reqwest::Client) -> Outcome {
         match &self.credential {
             Credential::RefreshToken {
                 client,

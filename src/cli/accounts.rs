@@ -4,7 +4,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Context, when};
-use crate::account::{Account, AccountState, Grant};
+use crate::account::{Account, AccountState, Grant, SecretKind};
 use crate::clock::now_unix;
 use crate::config::Config;
 use crate::error::Error;
@@ -49,6 +49,8 @@ struct Status<'a> {
     identity: Option<&'a str>,
     token_expires_at: Option<i64>,
     refresh_token_expires_at: Option<i64>,
+    /// The newest client secret's expiry, as recorded with `set-client-secret --expires`.
+    client_secret_expires_at: Option<i64>,
     last_refresh_at: Option<i64>,
     last_validated_at: Option<i64>,
     /// When the daemon will next prove the credential (none while re-authorization is needed).
@@ -88,6 +90,7 @@ fn status_of<'a>(account: &'a Account, global: Global<'_>, now: i64) -> Status<'
             .map(|identity| identity.shown()),
         token_expires_at: account.access_expires_at,
         refresh_token_expires_at: account.refresh_expires_at,
+        client_secret_expires_at: account.client_secret_expires_at,
         last_refresh_at: account.last_refresh_at,
         last_validated_at: account.last_validated_at,
         next_validation_at,
@@ -123,7 +126,8 @@ pub(super) fn status(context: &Context, args: StatusArgs) -> Result<(), Error> {
         };
         println!("{}", json.map_err(|err| Error::Internal(err.to_string()))?);
     } else if args.name.is_some() {
-        print_details(&accounts[0], &statuses[0]);
+        let rotating = store.has_secret(&accounts[0], SecretKind::PreviousClientSecret)?;
+        print_details(&accounts[0], &statuses[0], rotating);
     } else if statuses.is_empty() {
         println!("No accounts yet. Add one with: vault add-account NAME …");
     } else {
@@ -190,7 +194,8 @@ fn relative(unix: Option<i64>, now: i64) -> String {
     }
 }
 
-fn print_details(account: &Account, status: &Status<'_>) {
+/// `rotating`: a previous client secret is kept as a fallback.
+fn print_details(account: &Account, status: &Status<'_>, rotating: bool) {
     let optional = |unix: Option<i64>| unix.map_or_else(|| "never".to_owned(), when);
     let config = &account.config;
     println!("{}", account.name);
@@ -211,6 +216,18 @@ fn print_details(account: &Account, status: &Status<'_>) {
         if let Some(subject) = subject {
             println!("  subject          {subject}");
         }
+    }
+    if status.client_secret_expires_at.is_some() {
+        println!(
+            "  secret expires   {}",
+            optional(status.client_secret_expires_at)
+        );
+    }
+    if rotating {
+        println!(
+            "  previous secret  kept as a fallback; once deleted at the provider: vault set-client-secret {} --retire-old",
+            account.name
+        );
     }
     println!("  scopes           {}", config.scopes.join(" "));
     println!("  token expires    {}", optional(status.token_expires_at));

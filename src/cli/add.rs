@@ -227,7 +227,7 @@ fn client_secret(args: &AddArgs, client_id: &str) -> Result<Option<SecretString>
     Ok(secret.filter(|secret| !secret.is_empty()))
 }
 
-fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, Error> {
+pub(super) fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, Error> {
     let text = std::fs::read_to_string(path).map_err(|err| {
         Error::Input(format!(
             "cannot read the {what} file {}: {err}",
@@ -244,7 +244,7 @@ fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, Error> {
     Ok(secret)
 }
 
-fn read_stdin_secret(what: &str) -> Result<SecretString, Error> {
+pub(super) fn read_stdin_secret(what: &str) -> Result<SecretString, Error> {
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).map_err(|err| {
         Error::Input(format!("cannot read the {what} from standard input: {err}"))

@@ -3,6 +3,7 @@
 mod accounts;
 mod add;
 mod archive;
+mod client_secret;
 mod doctor;
 mod grant;
 mod init;
@@ -95,6 +96,9 @@ enum Command {
     Exec(token::ExecArgs),
     /// git credential helper: git config credential.helper "!vault git-credential --account NAME"
     GitCredential(token::GitCredentialArgs),
+    /// Rotate an account's client secret without downtime: the new one first, the previous one
+    /// as a fallback on invalid_client until --retire-old
+    SetClientSecret(client_secret::SetClientSecretArgs),
     /// Remove an account and its secrets, revoking its grant at the provider first
     Remove {
         name: String,
@@ -195,6 +199,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Token(args) => token::run(&context, args),
         Command::Exec(args) => token::exec(&context, args),
         Command::GitCredential(args) => token::git_credential(&context, args),
+        Command::SetClientSecret(args) => client_secret::run(&context, args),
         Command::Remove { name, keep_grant } => accounts::remove(&context, &name, keep_grant),
         Command::Serve(args) => serve::run(&context, args),
         Command::Grant(args) => grant::run(&context, args, true),

@@ -3,7 +3,7 @@ use clap::Args;
 use super::{Context, block_on, when};
 use crate::error::Error;
 use crate::oauth::token::http_client;
-use crate::refresh::{self, Need};
+use crate::refresh;
 
 #[derive(Args)]
 pub(super) struct ValidateArgs {
@@ -38,11 +38,17 @@ pub(super) fn validate(context: &Context, args: ValidateArgs) -> Result<(), Erro
     let http = http_client();
     let mut first_failure = None;
     for name in names {
-        let need = Need::Fresh { validation: true };
-        match block_on(refresh::access_token(&mut store, &http, &name, need))? {
+        let proof = block_on(refresh::prove(&mut store, &http, &name))?;
+        let with_previous = match &proof {
+            Ok(settled) if settled.fell_back => {
+                " (with the previous client secret: the provider refused the newest)"
+            }
+            _ => "",
+        };
+        match proof.and_then(|settled| settled.issued) {
             Ok(issued) => match issued.upstream_problem {
                 None => println!(
-                    "{name}: ok — the provider issued a token valid until {}",
+                    "{name}: ok — the provider issued a token valid until {}{with_previous}",
                     when(issued.token.expires_at)
                 ),
                 Some(problem) => println!("{name}: not proven — {problem}"),

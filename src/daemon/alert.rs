@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::account::{AccountState, Transition};
+use crate::account::{AccountState, Deadline, Transition};
 use crate::clock::now_unix;
 use crate::config::AlertConfig;
 use crate::daemon::metrics::Metrics;
@@ -31,6 +31,7 @@ named_enum! {
         Degraded = "degraded",
         Recovered = "recovered",
         Expiring = "expiring",
+        ClientSecretExpiring = "client_secret_expiring",
     }
 }
 
@@ -45,8 +46,9 @@ pub struct Alert {
 /// What the alerter is told.
 enum Message {
     Changed(Transition),
-    /// A refresh token dies at `at` (its announced deadline), whatever the vault does.
-    Expiring {
+    /// A credential stops working at `at`, whatever the vault does.
+    DeadlineNear {
+        deadline: Deadline,
         account: String,
         at: i64,
     },
@@ -84,8 +86,12 @@ impl Alerts {
         let _ = self.sender.send(Message::Changed(change));
     }
 
-    pub fn refresh_token_expiring(&self, account: String, at: i64) {
-        let _ = self.sender.send(Message::Expiring { account, at });
+    pub fn deadline_near(&self, deadline: Deadline, account: String, at: i64) {
+        let _ = self.sender.send(Message::DeadlineNear {
+            deadline,
+            account,
+            at,
+        });
     }
 }
 
@@ -110,7 +116,9 @@ async fn run(sinks: Sinks, mut messages: mpsc::UnboundedReceiver<Message>) {
                         sinks.send(alert);
                     }
                 }
-                Some(Message::Expiring { account, at }) => sinks.send(expiring(account, at)),
+                Some(Message::DeadlineNear { deadline, account, at }) => {
+                    sinks.send(deadline_near(deadline, account, at));
+                }
                 None => return,
             },
             _ = tick.tick() => {
@@ -150,17 +158,29 @@ fn on_change(watch: &mut Watch, change: &Transition) -> Option<Alert> {
     })
 }
 
-/// The alert ahead of a refresh token's own deadline: only a new authorization helps.
-fn expiring(account: String, at: i64) -> Alert {
+/// The alert ahead of a credential's own deadline, naming what helps.
+fn deadline_near(deadline: Deadline, account: String, at: i64) -> Alert {
     let left = humantime::format_duration(Duration::from_secs(
         at.saturating_sub(now_unix()).max(0) as u64,
     ));
-    Alert {
-        reason: format!(
-            "the provider gave its refresh token a deadline: it stops working in {left} (a Google app in \"Testing\" status, or time-bound access). Authorize again before then: vault login {account}"
+    let (event, reason) = match deadline {
+        Deadline::RefreshToken => (
+            AlertEvent::Expiring,
+            format!(
+                "the provider gave its refresh token a deadline: it stops working in {left} (a Google app in \"Testing\" status, or time-bound access). Authorize again before then: vault login {account}"
+            ),
         ),
+        Deadline::ClientSecret => (
+            AlertEvent::ClientSecretExpiring,
+            format!(
+                "its client secret expires in {left}. Create a new secret for the app at the provider, then: vault set-client-secret {account} --expires DATE"
+            ),
+        ),
+    };
+    Alert {
+        reason,
         account,
-        event: AlertEvent::Expiring,
+        event,
         at: now_unix(),
     }
 }

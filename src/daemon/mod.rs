@@ -88,7 +88,10 @@ pub async fn serve(
         source,
     })?;
     let config = Config::load(store.dir()).map_err(ServerError::Config)?;
-    let expiring_before = config.alert.expiring_before_seconds;
+    let expiring_before = deadline_watch::Warnings {
+        refresh_token: config.alert.expiring_before_seconds,
+        client_secret: config.alert.client_secret_expiring_before_seconds,
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let alerts = Alerts::start(
         config.alert,

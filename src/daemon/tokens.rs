@@ -11,7 +11,7 @@ use super::flight::{self, Failure, Refreshed};
 use super::metrics::{Metrics, Snapshot};
 use super::notify::Notifier;
 use super::table::{AccountTable, CachedToken, Lookup, Peer, Slot};
-use crate::account::{AccountState, Grant};
+use crate::account::{AccountState, Deadline, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::refresh::{self, Begun, Need};
@@ -128,6 +128,19 @@ impl Tokens {
                     slot.set_state(transition.to);
                     self.notifier.state_changed(transition);
                 }
+                if settled.fell_back {
+                    crate::log::emit(
+                        crate::log::Level::Warning,
+                        "the provider refused the newest client secret; the previous one was used",
+                        &[
+                            ("account", slot.name()),
+                            (
+                                "fix",
+                                "check the secret, then: vault set-client-secret NAME",
+                            ),
+                        ],
+                    );
+                }
                 (settled.issued?, settled.scope)
             }
         };
@@ -143,25 +156,25 @@ impl Tokens {
         Ok((token, issued.upstream_problem))
     }
 
-    /// Alerts `expiring` for every refresh token whose announced deadline is less than
-    /// `before` seconds away, once per deadline (recorded in the vault).
-    pub async fn alert_refresh_deadlines(&self, before: u64) {
+    /// Alerts every `deadline` less than `before` seconds away, once per date (recorded in the
+    /// vault).
+    pub async fn alert_deadlines(&self, deadline: Deadline, before: u64) {
         let store = self.store.clone();
         let until = now_unix().saturating_add(i64::try_from(before).unwrap_or(i64::MAX));
         let due = blocking(move || {
             let mut store = store.lock().map_err(|_| poisoned())?;
-            Ok(store.take_refresh_deadlines(until)?)
+            Ok(store.take_deadlines(deadline, until)?)
         })
         .await;
         match due {
             Ok(due) => {
                 for (name, at) in due {
-                    self.notifier.alerts.refresh_token_expiring(name, at);
+                    self.notifier.alerts.deadline_near(deadline, name, at);
                 }
             }
             Err(err) => crate::log::emit(
                 crate::log::Level::Warning,
-                "cannot check refresh-token deadlines",
+                "cannot check credential deadlines",
                 &[("error", &err.to_string())],
             ),
         }

@@ -10,6 +10,7 @@
 //! blob copied to another row or kind fails to open.
 
 mod accounts;
+mod client_secrets;
 mod commits;
 mod events;
 mod lock;
@@ -17,6 +18,7 @@ mod schema;
 mod sealing;
 
 pub use accounts::NewAccount;
+pub use client_secrets::SecretRotation;
 pub use commits::{RefreshStore, TokenUpdate};
 pub use lock::AccountLock;
 
@@ -65,6 +67,12 @@ pub enum StoreError {
         "the stored settings of account {0:?} (where and how its secrets are sent) were changed outside tokenvault; nothing was sent anywhere. Restore the vault from a backup, or remove the account and add it again: vault remove {0}"
     )]
     SettingsTampered(String),
+    #[error(
+        "account {0:?} has no client secret to replace (a public client, or a service account); nothing was changed"
+    )]
+    NoClientSecret(String),
+    #[error("account {0:?} has no previous client secret to retire; nothing was changed")]
+    NoPreviousClientSecret(String),
     #[error("the stored settings of account {0:?} are unreadable ({1})")]
     BadConfig(String, String),
     #[error(transparent)]

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/004_refresh_before.sql"),
     include_str!("../../schema/005_settings_mac.sql"),
     include_str!("../../schema/006_generation.sql"),
+    include_str!("../../schema/007_client_secret_expiry.sql"),
 ];
 
 /// Brings the schema up to date. `fresh` is true only for a database `vault init` just created:

@@ -16,26 +16,16 @@ impl Store {
         account: &Account,
         kind: SecretKind,
     ) -> Result<Option<SecretString>, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = self
-            .conn
-            .query_row(
-                "SELECT key_version, sealed FROM secrets WHERE account_id = ?1 AND kind = ?2",
-                params![account.id, kind.as_str()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        let Some((version, sealed)) = row else {
-            return Ok(None);
-        };
-        let tampered = || StoreError::SecretTampered {
-            account: account.name.clone(),
-            kind: kind.as_str(),
-        };
-        let plain = self
-            .data_key
-            .open(&sealed, secret_aad(account.id, kind, version).as_bytes())
-            .map_err(|_| tampered())?;
-        plain.into_string().map(Some).ok_or_else(tampered)
+        open_secret(&self.conn, &self.data_key, account, kind)
+    }
+
+    /// Whether `account` holds a secret of `kind` (nothing is opened).
+    pub fn has_secret(&self, account: &Account, kind: SecretKind) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM secrets WHERE account_id = ?1 AND kind = ?2)",
+            params![account.id, kind.as_str()],
+            |row| row.get(0),
+        )?)
     }
 
     /// Rotates the keys: a new data key (next version) re-seals every secret, wrapped by the new
@@ -112,6 +102,33 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// The secret `kind` of `account` read through `conn` (the store's, or a transaction's).
+pub(super) fn open_secret(
+    conn: &rusqlite::Connection,
+    key: &Key,
+    account: &Account,
+    kind: SecretKind,
+) -> Result<Option<SecretString>, StoreError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT key_version, sealed FROM secrets WHERE account_id = ?1 AND kind = ?2",
+            params![account.id, kind.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((version, sealed)) = row else {
+        return Ok(None);
+    };
+    let tampered = || StoreError::SecretTampered {
+        account: account.name.clone(),
+        kind: kind.as_str(),
+    };
+    let plain = key
+        .open(&sealed, secret_aad(account.id, kind, version).as_bytes())
+        .map_err(|_| tampered())?;
+    plain.into_string().map(Some).ok_or_else(tampered)
 }
 
 pub(super) fn put_secret(

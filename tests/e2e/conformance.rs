@@ -629,3 +629,38 @@ fn a_login_by_another_user_is_refused_unless_allowed() {
     // Bob again: the same user, accepted without a flag.
     run(&vault, &["login", "mail", "--timeout", "30"]).ok();
 }
+
+/// What the client-secret fallback rests on: a server authenticates the client before it looks
+/// at the grant (RFC 6749 §5.2), so a refresh refused for its secret spends no refresh token —
+/// even on a server that rotates them and kills the grant on reuse.
+#[test]
+fn a_refresh_refused_for_its_client_secret_spends_nothing_and_the_previous_secret_carries_on() {
+    let server = Certified::start();
+    let vault = vault_with_mail(&server);
+    let refresh = vault.stored_secret("mail", SecretKind::RefreshToken);
+    let (status, body) = server.refresh_with((BASIC.0, "not-the-secret"), &refresh);
+    assert!(
+        status == 401 && body.contains("invalid_client"),
+        "{status} {body}"
+    );
+    assert!(
+        server.is_active(&refresh),
+        "the refused request spent the refresh token"
+    );
+
+    // The vault's own fallback against it: the new secret is refused, the previous one refreshes.
+    let wrong = secret_file(&vault, "a-mistyped-new-secret");
+    run(
+        &vault,
+        &["set-client-secret", "mail", "--client-secret-file", &wrong],
+    )
+    .fails_with(4, "refused the new client secret");
+    let validated = run(&vault, &["validate", "mail"]);
+    validated.ok();
+    assert!(
+        validated.stdout.contains("with the previous client secret"),
+        "{}",
+        validated.stdout
+    );
+    assert!(server.is_active(&token(&vault, "mail", &[])));
+}

@@ -300,7 +300,7 @@ fn revoked_grant_needs_login_then_recovers() {
 #[test]
 fn rejected_client_secret_is_a_client_error() {
     let Scenario { fake, vault } = Scenario::new().account("acct");
-    fake.configure(|b| b.client_secret = "rotated-on-the-console".into());
+    fake.configure(|b| b.client_secrets = vec!["rotated-on-the-console".into()]);
     vault
         .run(&["token", "acct", "--min-valid", "7200"])
         .fails_with(4, "invalid_client");

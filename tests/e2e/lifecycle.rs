@@ -128,7 +128,7 @@ fn a_rejected_client_secret_alerts_client_error() {
         "[validation]\nschedule = \"*/2 * * * * *\"\n",
     );
     let _daemon = Daemon::start(&vault, &[]);
-    fake.configure(|b| b.client_secret = "rotated-on-the-console".into());
+    fake.configure(|b| b.client_secrets = vec!["rotated-on-the-console".into()]);
     assert!(eventually(Duration::from_secs(8), || !alert_lines(&alerts).is_empty()));
     std::thread::sleep(Duration::from_secs(3));
     let lines = alert_lines(&alerts);

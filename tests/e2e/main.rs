@@ -14,5 +14,6 @@ mod keyring;
 mod lifecycle;
 mod mail;
 mod passphrase;
+mod rotation;
 mod security;
 mod support;
