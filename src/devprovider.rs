@@ -139,6 +139,8 @@ pub struct Behaviour {
     /// Google for apps in "Testing" status: refresh tokens die after this many seconds, and the
     /// answers say so (`refresh_token_expires_in`).
     pub refresh_token_lifetime: Option<u64>,
+    /// The provider's clock runs this many seconds off ours: every answer's `Date` says so.
+    pub clock_skew: Option<i64>,
 }
 
 #[derive(Default)]
@@ -215,6 +217,7 @@ impl DevProvider {
                 down_until: None,
                 reuse_grace: None,
                 refresh_token_lifetime: None,
+                clock_skew: None,
             },
             counters: Counters::default(),
             codes: HashMap::new(),
@@ -233,6 +236,10 @@ impl DevProvider {
             .route("/token", post(token))
             .route("/device", post(device_authorization))
             .route("/webhook", post(webhook))
+            .layer(axum::middleware::map_response_with_state(
+                inner.clone(),
+                skewed_date,
+            ))
             .with_state(inner.clone());
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -478,6 +485,18 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         axum::Json(json!({"error": error, "error_description": description})),
     )
         .into_response()
+}
+
+/// A `Date` header from the provider's own (skewed) clock; without a skew, hyper's.
+async fn skewed_date(State(shared): Shared, mut response: Response) -> Response {
+    if let Some(skew) = lock(&shared).behaviour.clock_skew {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(skew);
+        let date = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        if let Ok(value) = header::HeaderValue::from_str(&date) {
+            response.headers_mut().insert(header::DATE, value);
+        }
+    }
+    response
 }
 
 /// Client authentication: exactly one method; Basic credentials are form-urlencoded first.

@@ -1,6 +1,6 @@
 //! `vault doctor`: every check of `crate::doctor`, each problem with its fix.
 
-use super::Context;
+use super::{Context, block_on};
 use crate::error::Error;
 
 pub(super) fn doctor(context: &Context) -> Result<(), Error> {
@@ -9,7 +9,7 @@ pub(super) fn doctor(context: &Context) -> Result<(), Error> {
         socket: &context.socket,
         unlock: context.unlock(),
     };
-    let findings = crate::doctor::examine(&places);
+    let findings = block_on(crate::doctor::examine(&places))?;
     for finding in &findings {
         if finding.ok {
             println!("ok    {}", finding.what);

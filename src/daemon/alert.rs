@@ -237,9 +237,25 @@ impl Sinks {
                 metrics.alert("webhook", post_webhook(http, url, signer, alert).await);
             });
         }
-        if self.config.desktop && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
+        if self.config.desktop && session_bus_present() {
             tokio::spawn(notify_desktop(alert));
         }
+    }
+}
+
+/// Whether a desktop session bus is there for notify-send: its address is set and, when it
+/// names a socket file, that file exists.
+pub(crate) fn session_bus_present() -> bool {
+    let Some(address) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") else {
+        return false;
+    };
+    let address = address.to_string_lossy();
+    match address
+        .strip_prefix("unix:path=")
+        .map(|rest| rest.split(',').next().unwrap_or(rest))
+    {
+        Some(path) => std::path::Path::new(path).exists(),
+        None => true,
     }
 }
 

@@ -368,3 +368,56 @@ fn doctor_lists_each_problem_with_its_fix() {
         assert!(sick.stdout.contains(fix), "{fix}:\n{}", sick.stdout);
     }
 }
+
+#[test]
+fn doctor_compares_the_clock_with_the_provider_and_tries_the_alert_sinks_without_alerting() {
+    let Scenario { fake, vault } = Scenario::new().account("mail");
+    // The provider's clock is ten minutes behind ours; the webhook points at a closed port and
+    // the alert command at a program that is not there.
+    fake.configure(|b| b.clock_skew = Some(-600));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    write_private(
+        &vault.dir.join("config.toml"),
+        &format!(
+            "[alert]\nwebhook = \"http://127.0.0.1:{closed_port}/hook/SECRET-TOPIC\"\ncommand = \"no-such-alerter-tv \\\"$VAULT_ACCOUNT\\\"\"\ndesktop = false\n"
+        ),
+    );
+    let sick = vault.run(&["doctor"]);
+    assert!(
+        sick.stderr.contains("3 problem(s) found"),
+        "{}",
+        sick.stdout
+    );
+    for needle in [
+        "s ahead of the clock of http://127.0.0.1",
+        "timedatectl set-ntp true",
+        &format!("webhook at http://127.0.0.1:{closed_port} cannot be reached"),
+        "no-such-alerter-tv is not found",
+    ] {
+        assert!(sick.stdout.contains(needle), "{needle}:\n{}", sick.stdout);
+    }
+    assert!(
+        !sick.stdout.contains("SECRET-TOPIC"),
+        "a webhook URL's path is shown:\n{}",
+        sick.stdout
+    );
+
+    fake.configure(|b| b.clock_skew = Some(5));
+    crate::support::alerting_config(&vault, &fake, "");
+    let healthy = vault.run(&["doctor"]);
+    healthy.ok();
+    for needle in [
+        "this clock agrees with",
+        "the alert webhook at",
+        "printf is installed",
+    ] {
+        assert!(
+            healthy.stdout.contains(needle),
+            "{needle}:\n{}",
+            healthy.stdout
+        );
+    }
+    assert!(fake.webhooks().is_empty(), "doctor sent an alert");
+}

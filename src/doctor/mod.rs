@@ -1,6 +1,8 @@
 //! `vault doctor`: what is wrong with this installation, each finding with the command that fixes
 //! it. It only looks; it changes nothing.
 
+mod outside;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -41,7 +43,7 @@ pub struct Places<'a> {
 }
 
 /// Every check, in the order a user would fix things.
-pub fn examine(places: &Places<'_>) -> Vec<Finding> {
+pub async fn examine(places: &Places<'_>) -> Vec<Finding> {
     let me = rustix::process::geteuid().as_raw();
     let mut findings = vec![vault_dir(places.vault_dir, me)];
     findings.extend(vault_files(places.vault_dir, me));
@@ -62,11 +64,16 @@ pub fn examine(places: &Places<'_>) -> Vec<Finding> {
             None
         }
     };
+    let http = crate::oauth::token::http_client();
     if let Some(store) = &store {
         findings.push(daemon(places.socket, store));
         findings.extend(orphaned_keyring_entries(store));
         findings.extend(accounts(store));
+        if let Ok(accounts) = store.accounts() {
+            findings.extend(outside::provider_clocks(&http, &accounts).await);
+        }
     }
+    findings.extend(outside::alert_sinks(&http, places.vault_dir).await);
     findings
 }
 
