@@ -68,6 +68,7 @@ pub async fn examine(places: &Places<'_>) -> Vec<Finding> {
     if let Some(store) = &store {
         findings.push(daemon(places.socket, store));
         findings.extend(orphaned_keyring_entries(store));
+        findings.extend(orphaned_key_file(store));
         findings.extend(accounts(store));
         if let Ok(accounts) = store.accounts() {
             findings.extend(outside::provider_clocks(&http, &accounts).await);
@@ -187,6 +188,24 @@ fn orphaned_keyring_entries(store: &Store) -> Option<Finding> {
                 .map(|user| format!("secret-tool clear service tokenvault username {user}"))
                 .collect::<Vec<_>>()
                 .join(" && "),
+        )
+    })
+}
+
+/// The new key file of a `vault rekey` killed before its commit: it opens nothing, and would
+/// only confuse (or, kept beside backups, look like the key).
+fn orphaned_key_file(store: &Store) -> Option<Finding> {
+    let KeySource::File(path) = store.pending_rekey()? else {
+        return None;
+    };
+    let in_use = matches!(store.key_source(), KeySource::File(current) if *current == path);
+    (path.exists() && !in_use).then(|| {
+        problem(
+            format!(
+                "an interrupted vault rekey left the key file {}, which opens nothing",
+                path.display()
+            ),
+            format!("rm {}", path.display()),
         )
     })
 }

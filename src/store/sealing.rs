@@ -19,6 +19,20 @@ impl Store {
         open_secret(&self.conn, &self.data_key, account, kind)
     }
 
+    /// Where a rekey that did not commit was putting its new master key, if one was begun since
+    /// the last commit (`vault doctor` looks for the key file it may have left).
+    pub fn pending_rekey(&self) -> Option<KeySource> {
+        let record: String = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'rekey_pending'",
+                [],
+                |row| row.get(0),
+            )
+            .ok()?;
+        KeySource::from_record(&record).ok()
+    }
+
     /// Whether `account` holds a secret of `kind` (nothing is opened).
     pub fn has_secret(&self, account: &Account, kind: SecretKind) -> Result<bool, StoreError> {
         Ok(self.conn.query_row(
@@ -39,10 +53,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         let vault_id = self.vault_id()?;
         let new_version = self.key_version + 1;
+        // Recorded before the new key exists, so that `vault doctor` can name a key file a crash
+        // left behind, which opens nothing.
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('rekey_pending', ?1)",
+            [new_source.to_record()],
+        )?;
         let new_master = new_source.load_or_create(&vault_id, new_version, passphrase)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM meta WHERE key = 'rekey_pending'", [])?;
         let (new_key, new_settings_key) =
             install_data_key(&tx, &vault_id, &new_master, &new_source, new_version)?;
         sign_all_settings(&tx, &new_settings_key)?;

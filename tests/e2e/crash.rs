@@ -211,6 +211,15 @@ fn sigkill_during_rekey_leaves_exactly_one_working_key() {
             took_new += 1;
         } else {
             kept_old += 1;
+            if new.exists() {
+                // The key file the killed rekey made opens nothing: doctor names it.
+                let mut doctor =
+                    vault.command(&["--key-file", current.to_str().unwrap(), "doctor"]);
+                doctor.env_remove("VAULT_MASTER_KEY");
+                let found = vault.run_command(doctor, None);
+                let leftover = format!("rm {}", new.display());
+                assert!(found.stdout.contains(&leftover), "{}", found.stdout);
+            }
         }
     }
     eprintln!(
