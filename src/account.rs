@@ -260,6 +260,8 @@ pub struct AccountSummary {
     pub refresh_before: Option<u64>,
     /// The configured scopes, space-separated.
     pub scope: String,
+    /// What the provider said when the last upstream call failed.
+    pub last_error: Option<String>,
 }
 
 /// Account names become file names (locks) and socket paths: keep them to a safe alphabet.

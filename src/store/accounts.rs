@@ -63,12 +63,14 @@ impl Store {
             .ok_or_else(|| StoreError::NoSuchAccount(name.to_owned()))?
     }
 
+    /// Every account, by name. Read in table order and sorted here: walking the name index
+    /// would fetch each row from a page of its own (a fifth of `vault status` at 100k accounts).
     pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("{} ORDER BY name", select_accounts()))?;
+        let mut stmt = self.conn.prepare(&select_accounts())?;
         let rows = stmt.query_map([], |row| read_account(row, &self.settings_key))?;
-        rows.map(|row| row?).collect()
+        let mut accounts = rows.map(|row| row?).collect::<Result<Vec<_>, _>>()?;
+        accounts.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(accounts)
     }
 
     pub fn remove_account(&mut self, name: &str) -> Result<(), StoreError> {
@@ -208,8 +210,9 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
                     validation_schedule, refresh_before,
-                    (SELECT group_concat(value, ' ') FROM json_each(config, '$.scopes'))
-             FROM accounts ORDER BY name",
+                    json_extract(config, '$.scopes'),
+                    last_error
+             FROM accounts",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok((
@@ -221,11 +224,13 @@ impl Store {
                     row.get::<_, Option<u64>>(6)?,
                 ),
                 row.get::<_, Option<String>>(7)?,
+                row.get::<_, Option<String>>(8)?,
             ))
         })?;
         let mut summaries = Vec::new();
         for row in rows {
-            let (name, state, times, (validation_schedule, refresh_before), scope) = row?;
+            let (name, state, times, (validation_schedule, refresh_before), scope, last_error) =
+                row?;
             let (access_expires_at, last_refresh_at, last_validated_at) = times;
             let state = AccountState::parse(&state).ok_or_else(|| {
                 StoreError::BadConfig(name.clone(), format!("unknown state {state:?}"))
@@ -238,9 +243,15 @@ impl Store {
                 last_validated_at,
                 validation_schedule,
                 refresh_before,
-                scope: scope.unwrap_or_default(),
+                scope: scope
+                    .and_then(|scopes| serde_json::from_str::<Vec<String>>(&scopes).ok())
+                    .map(|scopes| scopes.join(" "))
+                    .unwrap_or_default(),
+                last_error,
             });
         }
+        // Sorted here rather than by the name index, as `accounts` does.
+        summaries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(summaries)
     }
 
