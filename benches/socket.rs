@@ -231,13 +231,19 @@ fn build_vault_of(work: &Path, count: usize) -> (PathBuf, PathBuf) {
 /// and with every account's token loaded (first fetch of each, 8 at a time), the first-fetch
 /// rate, and `vault status` over all of them.
 fn growth(sizes: &[usize]) {
+    let empty = empty_daemon_rss_kib();
     println!(
-        "{:>8} {:>12} {:>10} {:>12} {:>14} {:>16} {:>12}",
+        "a daemon with no account: RSS {:.1} MiB",
+        empty as f64 / 1024.0
+    );
+    println!(
+        "{:>8} {:>12} {:>10} {:>12} {:>14} {:>16} {:>16} {:>12}",
         "accounts",
         "start-up ms",
         "RSS idle",
         "RSS loaded",
-        "B/account",
+        "B/token loaded",
+        "B/account (all)",
         "first fetch/s",
         "status ms"
     );
@@ -296,11 +302,12 @@ fn growth(sizes: &[usize]) {
                 .collect(),
         );
         println!(
-            "{count:>8} {:>12.0} {:>8.1} MiB {:>8.1} MiB {:>14.0} {:>16.0} {:>12.0}",
+            "{count:>8} {:>12.0} {:>8.1} MiB {:>8.1} MiB {:>14.0} {:>16.0} {:>16.0} {:>12.0}",
             start_up.as_secs_f64() * 1e3,
             idle as f64 / 1024.0,
             loaded as f64 / 1024.0,
             (loaded.saturating_sub(idle) * 1024) as f64 / count as f64,
+            (loaded.saturating_sub(empty) * 1024) as f64 / count as f64,
             rate,
             status_ms
         );
@@ -308,6 +315,23 @@ fn growth(sizes: &[usize]) {
         let _ = daemon.wait();
         let _ = std::fs::remove_dir_all(&work);
     }
+}
+
+/// The RSS of a daemon serving an empty vault: what the growth table's per-account memory is
+/// counted over.
+fn empty_daemon_rss_kib() -> u64 {
+    let work = scratch_dir().join("growth-empty");
+    std::fs::create_dir_all(&work).unwrap();
+    let (dir, key_file) = build_vault_of(&work, 0);
+    let socket = work.join("vault.sock");
+    let mut daemon = spawn(vault(&dir, &key_file, &socket).arg("serve"));
+    wait_for(&socket);
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_kib(daemon.id());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&work);
+    rss
 }
 
 fn vault(dir: &Path, key_file: &Path, socket: &Path) -> Command {

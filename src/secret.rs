@@ -39,6 +39,12 @@ impl SecretString {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// A copy exactly as long as the text, for secrets kept long in great numbers (this one
+    /// is zeroized when dropped, like any).
+    pub fn boxed(&self) -> Secret<Box<str>> {
+        Secret(self.0.as_str().into())
+    }
 }
 
 impl SecretBytes {

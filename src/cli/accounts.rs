@@ -26,7 +26,11 @@ pub(super) fn list(context: &Context) -> Result<(), Error> {
         return Ok(());
     }
     write_lines(|out| {
-        writeln!(out, "{:<24} {:<20} {:<10} STATE", "NAME", "KIND", "PROVIDER")?;
+        writeln!(
+            out,
+            "{:<24} {:<20} {:<10} STATE",
+            "NAME", "KIND", "PROVIDER"
+        )?;
         for account in &accounts {
             writeln!(
                 out,
@@ -171,7 +175,8 @@ pub(super) fn status(context: &Context, args: StatusArgs) -> Result<(), Error> {
 }
 
 fn print_json(value: &impl Serialize) -> Result<(), Error> {
-    let json = serde_json::to_string_pretty(value).map_err(|err| Error::Internal(err.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(value).map_err(|err| Error::Internal(err.to_string()))?;
     println!("{json}");
     Ok(())
 }
@@ -198,7 +203,11 @@ fn print_table(summaries: &[AccountSummary], global: Global<'_>, now: i64) -> Re
             } else {
                 state
             };
-            let mut error = summary.last_error.as_deref().unwrap_or("-").replace('\n', " ");
+            let mut error = summary
+                .last_error
+                .as_deref()
+                .unwrap_or("-")
+                .replace('\n', " ");
             if error.chars().count() > 60 {
                 error = error.chars().take(59).collect::<String>() + "…";
             }

@@ -52,7 +52,8 @@ pub struct Flight {
 /// What the last refresh of an account ended with, shared with everyone who waited for it.
 #[derive(Default)]
 struct LastRefresh {
-    result: Option<Result<Arc<CachedToken>, Failure>>,
+    /// The failure boxed: most accounts never fail, and every account has one of these.
+    result: Option<Result<Arc<CachedToken>, Box<Failure>>>,
     /// Transient failures in a row, for the backoff.
     failures: u32,
     /// No upstream call before this time (backoff after a transient failure).
@@ -86,7 +87,7 @@ where
         && let Some(result) = &last.result
     {
         // A refresh finished while this caller waited: its result is the answer.
-        return result.clone();
+        return result.clone().map_err(|failure| *failure);
     }
     let now = now_unix();
     if now < last.pause_until {
@@ -109,7 +110,7 @@ where
     let shared = result
         .map(|(token, _)| token)
         .map_err(|error| Failure::from_error(&error, retry_after));
-    last.result = Some(shared.clone());
+    last.result = Some(shared.clone().map_err(Box::new));
     flight.refreshes.fetch_add(1, Ordering::Release);
     shared
 }
@@ -139,7 +140,7 @@ impl LastRefresh {
 /// found it, else the fix.
 fn dead_grant(name: &str, last: &LastRefresh) -> Failure {
     match &last.result {
-        Some(Err(failure)) if failure.problem == Problem::ReauthRequired => failure.clone(),
+        Some(Err(failure)) if failure.problem == Problem::ReauthRequired => (**failure).clone(),
         _ => Failure {
             problem: Problem::ReauthRequired,
             message: format!("account {name:?} must be authorized again. Next: vault login {name}"),
@@ -151,7 +152,10 @@ fn dead_grant(name: &str, last: &LastRefresh) -> Failure {
 fn paused_failure(last: &LastRefresh, now: i64) -> Failure {
     let retry_after = Some((last.pause_until - now).max(1));
     match &last.result {
-        Some(Err(failure)) => Failure { retry_after, ..failure.clone() },
+        Some(Err(failure)) => Failure {
+            retry_after,
+            ..(**failure).clone()
+        },
         _ => Failure {
             problem: Problem::UpstreamUnavailable,
             message: "the provider was unavailable a moment ago and no valid token is cached; try again shortly".into(),

@@ -2,18 +2,22 @@
 //! refresh timing and its single-flight slot. A valid cached token is answered from here without
 //! touching the store, the provider, or any lock held across I/O.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::flight::Flight;
-use crate::account::{AccountState, AccountSummary, Principal, Transition};
+use crate::account::{AccountState, Principal, Transition};
 use crate::refresh;
-use crate::secret::SecretString;
+use crate::secret::Secret;
+use crate::store::{StoreError, SummaryRow};
 
 /// An access token held in memory, ready to answer.
 pub struct CachedToken {
-    pub access_token: SecretString,
+    /// Exactly as long as the token: no spare capacity in 100,000 of them.
+    pub access_token: Secret<Box<str>>,
     pub expires_at: i64,
     /// Usually the slot's own configured scopes, shared rather than copied per token.
     pub scope: Arc<str>,
@@ -43,43 +47,96 @@ pub enum Lookup {
     Forbidden,
 }
 
+/// One per account, 100,000 of them in a big vault: every field is kept small (what most
+/// accounts lack is boxed or empty), see the test on its size.
 pub struct Slot {
-    /// Shared with the table's key: 100,000 accounts keep one copy of each name.
-    name: Arc<str>,
-    state: Mutex<AccountState>,
-    grants: Vec<Principal>,
-    /// The configured scopes, answered when the provider did not name the granted ones.
+    /// Also the table's key (see `Entry`).
+    name: Box<str>,
+    /// An `AccountState`, as its position in `AccountState::ALL`.
+    state: AtomicU8,
+    grants: Box<[Principal]>,
+    /// The configured scopes, answered when the provider did not name the granted ones; one
+    /// copy shared by every account with the same scopes.
     scope: Arc<str>,
-    /// Boxed: most accounts have none, and an inline schedule would triple the slot's size.
-    validation_schedule: Option<Box<cron::Schedule>>,
-    /// The account's own schedule as stored, to notice when it changes.
-    schedule_text: Option<String>,
+    /// The account's own validation schedule; most accounts have none.
+    schedule: Option<Box<OwnSchedule>>,
     refresh_before: Option<u64>,
-    cache: Mutex<Option<Arc<CachedToken>>>,
-    times: Mutex<Times>,
+    /// The cached token and the times, under one lock.
+    memo: Mutex<Memo>,
     /// A background refresh (ahead of expiry, or validation) is running.
     busy: AtomicBool,
     pub(super) flight: Flight,
 }
 
+/// An account's own validation schedule: as stored (to notice a change), and parsed.
+struct OwnSchedule {
+    text: String,
+    parsed: Option<cron::Schedule>,
+}
+
+struct Memo {
+    token: Option<Arc<CachedToken>>,
+    times: PackedTimes,
+}
+
+/// `Times` in 24 bytes instead of 48: `NONE` stands for a time not known.
+#[derive(Clone, Copy)]
+struct PackedTimes([i64; 3]);
+
+impl PackedTimes {
+    const NONE: i64 = i64::MIN;
+
+    fn pack(times: Times) -> PackedTimes {
+        let pack = |time: Option<i64>| time.unwrap_or(Self::NONE);
+        PackedTimes([
+            pack(times.issued_at),
+            pack(times.expires_at),
+            pack(times.next_validation),
+        ])
+    }
+
+    fn unpack(self) -> Times {
+        let unpack = |time: i64| (time != Self::NONE).then_some(time);
+        Times {
+            issued_at: unpack(self.0[0]),
+            expires_at: unpack(self.0[1]),
+            next_validation: unpack(self.0[2]),
+        }
+    }
+}
+
+fn state_code(state: AccountState) -> u8 {
+    AccountState::ALL
+        .iter()
+        .position(|known| *known == state)
+        .map_or(0, |index| index as u8)
+}
+
 impl Slot {
-    fn new(name: Arc<str>, account: AccountSummary, grants: Vec<Principal>) -> Slot {
+    fn new(
+        name: Box<str>,
+        scope: Arc<str>,
+        account: &SummaryRow<'_>,
+        grants: Vec<Principal>,
+    ) -> Slot {
         Slot {
-            state: Mutex::new(account.state),
-            grants,
-            scope: Arc::from(account.scope),
-            validation_schedule: account
-                .validation_schedule
-                .as_deref()
-                .and_then(|text| crate::config::parse_schedule(text).ok())
-                .map(Box::new),
-            schedule_text: account.validation_schedule.clone(),
+            state: AtomicU8::new(state_code(account.state)),
+            grants: grants.into_boxed_slice(),
+            scope,
+            schedule: account.validation_schedule.map(|text| {
+                Box::new(OwnSchedule {
+                    parsed: crate::config::parse_schedule(text).ok(),
+                    text: text.to_owned(),
+                })
+            }),
             refresh_before: account.refresh_before,
-            cache: Mutex::new(None),
-            times: Mutex::new(Times {
-                issued_at: account.last_refresh_at,
-                expires_at: account.access_expires_at,
-                next_validation: None,
+            memo: Mutex::new(Memo {
+                token: None,
+                times: PackedTimes::pack(Times {
+                    issued_at: account.last_refresh_at,
+                    expires_at: account.access_expires_at,
+                    next_validation: None,
+                }),
             }),
             busy: AtomicBool::new(false),
             flight: Flight::default(),
@@ -89,13 +146,14 @@ impl Slot {
 
     /// Whether this slot still describes `account` as the store has it: nothing was committed
     /// by another process since, and its schedule and grants are the same.
-    fn matches(&self, account: &AccountSummary, grants: &[Principal]) -> bool {
+    fn matches(&self, account: &SummaryRow<'_>, grants: &[Principal]) -> bool {
         let token_same = self.times().expires_at == account.access_expires_at;
+        let own = self.schedule.as_ref().map(|own| own.text.as_str());
         self.state() == account.state
             && token_same
-            && self.schedule_text == account.validation_schedule
+            && own == account.validation_schedule
             && self.refresh_before == account.refresh_before
-            && self.grants == grants
+            && *self.grants == *grants
     }
 
     fn grants_to(&self, peer: Peer) -> bool {
@@ -110,8 +168,8 @@ impl Slot {
     }
 
     pub fn cached(&self, min_valid: i64) -> Option<Arc<CachedToken>> {
-        let cache = self.cache.lock().ok()?;
-        cache
+        let memo = self.memo.lock().ok()?;
+        memo.token
             .as_ref()
             .filter(|token| refresh::lasts(token.expires_at, min_valid))
             .cloned()
@@ -119,44 +177,46 @@ impl Slot {
 
     /// Caches a new token; returns whether it replaced the one the slot knew (another expiry).
     pub fn cache(&self, token: Arc<CachedToken>, fresh_from_provider: bool) -> bool {
-        let expires_at = token.expires_at;
-        if let Ok(mut cache) = self.cache.lock() {
-            *cache = Some(token);
-        }
-        let Ok(mut times) = self.times.lock() else {
+        let Ok(mut memo) = self.memo.lock() else {
             return false;
         };
+        let expires_at = token.expires_at;
+        memo.token = Some(token);
         if !fresh_from_provider {
             return false;
         }
+        let mut times = memo.times.unpack();
         let replaced = times.expires_at != Some(expires_at);
         times.issued_at = Some(crate::clock::now_unix());
         times.expires_at = Some(expires_at);
+        memo.times = PackedTimes::pack(times);
         replaced
     }
 
     pub fn state(&self) -> AccountState {
-        self.state
-            .lock()
-            .map_or(AccountState::Degraded, |state| *state)
+        let code = usize::from(self.state.load(Ordering::Acquire));
+        AccountState::ALL
+            .get(code)
+            .copied()
+            .unwrap_or(AccountState::Degraded)
     }
 
     /// Mirrors a state the store committed.
     pub fn set_state(&self, to: AccountState) {
-        if let Ok(mut state) = self.state.lock() {
-            *state = to;
-        }
+        self.state.store(state_code(to), Ordering::Release);
     }
 
     pub fn times(&self) -> Times {
-        self.times
+        self.memo
             .lock()
-            .map_or_else(|_| Times::default(), |times| *times)
+            .map_or_else(|_| Times::default(), |memo| memo.times.unpack())
     }
 
     pub fn set_next_validation(&self, at: i64) {
-        if let Ok(mut times) = self.times.lock() {
+        if let Ok(mut memo) = self.memo.lock() {
+            let mut times = memo.times.unpack();
             times.next_validation = Some(at);
+            memo.times = PackedTimes::pack(times);
         }
     }
 
@@ -171,7 +231,7 @@ impl Slot {
     }
 
     pub fn validation_schedule(&self) -> Option<&cron::Schedule> {
-        self.validation_schedule.as_deref()
+        self.schedule.as_ref().and_then(|own| own.parsed.as_ref())
     }
 
     /// Marks a background refresh as running; false when one already is.
@@ -184,17 +244,43 @@ impl Slot {
     }
 }
 
+/// A slot in the table's set, found by its name: a set of these costs 8 bytes a bucket where a
+/// map from name to slot cost 32.
+#[derive(Clone)]
+struct Entry(Arc<Slot>);
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: `Borrow` requires the two to agree.
+        self.0.name.hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Entry {}
+
 /// Every account the daemon serves, by name.
 pub struct AccountTable {
     owner_uid: u32,
-    accounts: RwLock<HashMap<Arc<str>, Arc<Slot>>>,
+    accounts: RwLock<HashSet<Entry>>,
 }
 
 impl AccountTable {
     pub fn new(owner_uid: u32) -> AccountTable {
         AccountTable {
             owner_uid,
-            accounts: RwLock::new(HashMap::new()),
+            accounts: RwLock::new(HashSet::new()),
         }
     }
 
@@ -203,7 +289,7 @@ impl AccountTable {
     }
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
-        self.accounts.read().ok()?.get(name).cloned()
+        Some(self.accounts.read().ok()?.get(name)?.0.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -214,7 +300,7 @@ impl AccountTable {
     /// so `visit` must not block; spawning work is fine.
     pub fn for_each(&self, mut visit: impl FnMut(&Arc<Slot>)) {
         if let Ok(accounts) = self.accounts.read() {
-            accounts.values().for_each(&mut visit);
+            accounts.iter().for_each(|entry| visit(&entry.0));
         }
     }
 
@@ -242,46 +328,105 @@ impl AccountTable {
         visible
     }
 
-    /// Rebuilds the table from the store's accounts and grants, keeping the slots (and their
-    /// cached tokens) of accounts nobody else changed. Returns the state changes other
-    /// processes committed (a login, a validation, a refresh by `vault token`).
+    /// Rebuilds the table from the store's accounts (which `accounts` shows to the visitor it is
+    /// given) and grants, keeping the slots (and their cached tokens) of accounts nobody else
+    /// changed. Lookups go on meanwhile; the new table replaces the old at once. Returns the state
+    /// changes other processes committed (a login, a validation, a refresh by `vault token`).
+    #[allow(
+        clippy::mutable_key_type,
+        reason = "an entry hashes only its slot's name, which never changes"
+    )]
     pub fn rebuild(
         &self,
-        accounts: Vec<AccountSummary>,
+        accounts: impl FnOnce(&mut dyn FnMut(&SummaryRow<'_>)) -> Result<(), StoreError>,
         grants: Vec<(String, Principal)>,
-    ) -> Vec<Transition> {
+    ) -> Result<Vec<Transition>, StoreError> {
         let mut by_account: HashMap<String, Vec<Principal>> = HashMap::new();
         for (name, principal) in grants {
             by_account.entry(name).or_default().push(principal);
         }
-        let Ok(mut table) = self.accounts.write() else {
-            return Vec::new();
-        };
         let mut changed = Vec::new();
-        let mut next = HashMap::with_capacity(accounts.len());
-        for account in accounts {
-            let grants = by_account.remove(&account.name).unwrap_or_default();
-            let slot = match table.remove(account.name.as_str()) {
-                Some(slot) if slot.matches(&account, &grants) => slot,
-                Some(old) => {
-                    if old.state() != account.state {
-                        changed.push(Transition {
-                            account: account.name.clone(),
-                            from: old.state(),
-                            to: account.state,
-                            reason: Some(format!(
-                                "now {} after another vault command (vault login, validate or token)",
-                                account.state.as_str()
-                            )),
-                        });
-                    }
-                    Arc::new(Slot::new(old.name.clone(), account, grants))
-                }
-                None => Arc::new(Slot::new(Arc::from(account.name.as_str()), account, grants)),
+        let mut next = HashSet::new();
+        {
+            let Ok(old) = self.accounts.read() else {
+                return Ok(Vec::new());
             };
-            next.insert(slot.name.clone(), slot);
+            next.reserve(old.len());
+            // Keyed by the scopes as stored: one shared copy for each distinct set.
+            let mut scopes: HashMap<String, Arc<str>> = HashMap::new();
+            accounts(&mut |account| {
+                let grants = by_account.remove(account.name).unwrap_or_default();
+                let raw = account.scopes.unwrap_or_default();
+                let scope = match scopes.get(raw) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let shared: Arc<str> = Arc::from(account.scope());
+                        scopes.insert(raw.to_owned(), shared.clone());
+                        shared
+                    }
+                };
+                let slot = match old.get(account.name) {
+                    Some(kept) if kept.0.matches(account, &grants) => kept.0.clone(),
+                    Some(Entry(previous)) => {
+                        if previous.state() != account.state {
+                            changed.push(Transition {
+                                account: account.name.to_owned(),
+                                from: previous.state(),
+                                to: account.state,
+                                reason: Some(format!(
+                                    "now {} after another vault command (vault login, validate or token)",
+                                    account.state.as_str()
+                                )),
+                            });
+                        }
+                        Arc::new(Slot::new(account.name.into(), scope, account, grants))
+                    }
+                    None => Arc::new(Slot::new(account.name.into(), scope, account, grants)),
+                };
+                next.insert(Entry(slot));
+            })?;
         }
-        *table = next;
-        changed
+        // The only writer is the reloader: nothing changed the table since it was read.
+        if let Ok(mut table) = self.accounts.write() {
+            *table = next;
+        }
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every account has a slot: its size is the daemon's memory per account (304 bytes before
+    /// it was packed).
+    #[test]
+    fn a_slot_stays_small() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 200,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+    }
+
+    #[test]
+    fn packed_times_and_states_round_trip() {
+        for times in [
+            Times::default(),
+            Times {
+                issued_at: Some(0),
+                expires_at: Some(-5),
+                next_validation: Some(i64::MAX),
+            },
+        ] {
+            let back = PackedTimes::pack(times).unpack();
+            assert_eq!(
+                (back.issued_at, back.expires_at, back.next_validation),
+                (times.issued_at, times.expires_at, times.next_validation)
+            );
+        }
+        for &state in AccountState::ALL {
+            assert_eq!(AccountState::ALL[usize::from(state_code(state))], state);
+        }
     }
 }

@@ -145,7 +145,7 @@ impl Tokens {
             }
         };
         let token = Arc::new(CachedToken {
-            access_token: issued.token.access_token,
+            access_token: issued.token.access_token.boxed(),
             expires_at: issued.token.expires_at,
             scope: scope.map_or_else(|| slot.scope().clone(), Arc::from),
         });
@@ -262,11 +262,13 @@ impl Tokens {
     }
 
     fn reload_now(&self) -> Result<(), Error> {
-        let (accounts, grants) = {
+        let transitions = {
             let store = self.store.lock().map_err(|_| poisoned())?;
-            (store.summaries()?, store.grants()?)
+            let grants = store.grants()?;
+            self.table
+                .rebuild(|visit| store.visit_summaries(visit), grants)?
         };
-        for transition in self.table.rebuild(accounts, grants) {
+        for transition in transitions {
             self.notifier.state_changed(transition);
         }
         Ok(())

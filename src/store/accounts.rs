@@ -205,54 +205,48 @@ impl Store {
         Ok(grants)
     }
 
-    /// Every account's summary, without parsing settings (the daemon loads 10,000s of these).
+    /// Every account's summary, by name, without parsing settings (`vault status`, doctor).
     pub fn summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
-                    validation_schedule, refresh_before,
-                    json_extract(config, '$.scopes'),
-                    last_error
-             FROM accounts",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                (row.get(2)?, row.get(3)?, row.get(4)?),
-                (
-                    row.get::<_, Option<String>>(5)?,
-                    row.get::<_, Option<u64>>(6)?,
-                ),
-                row.get::<_, Option<String>>(7)?,
-                row.get::<_, Option<String>>(8)?,
-            ))
-        })?;
         let mut summaries = Vec::new();
-        for row in rows {
-            let (name, state, times, (validation_schedule, refresh_before), scope, last_error) =
-                row?;
-            let (access_expires_at, last_refresh_at, last_validated_at) = times;
-            let state = AccountState::parse(&state).ok_or_else(|| {
-                StoreError::BadConfig(name.clone(), format!("unknown state {state:?}"))
-            })?;
-            summaries.push(AccountSummary {
-                name,
-                state,
-                access_expires_at,
-                last_refresh_at,
-                last_validated_at,
-                validation_schedule,
-                refresh_before,
-                scope: scope
-                    .and_then(|scopes| serde_json::from_str::<Vec<String>>(&scopes).ok())
-                    .map(|scopes| scopes.join(" "))
-                    .unwrap_or_default(),
-                last_error,
-            });
-        }
+        self.visit_summaries(|row| summaries.push(row.to_owned_summary()))?;
         // Sorted here rather than by the name index, as `accounts` does.
         summaries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(summaries)
+    }
+
+    /// Shows `visit` every account's summary, borrowed from its row, in table order: the daemon
+    /// loads 100,000s of them, and a copy of each name, scope and error made only to be dropped
+    /// again would leave its memory full of holes.
+    pub fn visit_summaries(
+        &self,
+        mut visit: impl FnMut(&SummaryRow<'_>),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
+                    validation_schedule, refresh_before, json_extract(config, '$.scopes'),
+                    last_error
+             FROM accounts",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let name = text(row, 0)?.unwrap_or_default();
+            let state = text(row, 1)?.unwrap_or_default();
+            let state = AccountState::parse(state).ok_or_else(|| {
+                StoreError::BadConfig(name.to_owned(), format!("unknown state {state:?}"))
+            })?;
+            visit(&SummaryRow {
+                name,
+                state,
+                access_expires_at: row.get(2)?,
+                last_refresh_at: row.get(3)?,
+                last_validated_at: row.get(4)?,
+                validation_schedule: text(row, 5)?,
+                refresh_before: row.get(6)?,
+                scopes: text(row, 7)?,
+                last_error: text(row, 8)?,
+            });
+        }
+        Ok(())
     }
 
     /// Every announced refresh-token deadline, as (account, deadline).
@@ -298,6 +292,52 @@ impl Store {
         }
         tx.commit()?;
         Ok(due)
+    }
+}
+
+/// Column `index` of `row` as text borrowed from the row, `None` for NULL.
+fn text<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<Option<&'r str>, StoreError> {
+    row.get_ref(index)?.as_str_or_null().map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+            .into()
+    })
+}
+
+/// One account's summary borrowed from its row (see `Store::visit_summaries`).
+pub struct SummaryRow<'a> {
+    pub name: &'a str,
+    pub state: AccountState,
+    pub access_expires_at: Option<i64>,
+    pub last_refresh_at: Option<i64>,
+    pub last_validated_at: Option<i64>,
+    pub validation_schedule: Option<&'a str>,
+    pub refresh_before: Option<u64>,
+    /// The configured scopes as stored, a JSON array: many accounts share the same text.
+    pub scopes: Option<&'a str>,
+    pub last_error: Option<&'a str>,
+}
+
+impl SummaryRow<'_> {
+    /// The configured scopes, space-separated.
+    pub fn scope(&self) -> String {
+        self.scopes
+            .and_then(|scopes| serde_json::from_str::<Vec<String>>(scopes).ok())
+            .map(|scopes| scopes.join(" "))
+            .unwrap_or_default()
+    }
+
+    fn to_owned_summary(&self) -> AccountSummary {
+        AccountSummary {
+            name: self.name.to_owned(),
+            state: self.state,
+            access_expires_at: self.access_expires_at,
+            last_refresh_at: self.last_refresh_at,
+            last_validated_at: self.last_validated_at,
+            validation_schedule: self.validation_schedule.map(str::to_owned),
+            refresh_before: self.refresh_before,
+            scope: self.scope(),
+            last_error: self.last_error.map(str::to_owned),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ mod lock;
 mod schema;
 mod sealing;
 
-pub use accounts::NewAccount;
+pub use accounts::{NewAccount, SummaryRow};
 pub use client_secrets::SecretRotation;
 pub use commits::{RefreshStore, TokenUpdate};
 pub use lock::AccountLock;
