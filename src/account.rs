@@ -264,7 +264,8 @@ pub struct AccountSummary {
     pub last_error: Option<String>,
 }
 
-/// Account names become file names (locks) and socket paths: keep them to a safe alphabet.
+/// Account names go into URL paths, log lines, metric labels and shell recipes: keep them to a
+/// safe alphabet.
 pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64

@@ -99,6 +99,7 @@ fn vault_files(dir: &Path, me: u32) -> Vec<Finding> {
         format!("{DB_FILE}-wal"),
         format!("{DB_FILE}-shm"),
         CONFIG_FILE.to_owned(),
+        crate::store::LOCK_FILE.to_owned(),
     ];
     names
         .iter()

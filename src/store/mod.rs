@@ -20,7 +20,7 @@ mod sealing;
 pub use accounts::{NewAccount, SummaryRow};
 pub use client_secrets::SecretRotation;
 pub use commits::{RefreshStore, TokenUpdate};
-pub use lock::AccountLock;
+pub use lock::{AccountLock, LOCK_FILE};
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

@@ -663,3 +663,30 @@ fn the_front_answers_tokens_alone_and_needs_vault_full_for_the_rest() {
     vault.run(&["list"]).ok();
     vault.run(&["token", "mail", "--no-daemon"]).ok();
 }
+
+/// Refreshes in the daemon and in `vault token` exclude each other through one lock file for
+/// the whole vault, not a file per account.
+#[test]
+fn refreshes_of_many_accounts_share_one_lock_file() {
+    let Served {
+        fake,
+        vault,
+        daemon,
+    } = Scenario::new()
+        .expired_account("a")
+        .expired_account("b")
+        .expired_account("c")
+        .serve(&[]);
+    for name in ["a", "b"] {
+        assert_eq!(daemon.get(&format!("/v1/token/{name}")).status, 200);
+    }
+    token(&vault, &fake, &["c", "--no-daemon"]);
+    assert_eq!(fake.counters(|c| c.refresh_grants), 3);
+    let mut names: Vec<String> = std::fs::read_dir(&vault.dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("vault.db") && name != "audit.log")
+        .collect();
+    names.sort();
+    assert_eq!(names, ["refresh.lock"]);
+}
