@@ -548,12 +548,27 @@ fn vault_processes_leave_no_core_dump() {
 }
 
 /// Another user opens connections to the daemon and holds them: `pipelined` sends requests
-/// without reading answers, `silent` sends nothing, `partial` half a token request.
+/// without reading answers, `silent` sends nothing, `partial` half a token request; `churn`
+/// keeps opening silent connections, about 2,000 a second, holding the last `count`, until
+/// killed.
 const FLOOD: &str = r#"
-import resource, socket, sys, time
+import collections, resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 path, count, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if kind == "churn":
+    held = collections.deque()
+    print("flooding", flush=True)
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(path)
+        except OSError:
+            time.sleep(0.001)
+        held.append(s)
+        if len(held) > count:
+            held.popleft().close()
+        time.sleep(0.0005)
 held = []
 request = {
     "pipelined": b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n" * 100,
@@ -621,6 +636,77 @@ fn another_user_flooding_the_socket_cannot_stall_the_owner() {
         "the daemon holds {open} descriptors for one caller"
     );
 }
+
+/// The fast path's share of waiting connections is the owner's first: another user's endless
+/// stream of silent connections never pushes the owner's `vault token` onto the slower path.
+#[test]
+fn another_users_stream_of_silent_connections_leaves_the_owner_the_fast_path() {
+    if !running_as_root() {
+        return;
+    }
+    let Scenario { fake, vault } = Scenario::new().account("mail");
+    std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&vault, &["--socket-group", "nogroup"]);
+    // The first answer loads the token from the vault: the general path's work.
+    assert_eq!(daemon.get("/v1/token/mail").status, 200);
+    let fast = |daemon: &Daemon| -> u64 {
+        let metrics = daemon.get("/v1/metrics").body;
+        metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("tokenvault_socket_connections_total")
+                    && (line.contains("at_accept") || line.contains("after_wait"))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    // Each silent connection is held ~0.2 s, under the per-user cap of open connections: the
+    // accepting thread always has more of them than the fast path may watch.
+    let mut floods = [flood_as_nobody(&daemon.socket, 400, "churn")];
+    std::thread::sleep(Duration::from_millis(500));
+    let before = fast(&daemon);
+    // Like `vault token`, which checks who listens between connecting and sending — a little
+    // slower, so that each request arrives after its connection was accepted.
+    let asked = Command::new("python3")
+        .args(["-c", SLOW_ASKER])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let answers = String::from_utf8_lossy(&asked.stdout);
+    assert_eq!(answers.matches("200").count(), 20, "{answers}");
+    assert!(
+        answers
+            .split_whitespace()
+            .skip(1)
+            .step_by(2)
+            .all(|token| fake.is_access_token(token))
+    );
+    let answered_fast = fast(&daemon) - before;
+    for flood in &mut floods {
+        let _ = flood.kill();
+        let _ = flood.wait();
+    }
+    assert_eq!(
+        answered_fast, 20,
+        "owner's token calls answered on the fast path"
+    );
+}
+
+/// The owner asking for a token 20 times, each request sent 20 ms after connecting: prints
+/// each answer's status and token.
+const SLOW_ASKER: &str = r#"
+import json, socket, sys, time
+for _ in range(20):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    time.sleep(0.02)
+    s.sendall(b"GET /v1/token/mail HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    print(head.split()[1].decode(), json.loads(body)["access_token"])
+"#;
 
 /// The accepting thread watches a connection for its first bytes (the token fast path): silent
 /// and half-sent connections from another user must neither stall the owner's tokens nor stay

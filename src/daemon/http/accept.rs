@@ -26,6 +26,10 @@ const FIRST_BYTES: Duration = Duration::from_millis(50);
 /// Connections watched at once for their first bytes; more go the general way at once, so that
 /// a flood of silent connections cannot make each wait longer.
 const MAX_WAITING: usize = 64;
+/// Other users' share of those: each at most a quarter, together at most half, so that no
+/// flood of theirs keeps the owner's `vault token` off the fast path.
+const MAX_WAITING_PER_OTHER_USER: usize = MAX_WAITING / 4;
+const MAX_WAITING_FOR_OTHERS: usize = MAX_WAITING / 2;
 
 /// A connection for the main runtime's HTTP server: admitted under its caller's cap, nothing
 /// read from it.
@@ -207,14 +211,37 @@ fn admit(
         Tried::Answered => tokens.metrics().connection(ConnectionPath::AtAccept),
         // `vault token` checks who listens between connecting and sending, so its request
         // often arrives a moment after the accept.
-        Tried::NotArrived if waiting.len() < MAX_WAITING => waiting.push(Waiting {
-            stream,
-            peer,
-            admitted,
-            until: Instant::now() + FIRST_BYTES,
-        }),
+        Tried::NotArrived
+            if may_wait(
+                waiting.iter().map(|w| w.peer.uid),
+                peer.uid,
+                tokens.table().owner_uid(),
+            ) =>
+        {
+            waiting.push(Waiting {
+                stream,
+                peer,
+                admitted,
+                until: Instant::now() + FIRST_BYTES,
+            });
+        }
         Tried::NotArrived | Tried::NotForMe => hand_off(stream, peer, admitted, handoffs),
     }
+}
+
+/// Whether a connection of user `uid` may wait for its first bytes here, beside connections of
+/// the `waiting` users: while there is room, and for a user other than the owner only within
+/// the others' shares.
+fn may_wait(waiting: impl Iterator<Item = u32> + Clone, uid: u32, owner: u32) -> bool {
+    if waiting.clone().count() >= MAX_WAITING {
+        return false;
+    }
+    if uid == owner {
+        return true;
+    }
+    let others = waiting.clone().filter(|&other| other != owner).count();
+    let same = waiting.filter(|&other| other == uid).count();
+    others < MAX_WAITING_FOR_OTHERS && same < MAX_WAITING_PER_OTHER_USER
 }
 
 fn hand_off(
@@ -229,5 +256,30 @@ fn hand_off(
             peer,
             admitted,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWNER: u32 = 1000;
+
+    fn may(waiting: &[u32], uid: u32) -> bool {
+        may_wait(waiting.iter().copied(), uid, OWNER)
+    }
+
+    #[test]
+    fn other_users_keep_to_their_shares_and_the_owner_has_the_rest() {
+        let one_other = vec![65534; MAX_WAITING_PER_OTHER_USER];
+        assert!(!may(&one_other, 65534), "one user beyond a quarter");
+        assert!(may(&one_other, 33) && may(&one_other, OWNER));
+        let others: Vec<u32> = (0..MAX_WAITING_FOR_OTHERS as u32)
+            .map(|i| 2000 + i)
+            .collect();
+        assert!(!may(&others, 5000), "others together beyond half");
+        assert!(may(&others, OWNER));
+        let full = vec![OWNER; MAX_WAITING];
+        assert!(!may(&full, OWNER) && !may(&full, 65534));
     }
 }
