@@ -21,6 +21,7 @@ use crate::daemon::table::{CachedToken, Lookup, Peer};
 use crate::daemon::tokens::Tokens;
 use crate::error::Problem;
 use crate::refresh::Need;
+use crate::secret::{Secret, SecretBytes};
 
 /// Longest `min_valid` accepted: a day. Longer asks are for tokens no provider issues.
 const MAX_MIN_VALID: i64 = 86_400;
@@ -169,11 +170,24 @@ struct TokenBody<'a> {
 }
 
 fn token_response(token: &CachedToken) -> Response<Body> {
-    body_response(StatusCode::OK, Bytes::from(token_body(token)))
+    body_response(
+        StatusCode::OK,
+        Bytes::from_owner(TokenBytes(token_body(token))),
+    )
 }
 
-/// The JSON of a token answer.
-pub(super) fn token_body(token: &CachedToken) -> Vec<u8> {
+/// A token answer's bytes lent to hyper: zeroized when it drops the last reference to them.
+struct TokenBytes(SecretBytes);
+
+impl AsRef<[u8]> for TokenBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose()
+    }
+}
+
+/// The JSON of a token answer, in a buffer zeroized when dropped and large enough from the
+/// start that serializing never grows it (a grown buffer leaves the old one behind, unzeroized).
+pub(super) fn token_body(token: &CachedToken) -> SecretBytes {
     let body = TokenBody {
         access_token: token.access_token.expose(),
         token_type: "Bearer",
@@ -181,8 +195,16 @@ pub(super) fn token_body(token: &CachedToken) -> Vec<u8> {
         expires_at: token.expires_at,
         scope: &token.scope,
     };
-    // Serializing borrowed strings and integers cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    let mut bytes = Vec::with_capacity(body_capacity(token));
+    // Serializing borrowed strings and integers into memory cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &body);
+    Secret::new(bytes)
+}
+
+/// Room for any token answer: JSON writes at most six bytes (`\u001f`) for a byte of text, and
+/// the field names and numbers take under 128.
+fn body_capacity(token: &CachedToken) -> usize {
+    6 * (token.access_token.expose().len() + token.scope.len()) + 128
 }
 
 fn failure_response(failure: &Failure) -> Response<Body> {
@@ -222,6 +244,20 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(crate::fuzzing::config())]
+        /// Whatever the token and scope hold, its answer is written without growing its buffer.
+        #[test]
+        fn a_token_answer_never_outgrows_its_buffer(token in "\\PC{0,300}|[\\x00-\\x1f\"\\\\]{0,300}", scope in ".{0,100}") {
+            let cached = CachedToken {
+                access_token: Secret::new(token.as_str().into()),
+                expires_at: now_unix() + 3600,
+                scope: Arc::from(scope.as_str()),
+            };
+            let body = token_body(&cached);
+            proptest::prop_assert_eq!(body.expose().capacity(), body_capacity(&cached));
+            let parsed: serde_json::Value = serde_json::from_slice(body.expose()).unwrap();
+            proptest::prop_assert_eq!(parsed["access_token"].as_str(), Some(token.as_str()));
+        }
+
         /// Any query string gives a bounded min_valid or a bad request; any path segment is an
         /// allowed account name or refused.
         #[test]

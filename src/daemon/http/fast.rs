@@ -58,7 +58,7 @@ pub fn try_answer(stream: impl AsFd, peer: Peer, tokens: &Tokens) -> Tried {
     let Some(token) = slot.cached(min_valid) else {
         return Tried::NotForMe;
     };
-    let body = Secret::new(api::token_body(&token));
+    let body = api::token_body(&token);
     let mut response = Secret::new(
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
