@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 
 use clap::Args;
@@ -197,32 +198,41 @@ fn print_table(summaries: &[AccountSummary], global: Global<'_>, now: i64) -> Re
                 global,
                 now,
             );
-            let state = format!("{:<16}", summary.state.as_str());
             let state = if colour {
-                paint(summary.state, &state)
+                Cow::Owned(paint(
+                    summary.state,
+                    &format!("{:<16}", summary.state.as_str()),
+                ))
             } else {
-                state
+                Cow::Borrowed(summary.state.as_str())
             };
-            let mut error = summary
-                .last_error
-                .as_deref()
-                .unwrap_or("-")
-                .replace('\n', " ");
-            if error.chars().count() > 60 {
-                error = error.chars().take(59).collect::<String>() + "…";
-            }
             writeln!(
                 out,
-                "{:<24} {state} {:<10} {:<13} {:<16} {:<16} {error}",
+                "{:<24} {state:<16} {:<10} {:<13} {:<16} {:<16} {}",
                 summary.name,
                 relative(summary.access_expires_at, now),
                 relative(summary.last_refresh_at, now),
                 relative(summary.last_validated_at, now),
                 relative(next_validation_at, now),
+                shortened(summary.last_error.as_deref().unwrap_or("-")),
             )?;
         }
         Ok(())
     })
+}
+
+/// An error on one line of at most 60 characters; copied only when it must change.
+fn shortened(error: &str) -> Cow<'_, str> {
+    let long = error.chars().nth(60).is_some();
+    if !long && !error.contains('\n') {
+        return Cow::Borrowed(error);
+    }
+    let kept: String = error.chars().take(if long { 59 } else { 60 }).collect();
+    let mut short = kept.replace('\n', " ");
+    if long {
+        short.push('…');
+    }
+    Cow::Owned(short)
 }
 
 /// Green when fine, yellow when degraded, red when a person must act.
@@ -235,23 +245,43 @@ fn paint(state: AccountState, padded: &str) -> String {
     format!("\x1b[{code}m{padded}\x1b[0m")
 }
 
-/// "in 59m", "3m ago", "-" — compact, for the table.
-fn relative(unix: Option<i64>, now: i64) -> String {
-    let Some(unix) = unix else {
-        return "-".to_owned();
-    };
-    let delta = unix - now;
-    let span = delta.unsigned_abs();
-    let short = match span {
-        0..120 => format!("{span}s"),
-        120..7200 => format!("{}m", span / 60),
-        7200..172_800 => format!("{}h", span / 3600),
-        _ => format!("{}d", span / 86_400),
-    };
-    if delta >= 0 {
-        format!("in {short}")
-    } else {
-        format!("{short} ago")
+/// "in 59m", "3m ago", "-" — compact, for the table; written without allocating (100,000 rows
+/// have four each).
+struct Relative {
+    unix: Option<i64>,
+    now: i64,
+}
+
+fn relative(unix: Option<i64>, now: i64) -> Relative {
+    Relative { unix, now }
+}
+
+impl std::fmt::Display for Relative {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(unix) = self.unix else {
+            return f.pad("-");
+        };
+        let delta = unix.saturating_sub(self.now);
+        let span = delta.unsigned_abs();
+        let (count, unit) = match span {
+            0..120 => (span, 's'),
+            120..7200 => (span / 60, 'm'),
+            7200..172_800 => (span / 3600, 'h'),
+            _ => (span / 86_400, 'd'),
+        };
+        // At most "in 106751991167300d": well within the buffer.
+        let mut buffer = [0u8; 32];
+        let mut text = std::io::Cursor::new(&mut buffer[..]);
+        let written = if delta >= 0 {
+            write!(text, "in {count}{unit}")
+        } else {
+            write!(text, "{count}{unit} ago")
+        };
+        let length = text.position() as usize;
+        match (written, std::str::from_utf8(&buffer[..length])) {
+            (Ok(()), Ok(shown)) => f.pad(shown),
+            _ => Err(std::fmt::Error),
+        }
     }
 }
 
@@ -336,4 +366,24 @@ pub(super) fn remove(context: &Context, name: &str, keep_grant: bool) -> Result<
     store.remove_account(name)?;
     println!("Removed account {name} and its secrets. {upstream}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_cells_are_compact_and_padded() {
+        let cell = |unix: Option<i64>| format!("[{:<10}]", relative(unix, 1_000_000));
+        assert_eq!(cell(None), "[-         ]");
+        assert_eq!(cell(Some(1_000_030)), "[in 30s    ]");
+        assert_eq!(cell(Some(1_000_000 - 600)), "[10m ago   ]");
+        assert_eq!(cell(Some(1_000_000 + 3 * 86_400)), "[in 3d     ]");
+        assert_eq!(cell(Some(i64::MIN)), "[106751991167300d ago]");
+        assert_eq!(shortened("fine"), "fine");
+        assert_eq!(shortened("two\nlines"), "two lines");
+        let long = "x".repeat(80);
+        assert_eq!(shortened(&long).chars().count(), 60);
+        assert!(shortened(&long).ends_with('…'));
+    }
 }
