@@ -52,8 +52,9 @@ pub struct Flight {
 /// What the last refresh of an account ended with, shared with everyone who waited for it.
 #[derive(Default)]
 struct LastRefresh {
-    /// The failure boxed: most accounts never fail, and every account has one of these.
-    result: Option<Result<Arc<CachedToken>, Box<Failure>>>,
+    /// How it ended (its token is in the slot's cache); the failure boxed: most accounts never
+    /// fail, and every account has one of these.
+    result: Option<Result<(), Box<Failure>>>,
     /// Transient failures in a row, for the backoff.
     failures: u32,
     /// No upstream call before this time (backoff after a transient failure).
@@ -83,11 +84,17 @@ where
     }
     let seen = flight.refreshes.load(Ordering::Acquire);
     let mut last = flight.last.lock().await;
-    if flight.refreshes.load(Ordering::Acquire) != seen
-        && let Some(result) = &last.result
-    {
+    if flight.refreshes.load(Ordering::Acquire) != seen {
         // A refresh finished while this caller waited: its result is the answer.
-        return result.clone().map_err(|failure| *failure);
+        match &last.result {
+            Some(Err(failure)) => return Err((**failure).clone()),
+            Some(Ok(())) => {
+                if let Some(token) = slot.cached(1) {
+                    return Ok(token);
+                }
+            }
+            None => {}
+        }
     }
     let now = now_unix();
     if now < last.pause_until {
@@ -110,7 +117,12 @@ where
     let shared = result
         .map(|(token, _)| token)
         .map_err(|error| Failure::from_error(&error, retry_after));
-    last.result = Some(shared.clone().map_err(Box::new));
+    last.result = Some(
+        shared
+            .as_ref()
+            .map(|_| ())
+            .map_err(|failure| Box::new(failure.clone())),
+    );
     flight.refreshes.fetch_add(1, Ordering::Release);
     shared
 }

@@ -14,8 +14,8 @@ use super::table::{AccountTable, CachedToken, Lookup, Peer, Slot};
 use crate::account::{AccountState, Deadline, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
-use crate::refresh::{self, Begun, Need};
-use crate::store::Store;
+use crate::refresh::{self, Begun, Need, PendingCall};
+use crate::store::{AccountLock, Store};
 
 /// Daemon-wide settings for refreshes.
 #[derive(Debug, Clone, Copy)]
@@ -99,61 +99,73 @@ impl Tokens {
     async fn refresh(&self, slot: &Slot, need: Need) -> Refreshed {
         let store = self.store.clone();
         let name = slot.name().to_owned();
+        let scope = slot.scope().clone();
+        // A stored token is copied for the cache on the blocking thread that read it: the
+        // 100,000 long-lived copies a big vault loads then sit among that thread's few short-lived
+        // allocations, not among the request buffers of the runtime's threads (whose holes they
+        // would split, growing the heap).
         let begun = blocking(move || {
             let store = store.lock().map_err(|_| poisoned())?;
-            refresh::begin(&*store, &name, need)
+            Ok(match refresh::begin(&*store, &name, need)? {
+                Begun::Cached(token) => Started::Stored(CachedToken::new(&token, scope)),
+                Begun::Call(call) => Started::Call(call),
+            })
         })
         .await?;
-        let (issued, scope) = match begun {
-            Begun::Cached(token) => (
-                refresh::Issued {
-                    token,
-                    upstream_problem: None,
-                },
-                None,
-            ),
-            Begun::Call(call) => {
-                let started = std::time::Instant::now();
-                let answered = call.send(&self.http).await;
-                let seconds = started.elapsed().as_secs_f64();
-                self.metrics
-                    .upstream_call(slot.name(), need, answered.outcome(), seconds);
-                let store = self.store.clone();
-                let settled = blocking(move || {
-                    let mut store = store.lock().map_err(|_| poisoned())?;
-                    Ok(answered.settle(&mut *store))
-                })
-                .await?;
-                if let Some(transition) = settled.transition {
-                    slot.set_state(transition.to);
-                    self.notifier.state_changed(transition);
-                }
-                if settled.fell_back {
-                    crate::log::emit(
-                        crate::log::Level::Warning,
-                        "the provider refused the newest client secret; the previous one was used",
-                        &[
-                            ("account", slot.name()),
-                            (
-                                "fix",
-                                "check the secret, then: vault set-client-secret NAME",
-                            ),
-                        ],
-                    );
-                }
-                (settled.issued?, settled.scope)
-            }
+        let (token, upstream_problem) = match begun {
+            Started::Stored(stored) => (stored, None),
+            Started::Call(call) => self.call_upstream(slot, need, call).await?,
         };
-        let token = Arc::new(CachedToken {
-            access_token: issued.token.access_token.boxed(),
-            expires_at: issued.token.expires_at,
-            scope: scope.map_or_else(|| slot.scope().clone(), Arc::from),
-        });
-        let fresh = issued.upstream_problem.is_none();
-        if slot.cache(token.clone(), fresh) {
+        if slot.cache(token.clone(), upstream_problem.is_none()) {
             self.notifier.token_replaced(slot.name(), token.expires_at);
         }
-        Ok((token, issued.upstream_problem))
+        Ok((token, upstream_problem))
+    }
+
+    /// Sends a pending call and settles it (on a blocking thread); the state the store committed
+    /// is mirrored and announced.
+    async fn call_upstream(
+        &self,
+        slot: &Slot,
+        need: Need,
+        call: Box<PendingCall<AccountLock>>,
+    ) -> Refreshed {
+        let started = std::time::Instant::now();
+        let answered = call.send(&self.http).await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics
+            .upstream_call(slot.name(), need, answered.outcome(), seconds);
+        let store = self.store.clone();
+        let settled = blocking(move || {
+            let mut store = store.lock().map_err(|_| poisoned())?;
+            Ok(answered.settle(&mut *store))
+        })
+        .await?;
+        if let Some(transition) = settled.transition {
+            slot.set_state(transition.to);
+            self.notifier.state_changed(transition);
+        }
+        if settled.fell_back {
+            crate::log::emit(
+                crate::log::Level::Warning,
+                "the provider refused the newest client secret; the previous one was used",
+                &[
+                    ("account", slot.name()),
+                    (
+                        "fix",
+                        "check the secret, then: vault set-client-secret NAME",
+                    ),
+                ],
+            );
+        }
+        let issued = settled.issued?;
+        let scope = settled
+            .scope
+            .map_or_else(|| slot.scope().clone(), Arc::from);
+        Ok((
+            CachedToken::new(&issued.token, scope),
+            issued.upstream_problem,
+        ))
     }
 
     /// Alerts every `deadline` less than `before` seconds away, once per date (recorded in the
@@ -273,6 +285,13 @@ impl Tokens {
         }
         Ok(())
     }
+}
+
+/// What beginning a refresh found: a stored token good enough (copied for the cache), or the
+/// call to make.
+enum Started {
+    Stored(Arc<CachedToken>),
+    Call(Box<PendingCall<AccountLock>>),
 }
 
 fn poisoned() -> Error {
