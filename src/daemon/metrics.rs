@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::account::AccountState;
+use crate::account::{AccountState, Deadline};
 use crate::named::named_enum;
 use crate::oauth::Outcome;
 use crate::refresh::Need;
@@ -86,8 +86,8 @@ pub struct Metrics {
 pub struct Snapshot {
     /// (account, state, access token expiry).
     pub accounts: Vec<(String, AccountState, Option<i64>)>,
-    /// (account, the refresh token's announced deadline).
-    pub refresh_deadlines: Vec<(String, i64)>,
+    /// Each kind of deadline with its (account, date) pairs.
+    pub deadlines: Vec<(Deadline, Vec<(String, i64)>)>,
     pub now: i64,
 }
 
@@ -189,23 +189,31 @@ impl Metrics {
                     .set(at.saturating_sub(snapshot.now));
             }
         }
-        let deadlines = Family::<AccountLabels, Gauge>::default();
-        for (account, at) in snapshot.refresh_deadlines {
-            deadlines
-                .get_or_create(&AccountLabels { account })
-                .set(at.saturating_sub(snapshot.now));
-        }
         registry.register("accounts", "Accounts by state", states);
         registry.register(
             "access_token_expiry_seconds",
             "Seconds until each account's cached access token expires (negative: expired)",
             expiry,
         );
-        registry.register(
-            "refresh_token_deadline_seconds",
-            "Seconds until a refresh token's announced deadline (refresh_token_expires_in)",
-            deadlines,
-        );
+        for (deadline, dates) in snapshot.deadlines {
+            let gauges = Family::<AccountLabels, Gauge>::default();
+            for (account, at) in dates {
+                gauges
+                    .get_or_create(&AccountLabels { account })
+                    .set(at.saturating_sub(snapshot.now));
+            }
+            let (name, help) = match deadline {
+                Deadline::RefreshToken => (
+                    "refresh_token_deadline_seconds",
+                    "Seconds until a refresh token's announced deadline (refresh_token_expires_in)",
+                ),
+                Deadline::ClientSecret => (
+                    "client_secret_expiry_seconds",
+                    "Seconds until a client secret's recorded expiry (vault set-client-secret --expires)",
+                ),
+            };
+            registry.register(name, help, gauges);
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

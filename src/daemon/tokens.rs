@@ -242,13 +242,19 @@ impl Tokens {
             ));
         });
         let store = self.store.clone();
-        let refresh_deadlines =
-            blocking(move || Ok(store.lock().map_err(|_| poisoned())?.refresh_deadlines()?))
-                .await
-                .unwrap_or_default();
+        let deadlines = blocking(move || {
+            let store = store.lock().map_err(|_| poisoned())?;
+            let mut all = Vec::new();
+            for &deadline in Deadline::ALL {
+                all.push((deadline, store.deadlines(deadline)?));
+            }
+            Ok(all)
+        })
+        .await
+        .unwrap_or_default();
         self.metrics.render(Snapshot {
             accounts,
-            refresh_deadlines,
+            deadlines,
             now: now_unix(),
         })
     }

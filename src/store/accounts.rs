@@ -249,11 +249,12 @@ impl Store {
         Ok(())
     }
 
-    /// Every announced refresh-token deadline, as (account, deadline).
-    pub fn refresh_deadlines(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, refresh_expires_at FROM accounts WHERE refresh_expires_at IS NOT NULL",
-        )?;
+    /// Every known date of a `deadline`, as (account, date).
+    pub fn deadlines(&self, deadline: Deadline) -> Result<Vec<(String, i64)>, StoreError> {
+        let column = deadline_column(deadline);
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT name, {column} FROM accounts WHERE {column} IS NOT NULL"
+        ))?;
         let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -267,9 +268,10 @@ impl Store {
         deadline: Deadline,
         until: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let (column, skipped_state) = match deadline {
-            Deadline::RefreshToken => ("refresh_expires_at", AccountState::ReauthRequired.as_str()),
-            Deadline::ClientSecret => ("client_secret_expires_at", ""),
+        let column = deadline_column(deadline);
+        let skipped_state = match deadline {
+            Deadline::RefreshToken => AccountState::ReauthRequired.as_str(),
+            Deadline::ClientSecret => "",
         };
         let tx = self
             .conn
@@ -292,6 +294,14 @@ impl Store {
         }
         tx.commit()?;
         Ok(due)
+    }
+}
+
+/// The column holding each account's date of `deadline` (a fixed name, never input).
+fn deadline_column(deadline: Deadline) -> &'static str {
+    match deadline {
+        Deadline::RefreshToken => "refresh_expires_at",
+        Deadline::ClientSecret => "client_secret_expires_at",
     }
 }
 

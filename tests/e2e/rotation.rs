@@ -196,6 +196,17 @@ fn a_recorded_expiry_is_alerted_once_ahead_of_time() {
         lines[0].contains("vault set-client-secret mail"),
         "{lines:?}"
     );
+    // Monitoring sees the countdown too.
+    let metrics = daemon.get("/v1/metrics").body;
+    let left: f64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tokenvault_client_secret_expiry_seconds{account=\"mail\"} ")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!((2.9 * 86_400.0..=3.0 * 86_400.0).contains(&left), "{left}");
     drop(daemon);
     // Once per date, across restarts.
     let daemon = Daemon::start(&vault, &[]);
