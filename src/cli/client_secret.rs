@@ -27,6 +27,13 @@ pub(super) struct SetClientSecretArgs {
     /// (client_secret_expiring) goes out ahead of it
     #[arg(long, value_name = "DATE", conflicts_with = "retire_old")]
     expires: Option<String>,
+    /// Record --expires for the secret in use instead of setting a new one
+    #[arg(
+        long,
+        requires = "expires",
+        conflicts_with_all = ["client_secret_file", "client_secret_stdin", "retire_old"]
+    )]
+    current: bool,
     /// End a rotation: prove the newest secret works alone, then forget the previous one
     #[arg(long)]
     retire_old: bool,
@@ -38,6 +45,14 @@ pub(super) fn run(context: &Context, args: SetClientSecretArgs) -> Result<(), Er
         return retire(&mut store, &args.name);
     }
     let expires_at = args.expires.as_deref().map(expiry).transpose()?;
+    if args.current {
+        store.set_client_secret_expiry(&args.name, expires_at)?;
+        println!(
+            "Recorded when the client secret of {} expires; an alert (client_secret_expiring) goes out ahead of it.",
+            args.name
+        );
+        return Ok(());
+    }
     let secret = new_secret(&args)?;
     let rotation = store.set_client_secret(&args.name, &secret, expires_at)?;
     let kept = match rotation {

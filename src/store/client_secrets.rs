@@ -72,6 +72,23 @@ impl Store {
         Ok(rotation)
     }
 
+    /// Records when the client secret in use of account `name` expires.
+    pub fn set_client_secret_expiry(
+        &mut self,
+        name: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let account = self.account(name)?;
+        if !self.has_secret(&account, SecretKind::ClientSecret)? {
+            return Err(StoreError::NoClientSecret(name.to_owned()));
+        }
+        self.conn.execute(
+            "UPDATE accounts SET client_secret_expires_at = ?2 WHERE id = ?1",
+            params![account.id, expires_at],
+        )?;
+        Ok(())
+    }
+
     /// Deletes the previous client secret of account `name`: the rotation is over.
     pub fn retire_previous_client_secret(&mut self, name: &str) -> Result<(), StoreError> {
         let account = self.account(name)?;

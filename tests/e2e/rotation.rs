@@ -50,6 +50,29 @@ fn stored(vault: &TestVault, kind: SecretKind) -> Option<String> {
 fn a_client_secret_rotates_without_a_refused_request() {
     let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = vault_with_mail(&fake);
+    // The expiry of the secret in use, recorded on its own.
+    vault
+        .run(&[
+            "set-client-secret",
+            "mail",
+            "--current",
+            "--expires",
+            "2998-01-01",
+        ])
+        .ok();
+    assert_eq!(
+        stored(&vault, SecretKind::ClientSecret).unwrap(),
+        CLIENT_SECRET
+    );
+    let details = vault.run(&["status", "mail"]);
+    assert!(
+        details.stdout.contains("secret expires   2998-01-01"),
+        "{}",
+        details.stdout
+    );
+    vault
+        .run(&["set-client-secret", "mail", "--current"])
+        .fails_with(2, "--expires");
     provider_accepts(&fake, &[CLIENT_SECRET, "cs-NEW-secret-1"]);
     let run = set_secret(&vault, "cs-NEW-secret-1", &["--expires", "2999-06-01"]);
     run.ok();
