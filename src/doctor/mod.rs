@@ -47,6 +47,7 @@ pub async fn examine(places: &Places<'_>) -> Vec<Finding> {
     let me = rustix::process::geteuid().as_raw();
     let mut findings = vec![vault_dir(places.vault_dir, me)];
     findings.extend(vault_files(places.vault_dir, me));
+    findings.extend(old_lock_files(places.vault_dir));
     findings.push(config(places.vault_dir));
     let store = match Store::open(places.vault_dir, &places.unlock) {
         Ok(store) => {
@@ -89,6 +90,22 @@ fn vault_dir(dir: &Path, me: u32) -> Finding {
             format!("chown $(id -u) {0} && chmod 700 {0}", dir.display()),
         ),
     }
+}
+
+/// The lock file per account that versions before `refresh.lock` left in `locks/`: unused now.
+fn old_lock_files(dir: &Path) -> Option<Finding> {
+    let old = dir.join("locks");
+    std::fs::symlink_metadata(&old).ok()?;
+    Some(problem(
+        format!(
+            "{} holds the per-account lock files of an earlier tokenvault, no longer used",
+            old.display()
+        ),
+        format!(
+            "once every vault process runs this version (restart vault serve): rm -r {}",
+            old.display()
+        ),
+    ))
 }
 
 /// The database and its companions, the audit log and the config: private files, no symlinks.

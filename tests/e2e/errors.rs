@@ -404,6 +404,13 @@ fn doctor_compares_the_clock_with_the_provider_and_tries_the_alert_sinks_without
         sick.stdout
     );
 
+    // Lock files an earlier version left, one per account.
+    std::fs::create_dir(vault.dir.join("locks")).unwrap();
+    std::fs::write(vault.dir.join("locks/mail.lock"), "").unwrap();
+    let old_locks = vault.run(&["doctor"]);
+    assert!(old_locks.stdout.contains("rm -r "), "{}", old_locks.stdout);
+    std::fs::remove_dir_all(vault.dir.join("locks")).unwrap();
+
     fake.configure(|b| b.clock_skew = Some(5));
     crate::support::alerting_config(&vault, &fake, "");
     let healthy = vault.run(&["doctor"]);
