@@ -264,6 +264,15 @@ pub struct AccountSummary {
     pub last_error: Option<String>,
 }
 
+/// A hash of an account name that every process and version computes alike (FNV-1a, 64 bits):
+/// the byte an account locks in `refresh.lock`, and the jitter that spreads accounts' refreshes
+/// and validations, must not change with the compiler that built the daemon.
+pub fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Account names go into URL paths, log lines, metric labels and shell recipes: keep them to a
 /// safe alphabet.
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -285,6 +294,12 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_hash_is_fnv_1a() {
+        assert_eq!(name_hash("mail"), 2_258_947_338_516_563_758);
+        assert_eq!(name_hash(""), 0xcbf2_9ce4_8422_2325);
+    }
 
     #[test]
     fn state_names_round_trip() {

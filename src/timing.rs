@@ -2,8 +2,6 @@
 //! failures, and validation firings. Used by the daemon's duties and by `vault status`. Pure functions of wall-clock seconds, so that a machine resuming from suspend sees
 //! at once what fell due while it slept.
 
-use std::hash::{Hash, Hasher};
-
 use chrono::{DateTime, Utc};
 
 /// Never refresh earlier than this before expiry unless the token lives shorter.
@@ -27,9 +25,7 @@ pub fn jitter(account: &str, window: i64) -> i64 {
     if window <= 0 {
         return 0;
     }
-    let mut hasher = std::hash::DefaultHasher::new();
-    account.hash(&mut hasher);
-    (hasher.finish() % window as u64) as i64
+    (crate::account::name_hash(account) % window as u64) as i64
 }
 
 /// When to refresh a token issued at `issued_at` that expires at `expires_at`: `refresh_before`

@@ -59,13 +59,10 @@ impl AccountLock {
     }
 }
 
-/// The byte account `name` locks: a stable hash (the same in every version and process),
-/// non-negative as a file offset must be.
+/// The byte account `name` locks: the same in every version and process, non-negative as a
+/// file offset must be.
 fn offset(name: &str) -> i64 {
-    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_ref()[..8]);
-    (u64::from_le_bytes(first) >> 2) as i64
+    (crate::account::name_hash(name) >> 2) as i64
 }
 
 #[cfg(test)]
