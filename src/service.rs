@@ -42,7 +42,10 @@ pub fn unit_files(exe: &Path, vault_dir: Option<&Path>) -> [(&'static str, Strin
         ProtectSystem=full\n\
         PrivateTmp=yes\n\
         LockPersonality=yes\n\
-        RestrictSUIDSGID=yes\n\n\
+        RestrictSUIDSGID=yes\n\
+        # A vault whose master key comes from a passphrase (vault init --passphrase) reads it\n\
+        # from this credential, kept in a 0600 file:\n\
+        #LoadCredential=tokenvault-passphrase:%h/.config/tokenvault/passphrase\n\n\
         [Install]\n\
         Also={SOCKET_UNIT}\n",
         quoted(&exe.display().to_string())
