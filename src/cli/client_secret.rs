@@ -8,11 +8,12 @@ use clap::Args;
 
 use super::add::{read_secret_file, read_stdin_secret};
 use super::{Context, block_on};
+use crate::account::SecretKind;
 use crate::error::Error;
 use crate::oauth::token::http_client;
 use crate::refresh;
 use crate::secret::SecretString;
-use crate::store::{SecretRotation, Store};
+use crate::store::{SecretRotation, Store, StoreError};
 
 #[derive(Args)]
 pub(super) struct SetClientSecretArgs {
@@ -73,6 +74,11 @@ pub(super) fn run(context: &Context, args: SetClientSecretArgs) -> Result<(), Er
 
 /// Ends a rotation, only once the newest secret has worked alone.
 fn retire(store: &mut Store, name: &str) -> Result<(), Error> {
+    // Without a rotation under way there is nothing to retire, and nothing to spend a refresh on.
+    let account = store.account(name)?;
+    if !store.has_secret(&account, SecretKind::PreviousClientSecret)? {
+        return Err(StoreError::NoPreviousClientSecret(name.to_owned()).into());
+    }
     prove_newest(store, name)?;
     store.retire_previous_client_secret(name)?;
     println!(

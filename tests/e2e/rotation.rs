@@ -119,9 +119,15 @@ fn a_client_secret_rotates_without_a_refused_request() {
         refused_before,
         "no request went out with a secret the provider had dropped"
     );
+    let requests = fake.counters(|c| c.token_requests);
     vault
         .run(&["set-client-secret", "mail", "--retire-old"])
         .fails_with(1, "no previous client secret");
+    assert_eq!(
+        fake.counters(|c| c.token_requests),
+        requests,
+        "nothing to retire, nothing spent"
+    );
     vault.assert_no_plaintext_on_disk();
 }
 
