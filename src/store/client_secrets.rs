@@ -5,7 +5,7 @@
 use rusqlite::{TransactionBehavior, params};
 
 use super::events::log_event;
-use super::sealing::{open_secret, put_secret};
+use super::sealing::{open_secret, put_secret, secret_exists};
 use super::{Store, StoreError};
 use crate::account::SecretKind;
 use crate::secret::SecretString;
@@ -35,13 +35,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current = open_secret(&tx, &self.data_key, &account, SecretKind::ClientSecret)?
             .ok_or_else(|| StoreError::NoClientSecret(name.to_owned()))?;
-        let under_way = open_secret(
-            &tx,
-            &self.data_key,
-            &account,
-            SecretKind::PreviousClientSecret,
-        )?
-        .is_some();
+        let under_way = secret_exists(&tx, &account, SecretKind::PreviousClientSecret)?;
         let rotation = if under_way {
             SecretRotation::NewestReplaced
         } else {
@@ -63,10 +57,7 @@ impl Store {
             SecretKind::ClientSecret,
             new,
         )?;
-        tx.execute(
-            "UPDATE accounts SET client_secret_expires_at = ?2 WHERE id = ?1",
-            params![account.id, expires_at],
-        )?;
+        record_expiry(&tx, account.id, expires_at)?;
         log_event(&tx, name, "client_secret_set", None)?;
         tx.commit()?;
         Ok(rotation)
@@ -82,11 +73,7 @@ impl Store {
         if !self.has_secret(&account, SecretKind::ClientSecret)? {
             return Err(StoreError::NoClientSecret(name.to_owned()));
         }
-        self.conn.execute(
-            "UPDATE accounts SET client_secret_expires_at = ?2 WHERE id = ?1",
-            params![account.id, expires_at],
-        )?;
-        Ok(())
+        record_expiry(&self.conn, account.id, expires_at)
     }
 
     /// Deletes the previous client secret of account `name`: the rotation is over.
@@ -104,4 +91,17 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// When the newest client secret of account `account_id` expires (`None`: not known).
+fn record_expiry(
+    conn: &rusqlite::Connection,
+    account_id: i64,
+    expires_at: Option<i64>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE accounts SET client_secret_expires_at = ?2 WHERE id = ?1",
+        params![account_id, expires_at],
+    )?;
+    Ok(())
 }

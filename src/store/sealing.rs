@@ -35,11 +35,7 @@ impl Store {
 
     /// Whether `account` holds a secret of `kind` (nothing is opened).
     pub fn has_secret(&self, account: &Account, kind: SecretKind) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM secrets WHERE account_id = ?1 AND kind = ?2)",
-            params![account.id, kind.as_str()],
-            |row| row.get(0),
-        )?)
+        secret_exists(&self.conn, account, kind)
     }
 
     /// Rotates the keys: a new data key (next version) re-seals every secret, wrapped by the new
@@ -123,6 +119,19 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Whether `account` holds a secret of `kind`, read through `conn`; nothing is opened.
+pub(super) fn secret_exists(
+    conn: &rusqlite::Connection,
+    account: &Account,
+    kind: SecretKind,
+) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM secrets WHERE account_id = ?1 AND kind = ?2)",
+        params![account.id, kind.as_str()],
+        |row| row.get(0),
+    )?)
 }
 
 /// The secret `kind` of `account` read through `conn` (the store's, or a transaction's).
