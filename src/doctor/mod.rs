@@ -217,13 +217,19 @@ fn orphaned_key_file(store: &Store) -> Option<Finding> {
         return None;
     };
     let in_use = matches!(store.key_source(), KeySource::File(current) if *current == path);
-    (path.exists() && !in_use).then(|| {
+    // The path comes from the database: an edited one must not get any file of the user's named
+    // for deletion, only a private file holding a master key.
+    let holds_a_key = KeySource::File(path.clone()).load("", 0, None).is_ok();
+    (holds_a_key && !in_use).then(|| {
         problem(
             format!(
-                "an interrupted vault rekey left the key file {}, which opens nothing",
+                "an interrupted vault rekey left the key file {}, which opens nothing here",
                 path.display()
             ),
-            format!("rm {}", path.display()),
+            format!(
+                "unless another vault uses it as its key: rm {}",
+                path.display()
+            ),
         )
     })
 }

@@ -427,4 +427,18 @@ fn doctor_compares_the_clock_with_the_provider_and_tries_the_alert_sinks_without
         );
     }
     assert!(fake.webhooks().is_empty(), "doctor sent an alert");
+
+    // An edited database naming one of the user's files as a rekey's leftover key file does not
+    // get doctor to suggest deleting it.
+    let precious = vault.root.path().join("precious.txt");
+    write_private(&precious, "the user's own notes\n");
+    rusqlite::Connection::open(vault.db_path())
+        .unwrap()
+        .execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('rekey_pending', ?1)",
+            [format!("file:{}", precious.display())],
+        )
+        .unwrap();
+    let edited = vault.run(&["doctor"]);
+    assert!(!edited.stdout.contains("precious"), "{}", edited.stdout);
 }
