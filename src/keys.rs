@@ -210,12 +210,12 @@ impl KeySource {
         if let Some(kdf) = record.strip_prefix("passphrase:") {
             return Kdf::from_record(kdf)
                 .map(KeySource::Passphrase)
-                .ok_or_else(|| KeyError::KdfRecord(kdf.to_owned()));
+                .ok_or_else(|| KeyError::KdfRecord(excerpt(kdf)));
         }
         match record {
             "keyring" => Ok(KeySource::Keyring),
             "env" => Ok(KeySource::Env),
-            other => Err(KeyError::UnknownSource(other.chars().take(40).collect())),
+            other => Err(KeyError::UnknownSource(excerpt(other))),
         }
     }
 
@@ -260,6 +260,12 @@ impl KeySource {
             KeySource::Passphrase(kdf) => kdf.derive(&read_passphrase(passphrase, true)?),
         }
     }
+}
+
+/// A record read from the database, for an error message: an edited one may be long or hold
+/// control characters that must not reach the terminal.
+fn excerpt(record: &str) -> String {
+    format!("{:?}", record.chars().take(60).collect::<String>())
 }
 
 fn read_passphrase(file: PassphraseFile<'_>, new: bool) -> Result<SecretString, KeyError> {
