@@ -664,3 +664,20 @@ fn a_refresh_refused_for_its_client_secret_spends_nothing_and_the_previous_secre
     );
     assert!(server.is_active(&token(&vault, "mail", &[])));
 }
+
+/// `vault doctor` compares this clock with the provider's `Date` header: the certified server
+/// sends one (RFC 9110 §6.6.1), and its clock is this machine's.
+#[test]
+fn doctor_reads_the_certified_servers_clock() {
+    let server = Certified::start();
+    let vault = vault_with_mail(&server);
+    let found = run(&vault, &["doctor"]);
+    let origin = server.issuer.trim_end_matches('/');
+    assert!(
+        found
+            .stdout
+            .contains(&format!("this clock agrees with {origin}")),
+        "{}",
+        found.stdout
+    );
+}
