@@ -219,6 +219,8 @@ fn build_vault_of(work: &Path, count: usize) -> (PathBuf, PathBuf) {
             validation_schedule: None,
             refresh_before: None,
             client_secret_expires_at: None,
+            key_created_at: None,
+            rotate_every: None,
         })
         .collect();
     for batch in accounts.chunks(1000) {

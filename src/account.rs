@@ -176,6 +176,10 @@ named_enum! {
         RefreshToken = "refresh_token",
         ServiceAccountKey = "service_account_key",
         AccessToken = "access_token",
+        /// Where a rotation of the account's own key stands (`store::RotationRecord`, JSON).
+        /// Not secret, but sealed: a database edit must not choose which key the provider is
+        /// told to delete.
+        KeyRotation = "key_rotation",
     }
 }
 
@@ -206,6 +210,11 @@ pub struct Account {
     /// When the newest client secret stops working, as the user recorded it (Microsoft Entra
     /// client secrets expire after at most two years).
     pub client_secret_expires_at: Option<i64>,
+    /// When the account's own key (service-account key, client secret) in use was created at
+    /// the provider, when known; else the account's `created_at` stands in.
+    pub key_created_at: Option<i64>,
+    /// How often the daemon rotates that key, in seconds (`vault schedule --rotate-every`).
+    pub rotate_every: Option<i64>,
     /// The account's own validation schedule (cron), overriding config.toml's.
     pub validation_schedule: Option<String>,
     /// The account's own refresh-ahead margin in seconds, overriding config.toml's.

@@ -45,6 +45,11 @@ struct ExportedAccount {
     /// Absent from archives made before client-secret rotation.
     #[serde(default)]
     client_secret_expires_at: Option<i64>,
+    /// Absent from archives made before key rotation.
+    #[serde(default)]
+    key_created_at: Option<i64>,
+    #[serde(default)]
+    rotate_every: Option<i64>,
     /// Secret kind → value.
     secrets: Vec<(String, String)>,
 }
@@ -142,6 +147,8 @@ pub fn export(store: &Store, passphrase: &SecretString) -> Result<(Vec<u8>, usiz
             validation_schedule: account.validation_schedule,
             refresh_before: account.refresh_before,
             client_secret_expires_at: account.client_secret_expires_at,
+            key_created_at: account.key_created_at,
+            rotate_every: account.rotate_every,
             secrets,
         });
     }
@@ -242,6 +249,8 @@ pub fn import(
             validation_schedule: account.validation_schedule.as_deref(),
             refresh_before: account.refresh_before,
             client_secret_expires_at: account.client_secret_expires_at,
+            key_created_at: account.key_created_at,
+            rotate_every: account.rotate_every,
         })
         .collect();
     store.insert_accounts(&new).map_err(|err| match err {

@@ -5,7 +5,7 @@
 //! JWT-bearer verification against a trusted service-account key. It guards nothing real: every
 //! token it issues is random and lives only in its memory.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -165,9 +165,11 @@ struct Inner {
     devices: HashMap<String, DeviceCode>,
     /// Every credential the server knows or issued, for leak scans.
     issued_secrets: Vec<String>,
-    access_tokens: HashSet<String>,
+    /// access token → the scope it was issued for
+    access_tokens: HashMap<String, String>,
     webhooks: Vec<Value>,
-    sa_public_key: Vec<u8>,
+    /// The service account's keys it accepts assertions from (RSAPublicKey, DER).
+    sa_public_keys: Vec<Vec<u8>>,
     sa_email: String,
 }
 
@@ -225,9 +227,9 @@ impl DevProvider {
             refresh_tokens: HashMap::new(),
             devices: HashMap::new(),
             issued_secrets: vec![CLIENT_SECRET.to_owned()],
-            access_tokens: HashSet::new(),
+            access_tokens: HashMap::new(),
             webhooks: Vec::new(),
-            sa_public_key: Vec::new(),
+            sa_public_keys: Vec::new(),
             sa_email: String::new(),
         }));
         let app = Router::new()
@@ -256,11 +258,18 @@ impl DevProvider {
     }
 
     /// Accepts JWT assertions from the service account `email` signed by `public_key`
-    /// (an RSAPublicKey, DER).
+    /// (an RSAPublicKey, DER), besides the keys it accepted already.
     pub fn trust_service_account(&self, email: &str, public_key: Vec<u8>) {
         let mut inner = self.lock();
         inner.sa_email = email.to_owned();
-        inner.sa_public_key = public_key;
+        if !inner.sa_public_keys.contains(&public_key) {
+            inner.sa_public_keys.push(public_key);
+        }
+    }
+
+    /// Stops accepting assertions signed by `public_key` (the key was deleted).
+    pub fn distrust_service_account_key(&self, public_key: &[u8]) {
+        self.lock().sa_public_keys.retain(|key| key != public_key);
     }
 
     pub fn configure(&self, change: impl FnOnce(&mut Behaviour)) {
@@ -281,7 +290,12 @@ impl DevProvider {
     }
 
     pub fn is_access_token(&self, token: &str) -> bool {
-        self.lock().access_tokens.contains(token)
+        self.lock().access_tokens.contains_key(token)
+    }
+
+    /// The scope an access token this server issued was granted.
+    pub fn access_token_scope(&self, token: &str) -> Option<String> {
+        self.lock().access_tokens.get(token).cloned()
     }
 
     /// Revokes every grant, as a user removing the app's access would.
@@ -552,7 +566,7 @@ fn authenticate(
 
 fn issue_access(inner: &mut Inner, scope: &str, refresh: Option<String>) -> Response {
     let access = random("at-");
-    inner.access_tokens.insert(access.clone());
+    inner.access_tokens.insert(access.clone(), scope.to_owned());
     let mut body = json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -816,11 +830,12 @@ fn jwt_bearer(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     }
     let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default();
     let signed = format!("{}.{}", parts[0], parts[1]);
-    let key = ring::signature::UnparsedPublicKey::new(
-        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-        &inner.sa_public_key,
-    );
-    if key.verify(signed.as_bytes(), &signature).is_err() {
+    let signed_by_trusted_key = inner.sa_public_keys.iter().any(|key| {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
+            .verify(signed.as_bytes(), &signature)
+            .is_ok()
+    });
+    if !signed_by_trusted_key {
         return invalid("Invalid JWT Signature.");
     }
     let header: Value =

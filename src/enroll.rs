@@ -26,6 +26,8 @@ pub enum NewCredentials {
     ServiceAccount {
         key_json: SecretString,
         subject: Option<String>,
+        /// The IAM API that rotates the key, when not Google's public one.
+        key_api_url: Option<String>,
     },
 }
 
@@ -89,9 +91,11 @@ pub async fn add_account(
             client,
             flow,
         } => prove_oauth(http, provider, overrides, client, flow, new.scopes).await,
-        NewCredentials::ServiceAccount { key_json, subject } => {
-            prove_service_account(http, new.scopes, key_json, subject).await
-        }
+        NewCredentials::ServiceAccount {
+            key_json,
+            subject,
+            key_api_url,
+        } => prove_service_account(http, new.scopes, key_json, subject, key_api_url).await,
     }
     .map_err(|source| Error::NotAdded {
         account: name.clone(),
@@ -230,6 +234,7 @@ async fn prove_service_account(
     scopes: Vec<String>,
     key_json: SecretString,
     subject: Option<String>,
+    key_api_url: Option<String>,
 ) -> Result<Proven, OAuthError> {
     if scopes.is_empty() {
         return Err(OAuthError::Provider(
@@ -237,6 +242,9 @@ async fn prove_service_account(
         ));
     }
     let key = ServiceAccountKey::parse(&key_json)?;
+    let mut endpoints = Endpoints::token_only("google", key.token_uri.clone());
+    endpoints.key_api_url = key_api_url;
+    endpoints.check()?;
     let grant = jwt_bearer_grant(http, &key, &scopes, subject.as_deref())
         .await?
         .into_result()?;
@@ -245,7 +253,7 @@ async fn prove_service_account(
             service_account_email: key.client_email.clone(),
             subject,
         },
-        endpoints: Endpoints::token_only("google", key.token_uri.clone()),
+        endpoints,
         client_auth: ClientAuth::Post,
         scopes,
     };

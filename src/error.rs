@@ -16,6 +16,8 @@ pub enum Error {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
+    Rotation(#[from] crate::rotation::RotationError),
+    #[error(transparent)]
     Passphrase(#[from] crate::passphrase::PassphraseError),
     #[error("account {account:?} was not added: {source}")]
     NotAdded { account: String, source: OAuthError },
@@ -160,6 +162,7 @@ impl Error {
             Error::Unavailable { .. } => Problem::UpstreamUnavailable,
             Error::Interrupted => Problem::Interrupted,
             Error::Daemon { problem, .. } => *problem,
+            Error::Rotation(rotation) => rotation.problem(),
             Error::Key(_)
             | Error::Store(StoreError::Key(_))
             | Error::Store(StoreError::WrongMasterKey(_)) => Problem::MasterKey,

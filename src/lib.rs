@@ -68,6 +68,7 @@ mod passphrase;
 pub mod process;
 mod refresh;
 mod revoke;
+pub mod rotation;
 pub mod secret;
 mod service;
 pub mod store;

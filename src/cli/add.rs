@@ -60,6 +60,10 @@ pub(super) struct AddArgs {
     /// Device authorization endpoint
     #[arg(long, value_name = "URL")]
     device_url: Option<String>,
+    /// The API that rotates the account's own key (vault rotate), when not the provider's
+    /// public one: Google IAM for service accounts, Microsoft Graph for Microsoft client secrets
+    #[arg(long, value_name = "URL")]
+    key_api_url: Option<String>,
 
     /// The OAuth client id
     #[arg(long)]
@@ -161,6 +165,7 @@ fn new_account(args: AddArgs) -> Result<NewAccount, Error> {
             credentials: NewCredentials::ServiceAccount {
                 key_json,
                 subject: args.subject,
+                key_api_url: args.key_api_url,
             },
         });
     }
@@ -176,6 +181,7 @@ fn new_account(args: AddArgs) -> Result<NewAccount, Error> {
         auth_url: args.auth_url.clone(),
         token_url: args.token_url.clone(),
         device_url: args.device_url.clone(),
+        key_api_url: args.key_api_url.clone(),
     };
     let client_id = args.client_id.clone().ok_or_else(|| {
         Error::Input(

@@ -8,6 +8,7 @@ mod doctor;
 mod grant;
 mod init;
 mod rekey;
+mod rotate;
 mod serve;
 mod service;
 mod token;
@@ -99,6 +100,9 @@ enum Command {
     /// Rotate an account's client secret without downtime: the new one first, the previous one
     /// as a fallback on invalid_client until --retire-old
     SetClientSecret(client_secret::SetClientSecretArgs),
+    /// Rotate an account's own key through the provider's API (Google service-account key,
+    /// Microsoft client secret): create, prove, store, delete the old one
+    Rotate(rotate::RotateArgs),
     /// Remove an account and its secrets, revoking its grant at the provider first
     Remove {
         name: String,
@@ -114,7 +118,7 @@ enum Command {
     RevokeGrant(grant::GrantArgs),
     /// Prove accounts' credentials now with a live refresh, and print the results
     Validate(validate::ValidateArgs),
-    /// Set an account's own validation schedule (cron) and refresh-ahead margin
+    /// Set an account's own validation schedule (cron), refresh-ahead margin and key rotation
     Schedule(validate::ScheduleArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
@@ -200,6 +204,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Exec(args) => token::exec(&context, args),
         Command::GitCredential(args) => token::git_credential(&context, args),
         Command::SetClientSecret(args) => client_secret::run(&context, args),
+        Command::Rotate(args) => rotate::run(&context, args),
         Command::Remove { name, keep_grant } => accounts::remove(&context, &name, keep_grant),
         Command::Serve(args) => serve::run(&context, args),
         Command::Grant(args) => grant::run(&context, args, true),

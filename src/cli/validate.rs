@@ -16,13 +16,21 @@ pub(super) struct ScheduleArgs {
     name: String,
     /// Validation schedule, cron with seconds: sec min hour day month weekday, e.g. "0 0 */6 * * *";
     /// "default" returns to the global schedule from config.toml
-    #[arg(required_unless_present = "refresh_before")]
+    #[arg(required_unless_present_any = ["refresh_before", "rotate_every"])]
     cron: Option<String>,
     /// Refresh this many seconds before expiry (capped at half the token's lifetime); "default"
     /// returns to the global setting
     #[arg(long, value_name = "SECONDS|default")]
     refresh_before: Option<String>,
+    /// Let the daemon rotate the account's own key (Google service-account key, Microsoft
+    /// client secret) when it is this old, e.g. 90d (at least 1d); "off" stops it
+    #[arg(long, value_name = "AGE|off")]
+    rotate_every: Option<String>,
 }
+
+/// Providers limit how many keys exist at once and how fast they are made (Google: 10 per
+/// service account): a rotation a day is the most the daemon does.
+const MIN_ROTATION_AGE: u64 = 24 * 3600;
 
 /// Proves accounts' credentials now with a live refresh, and prints each result.
 pub(super) fn validate(context: &Context, args: ValidateArgs) -> Result<(), Error> {
@@ -62,6 +70,21 @@ pub(super) fn validate(context: &Context, args: ValidateArgs) -> Result<(), Erro
     first_failure.map_or(Ok(()), Err)
 }
 
+/// `--rotate-every`: a duration such as `90d`, at least a day.
+fn rotation_age(text: &str) -> Result<u64, Error> {
+    let age = humantime::parse_duration(text).map_err(|_| {
+        Error::Input(format!(
+            "--rotate-every takes an age such as 90d or 30days, or \"off\", not {text:?}"
+        ))
+    })?;
+    if age.as_secs() < MIN_ROTATION_AGE {
+        return Err(Error::Input(format!(
+            "--rotate-every {text} is too often: providers limit how many keys are made; give 1d or more"
+        )));
+    }
+    Ok(age.as_secs().min(i64::MAX as u64 / 2))
+}
+
 pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Error> {
     let cron = match args.cron.as_deref() {
         None => None,
@@ -81,7 +104,29 @@ pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Erro
             ))
         })?)),
     };
+    let rotate_every = match args.rotate_every.as_deref() {
+        None => None,
+        Some("off") => Some(None),
+        Some(text) => Some(Some(rotation_age(text)?)),
+    };
     let mut store = context.open()?;
+    if let Some(every) = rotate_every {
+        if every.is_some() {
+            crate::rotation::check_supported(&store, &args.name)?;
+        }
+        store.set_rotate_every(&args.name, every.map(|seconds| seconds as i64))?;
+        match every {
+            Some(seconds) => println!(
+                "The daemon (vault serve) rotates the key of {} when it is {} old.",
+                args.name,
+                humantime::format_duration(std::time::Duration::from_secs(seconds))
+            ),
+            None => println!(
+                "The key of {} is rotated only by: vault rotate {}",
+                args.name, args.name
+            ),
+        }
+    }
     if let Some(cron) = cron {
         store.set_validation_schedule(&args.name, cron)?;
         match cron {

@@ -303,6 +303,7 @@ mod tests {
             iss_required,
             revocation_url: None,
             offline: super::super::provider::OfflineAccess::OfflineAccessScope,
+            key_api_url: None,
         }
     }
 

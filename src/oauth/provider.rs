@@ -71,6 +71,10 @@ pub struct Endpoints {
     #[serde(default)]
     pub revocation_url: Option<String>,
     pub offline: OfflineAccess,
+    /// The API through which the account's own key is rotated (Google IAM, Microsoft Graph),
+    /// when not the provider's public one (a sovereign cloud, a test server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_api_url: Option<String>,
 }
 
 /// How the user named the provider on the command line.
@@ -92,6 +96,7 @@ pub struct EndpointOverrides {
     pub auth_url: Option<String>,
     pub token_url: Option<String>,
     pub device_url: Option<String>,
+    pub key_api_url: Option<String>,
 }
 
 impl ProviderChoice {
@@ -111,6 +116,7 @@ impl ProviderChoice {
                 iss_required: false,
                 revocation_url: Some("https://oauth2.googleapis.com/revoke".into()),
                 offline: OfflineAccess::AccessTypeOffline,
+                key_api_url: None,
             },
             ProviderChoice::Microsoft { tenant } => {
                 let base = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
@@ -124,6 +130,7 @@ impl ProviderChoice {
                     iss_required: false,
                     revocation_url: None,
                     offline: OfflineAccess::OfflineAccessScope,
+                    key_api_url: None,
                 }
             }
             ProviderChoice::Issuer(issuer) => discover(http, &issuer).await?,
@@ -145,6 +152,7 @@ impl ProviderChoice {
         endpoints.token_url = overrides.token_url.unwrap_or(endpoints.token_url);
         endpoints.auth_url = overrides.auth_url.or(endpoints.auth_url);
         endpoints.device_url = overrides.device_url.or(endpoints.device_url);
+        endpoints.key_api_url = overrides.key_api_url;
         endpoints.check()?;
         Ok(endpoints)
     }
@@ -162,6 +170,7 @@ impl Endpoints {
             iss_required: false,
             revocation_url: None,
             offline: OfflineAccess::AsConfigured,
+            key_api_url: None,
         }
     }
 
@@ -173,6 +182,7 @@ impl Endpoints {
             self.auth_url.as_ref(),
             self.device_url.as_ref(),
             self.revocation_url.as_ref(),
+            self.key_api_url.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -259,6 +269,7 @@ fn endpoints_from_metadata(issuer: &str, metadata: Metadata) -> Result<Endpoints
         iss_required: metadata.authorization_response_iss_parameter_supported,
         revocation_url: metadata.revocation_endpoint,
         offline: OfflineAccess::OfflineAccessScope,
+        key_api_url: None,
     };
     // The document is the server's word: every URL in it is checked like one typed by the user.
     endpoints.check()?;

@@ -30,6 +30,8 @@ impl Store {
             validation_schedule: None,
             refresh_before: None,
             client_secret_expires_at: None,
+            key_created_at: None,
+            rotate_every: None,
         }])
     }
 
@@ -164,6 +166,11 @@ impl Store {
         seconds: Option<u64>,
     ) -> Result<(), StoreError> {
         self.set_column(name, "refresh_before", &seconds)
+    }
+
+    /// Sets (or, with `None`, clears) how often the daemon rotates the account's own key.
+    pub fn set_rotate_every(&mut self, name: &str, seconds: Option<i64>) -> Result<(), StoreError> {
+        self.set_column(name, "rotate_every", &seconds)
     }
 
     /// One per-account setting; `column` is one of the fixed names above, never user input.
@@ -360,12 +367,14 @@ pub struct NewAccount<'a> {
     pub validation_schedule: Option<&'a str>,
     pub refresh_before: Option<u64>,
     pub client_secret_expires_at: Option<i64>,
+    pub key_created_at: Option<i64>,
+    pub rotate_every: Option<i64>,
 }
 
 /// The columns `read_account` reads, as `select_accounts` selects them: each name is written
 /// once, and `column` finds its position at compile time (looking names up per row cost
 /// `vault status` a fifth of its time with 100,000 accounts).
-const COLUMNS: [&str; 15] = [
+const COLUMNS: [&str; 17] = [
     "id",
     "name",
     "config",
@@ -377,6 +386,8 @@ const COLUMNS: [&str; 15] = [
     "access_expires_at",
     "refresh_expires_at",
     "client_secret_expires_at",
+    "key_created_at",
+    "rotate_every",
     "validation_schedule",
     "refresh_before",
     "config_mac",
@@ -451,6 +462,8 @@ fn read_account(
         access_expires_at: row.get(const { column("access_expires_at") })?,
         refresh_expires_at: row.get(const { column("refresh_expires_at") })?,
         client_secret_expires_at: row.get(const { column("client_secret_expires_at") })?,
+        key_created_at: row.get(const { column("key_created_at") })?,
+        rotate_every: row.get(const { column("rotate_every") })?,
         validation_schedule: row.get(const { column("validation_schedule") })?,
         refresh_before: row.get(const { column("refresh_before") })?,
         generation: row.get(const { column("generation") })?,
@@ -477,8 +490,8 @@ fn insert_in(
     }
     tx.execute(
         "INSERT INTO accounts (name, config, state, created_at, validation_schedule, refresh_before,
-             client_secret_expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             client_secret_expires_at, key_created_at, rotate_every)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             name,
             config_json,
@@ -486,7 +499,9 @@ fn insert_in(
             now(),
             new.validation_schedule,
             new.refresh_before,
-            new.client_secret_expires_at
+            new.client_secret_expires_at,
+            new.key_created_at,
+            new.rotate_every
         ],
     )?;
     let id = tx.last_insert_rowid();

@@ -14,6 +14,7 @@ mod client_secrets;
 mod commits;
 mod events;
 mod lock;
+mod rotations;
 mod schema;
 mod sealing;
 
@@ -21,6 +22,7 @@ pub use accounts::{NewAccount, SummaryRow};
 pub use client_secrets::SecretRotation;
 pub use commits::{RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE};
+pub use rotations::{RotatedKey, RotationRecord, RotationStep};
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

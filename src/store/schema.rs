@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/005_settings_mac.sql"),
     include_str!("../../schema/006_generation.sql"),
     include_str!("../../schema/007_client_secret_expiry.sql"),
+    include_str!("../../schema/008_key_rotation.sql"),
 ];
 
 /// Brings the schema up to date. `fresh` is true only for a database `vault init` just created:

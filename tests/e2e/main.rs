@@ -10,6 +10,7 @@ mod ecosystem;
 mod errors;
 mod flows;
 mod hostile_provider;
+mod key_rotation;
 mod keyring;
 mod lifecycle;
 mod mail;

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod fake_forge;
+pub mod fake_keys;
 pub mod fake_mail;
 pub mod fake_oauth;
 mod scenario;
