@@ -70,6 +70,12 @@ struct Status<'a> {
     refresh_token_expires_at: Option<i64>,
     /// The newest client secret's expiry, as recorded with `set-client-secret --expires`.
     client_secret_expires_at: Option<i64>,
+    /// For a key tokenvault can rotate (`vault rotate`): when the one in use was created
+    /// (at the provider when known, else when the account was added)…
+    key_created_at: Option<i64>,
+    /// …how often the daemon rotates it (seconds), and when it next will.
+    rotate_every: Option<i64>,
+    next_rotation_at: Option<i64>,
     last_refresh_at: Option<i64>,
     last_validated_at: Option<i64>,
     /// When the daemon will next prove the credential (none while re-authorization is needed).
@@ -110,7 +116,15 @@ fn status_of<'a>(account: &'a Account, global: Global<'_>, now: i64) -> Status<'
         global,
         now,
     );
+    let key_created_at = crate::rotation::rotatable(&account.config)
+        .then(|| account.key_created_at.unwrap_or(account.created_at));
+    let rotate_every = account.rotate_every.filter(|_| key_created_at.is_some());
     Status {
+        key_created_at,
+        rotate_every,
+        next_rotation_at: key_created_at
+            .zip(rotate_every)
+            .map(|(created, every)| created.saturating_add(every)),
         name: &account.name,
         state: account.state,
         kind: account.config.grant.kind().as_str(),
@@ -319,6 +333,20 @@ fn print_details(account: &Account, status: &Status<'_>, rotating: bool) {
             "  previous secret  kept as a fallback; once deleted at the provider: vault set-client-secret {} --retire-old",
             account.name
         );
+    }
+    if let Some(created) = status.key_created_at {
+        println!("  key created      {}", when(created));
+        match (status.rotate_every, status.next_rotation_at) {
+            (Some(every), Some(next)) => println!(
+                "  key rotation     every {} (vault serve), next {}",
+                super::age(every),
+                when(next)
+            ),
+            _ => println!(
+                "  key rotation     by hand: vault rotate {} (or: vault schedule {} --rotate-every 90d)",
+                account.name, account.name
+            ),
+        }
     }
     println!("  scopes           {}", config.scopes.join(" "));
     println!("  token expires    {}", optional(status.token_expires_at));

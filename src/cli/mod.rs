@@ -294,6 +294,17 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Error> {
     Ok(runtime.block_on(future))
 }
 
+/// An age as people set it: whole days as "90d", anything else as humantime writes it.
+fn age(seconds: i64) -> String {
+    const DAY: i64 = 24 * 3600;
+    if seconds > 0 && seconds % DAY == 0 {
+        format!("{}d", seconds / DAY)
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(seconds.max(0) as u64))
+            .to_string()
+    }
+}
+
 /// "2026-11-24T13:00:00Z (in 59m 12s)" / "(3m ago)".
 fn when(unix: i64) -> String {
     // A stored time comes from a provider's numbers or an edited database: never panic on it

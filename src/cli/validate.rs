@@ -119,7 +119,7 @@ pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Erro
             Some(seconds) => println!(
                 "The daemon (vault serve) rotates the key of {} when it is {} old.",
                 args.name,
-                humantime::format_duration(std::time::Duration::from_secs(seconds))
+                super::age(seconds as i64)
             ),
             None => println!(
                 "The key of {} is rotated only by: vault rotate {}",

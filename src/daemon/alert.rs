@@ -32,6 +32,23 @@ named_enum! {
         Recovered = "recovered",
         Expiring = "expiring",
         ClientSecretExpiring = "client_secret_expiring",
+        /// The account's key is older than its rotation age and the provider does not let the
+        /// vault rotate it.
+        Aging = "aging",
+        /// A due rotation of the account's key failed; the key in use is kept.
+        RotationFailed = "rotation_failed",
+    }
+}
+
+impl AlertEvent {
+    /// A due key rotation failed: the key only ages when the provider does not let the vault
+    /// rotate it at all; any other failure may pass.
+    pub fn for_unrotated_key(denied: bool) -> AlertEvent {
+        if denied {
+            AlertEvent::Aging
+        } else {
+            AlertEvent::RotationFailed
+        }
     }
 }
 
@@ -46,6 +63,8 @@ pub struct Alert {
 /// What the alerter is told.
 enum Message {
     Changed(Transition),
+    /// Sent as it is.
+    Raised(Alert),
     /// A credential stops working at `at`, whatever the vault does.
     DeadlineNear {
         deadline: Deadline,
@@ -86,6 +105,16 @@ impl Alerts {
         let _ = self.sender.send(Message::Changed(change));
     }
 
+    /// A due key rotation failed (`AlertEvent::for_unrotated_key`); the reason names the fix.
+    pub fn key_not_rotated(&self, account: String, event: AlertEvent, reason: String) {
+        let _ = self.sender.send(Message::Raised(Alert {
+            account,
+            event,
+            reason,
+            at: now_unix(),
+        }));
+    }
+
     pub fn deadline_near(&self, deadline: Deadline, account: String, at: i64) {
         let _ = self.sender.send(Message::DeadlineNear {
             deadline,
@@ -116,6 +145,7 @@ async fn run(sinks: Sinks, mut messages: mpsc::UnboundedReceiver<Message>) {
                         sinks.send(alert);
                     }
                 }
+                Some(Message::Raised(alert)) => sinks.send(alert),
                 Some(Message::DeadlineNear { deadline, account, at }) => {
                     sinks.send(deadline_near(deadline, account, at));
                 }

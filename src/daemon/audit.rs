@@ -32,6 +32,13 @@ pub enum Record {
         to: AccountState,
         reason: Option<String>,
     },
+    /// The daemon rotated an account's own key: the provider's key ids, never the key.
+    KeyRotated {
+        at: i64,
+        account: String,
+        key_id: String,
+        replaced: Option<String>,
+    },
 }
 
 /// Lines reach the file at least this often (sooner when `WAKE_AT` records wait), so a burst

@@ -32,6 +32,8 @@ pub enum Happened {
     },
     /// A new access token replaced the cached one; apps holding the old one may switch.
     Token { expires_at: i64 },
+    /// The account's own key was rotated at the provider (ids only).
+    KeyRotated { key_id: String },
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +54,10 @@ impl Event {
             Happened::Token { expires_at } => (
                 "token",
                 json!({"account": self.account, "expires_at": expires_at}),
+            ),
+            Happened::KeyRotated { key_id } => (
+                "key_rotated",
+                json!({"account": self.account, "key_id": key_id}),
             ),
         };
         Bytes::from(format!("id: {}\nevent: {name}\ndata: {data}\n\n", self.id))

@@ -10,6 +10,7 @@ mod metrics;
 mod notify;
 mod refresher;
 mod reloader;
+mod rotator;
 mod socket;
 mod table;
 mod tokens;
@@ -114,6 +115,7 @@ pub async fn serve(
         tokio::spawn(refresher::run(tokens.clone(), settings.refresh_before)),
         tokio::spawn(validator::run(tokens.clone(), config.validation.schedule)),
         tokio::spawn(deadline_watch::run(tokens.clone(), expiring_before)),
+        tokio::spawn(rotator::run(tokens.clone())),
     ];
     edge.serve(&tokens, shutdown).await;
     for duty in duties {

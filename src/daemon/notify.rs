@@ -32,6 +32,22 @@ impl Notifier {
         self.alerts.state_changed(transition);
     }
 
+    /// The account's own key was rotated: an audit line and an event, with key ids only.
+    pub fn key_rotated(&self, account: &str, key_id: &str, replaced: Option<&str>) {
+        self.audit.record(Record::KeyRotated {
+            at: now_unix(),
+            account: account.to_owned(),
+            key_id: key_id.to_owned(),
+            replaced: replaced.map(str::to_owned),
+        });
+        self.events.publish(
+            account,
+            Happened::KeyRotated {
+                key_id: key_id.to_owned(),
+            },
+        );
+    }
+
     pub fn token_replaced(&self, account: &str, expires_at: i64) {
         self.events.publish(account, Happened::Token { expires_at });
     }

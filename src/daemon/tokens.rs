@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::alert::Alerts;
+use super::alert::{AlertEvent, Alerts};
 use super::audit::Audit;
 use super::events::Events;
 use super::flight::{self, Failure, Refreshed};
@@ -15,7 +15,7 @@ use crate::account::{AccountState, Deadline, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::refresh::{self, Begun, Need, PendingCall};
-use crate::store::{AccountLock, Store};
+use crate::store::{AccountLock, RotationDue, Store};
 
 /// Daemon-wide settings for refreshes.
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +189,78 @@ impl Tokens {
                 "cannot check credential deadlines",
                 &[("error", &err.to_string())],
             ),
+        }
+    }
+
+    /// The accounts whose key the rotation duty looks at; `None` (logged) when the store
+    /// cannot say.
+    pub async fn rotation_candidates(&self) -> Option<Vec<RotationDue>> {
+        let store = self.store.clone();
+        let candidates = blocking(move || {
+            let store = store.lock().map_err(|_| poisoned())?;
+            Ok(store.rotation_candidates()?)
+        })
+        .await;
+        candidates
+            .inspect_err(|err| {
+                crate::log::emit(
+                    crate::log::Level::Warning,
+                    "cannot check which keys to rotate",
+                    &[("error", &err.to_string())],
+                );
+            })
+            .ok()
+    }
+
+    /// Rotates account `name`'s own key at its provider, and tells of it (ids only).
+    pub async fn rotate_key(&self, name: &str) -> Result<(), Error> {
+        let report = crate::rotation::rotate(&self.store, &self.http, name).await?;
+        let replaced = report.retired.as_deref().unwrap_or("");
+        match &report.new_key {
+            Some(key_id) => {
+                crate::log::emit(
+                    crate::log::Level::Info,
+                    "rotated the account's key",
+                    &[
+                        ("account", name),
+                        ("key_id", key_id),
+                        ("replaced", replaced),
+                    ],
+                );
+                self.notifier
+                    .key_rotated(name, key_id, report.retired.as_deref());
+            }
+            None => crate::log::emit(
+                crate::log::Level::Info,
+                "finished an interrupted key rotation",
+                &[("account", name), ("deleted", replaced)],
+            ),
+        }
+        Ok(())
+    }
+
+    /// A rotation failed: logged each time, alerted once per due date (recorded in the vault,
+    /// so a restart does not repeat it).
+    pub async fn key_not_rotated(&self, name: &str, due_at: Option<i64>, error: &Error) {
+        let reason = error.to_string();
+        crate::log::emit(
+            crate::log::Level::Warning,
+            "the account's key was not rotated",
+            &[("account", name), ("error", &reason)],
+        );
+        let denied = matches!(error, Error::Rotation(rotation) if rotation.is_denied());
+        let event = AlertEvent::for_unrotated_key(denied);
+        let (store, account) = (self.store.clone(), name.to_owned());
+        let detail = due_at.map_or_else(|| "unfinished".to_owned(), |at| at.to_string());
+        let first = blocking(move || {
+            let mut store = store.lock().map_err(|_| poisoned())?;
+            Ok(store.record_once(&account, event.as_str(), &detail)?)
+        })
+        .await;
+        if first.unwrap_or(true) {
+            self.notifier
+                .alerts
+                .key_not_rotated(name.to_owned(), event, reason);
         }
     }
 

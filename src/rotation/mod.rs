@@ -28,7 +28,7 @@ use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, Outcome};
 use crate::refresh::stored_client;
 use crate::secret::SecretString;
-use crate::store::{AccountLock, RotatedKey, RotationRecord, RotationStep, Store};
+use crate::store::{AccountLock, Purpose, RotatedKey, RotationRecord, RotationStep, Store};
 use api::{ApiError, Session};
 
 /// How long a key just created may be refused while the provider spreads it (Google's
@@ -37,6 +37,9 @@ const SPREAD_WINDOW: Duration = Duration::from_secs(120);
 const SPREAD_RETRY: Duration = Duration::from_secs(5);
 /// A key listed as created this long before a rotation began is not that rotation's.
 const CLOCK_SLACK: i64 = 600;
+
+/// `Endpoints::provider` of a Microsoft account.
+const MICROSOFT: &str = "microsoft";
 
 /// The store a rotation works with between its network calls: the CLI's own or the daemon's.
 pub type SharedStore = Arc<Mutex<Store>>;
@@ -237,6 +240,17 @@ pub async fn rotate(
     Ok(report)
 }
 
+/// Whether tokenvault knows how to rotate the key of an account with these settings (whether
+/// the provider lets it is another matter).
+pub fn rotatable(config: &crate::account::AccountConfig) -> bool {
+    match config.grant {
+        Grant::ServiceAccount { .. } => true,
+        Grant::RefreshToken { .. } | Grant::ClientCredentials { .. } => {
+            config.endpoints.provider == MICROSOFT
+        }
+    }
+}
+
 /// An error unless the key of account `name` can be rotated by tokenvault (checked before the
 /// daemon is told to).
 pub fn check_supported(store: &Store, name: &str) -> Result<(), Error> {
@@ -300,7 +314,7 @@ impl Target {
                 })
             }
             Grant::RefreshToken { client_id, .. } | Grant::ClientCredentials { client_id }
-                if endpoints.provider == "microsoft" =>
+                if endpoints.provider == MICROSOFT =>
             {
                 let client = stored_client(store, account)?
                     .filter(|client| client.secret.is_some())
@@ -495,10 +509,7 @@ async fn commit(
     new: &NewKey,
     replaces: Option<&str>,
 ) -> Result<(), Error> {
-    let name = account.name.clone();
-    let guard = tokio::task::spawn_blocking(move || AccountLock::acquire(&dir, &name))
-        .await
-        .map_err(|_| Error::Internal("taking the refresh guard failed".into()))??;
+    let guard = lock(dir, &account.name, Purpose::Refresh).await?;
     let (account, kind, secret, id) = (
         account.clone(),
         target.kind(),
@@ -548,6 +559,14 @@ async fn retire(
         Ok(store.finish_rotation(&account, &record)?)
     })
     .await
+}
+
+async fn lock(dir: PathBuf, name: &str, purpose: Purpose) -> Result<AccountLock, Error> {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || AccountLock::acquire_for(&dir, &name, purpose))
+        .await
+        .map_err(|_| Error::Internal("taking an account lock failed".into()))?
+        .map_err(Error::from)
 }
 
 async fn save(

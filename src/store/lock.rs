@@ -25,9 +25,28 @@ pub struct AccountLock {
     _file: File,
 }
 
+/// What an account is locked for: each excludes only its own kind.
+#[derive(Clone, Copy)]
+pub enum Purpose {
+    /// A call that spends or replaces the account's credential, and its commit.
+    Refresh,
+    /// A rotation of the account's own key at the provider (minutes at worst, while refreshes
+    /// go on).
+    KeyRotation,
+}
+
 impl AccountLock {
-    /// Waits for account `name`'s lock and holds it until dropped.
+    /// Waits for account `name`'s refresh lock and holds it until dropped.
     pub fn acquire(vault_dir: &Path, name: &str) -> Result<AccountLock, StoreError> {
+        AccountLock::acquire_for(vault_dir, name, Purpose::Refresh)
+    }
+
+    /// Waits for account `name`'s lock for `purpose` and holds it until dropped.
+    pub fn acquire_for(
+        vault_dir: &Path,
+        name: &str,
+        purpose: Purpose,
+    ) -> Result<AccountLock, StoreError> {
         let path = vault_dir.join(LOCK_FILE);
         let failed = |source: std::io::Error| StoreError::Dir {
             path: path.clone(),
@@ -45,7 +64,7 @@ impl AccountLock {
         let byte = libc::flock {
             l_type: libc::F_WRLCK as libc::c_short,
             l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: offset(name),
+            l_start: offset(name, purpose),
             l_len: 1,
             l_pid: 0,
         };
@@ -59,10 +78,14 @@ impl AccountLock {
     }
 }
 
-/// The byte account `name` locks: the same in every version and process, non-negative as a
-/// file offset must be.
-fn offset(name: &str) -> i64 {
-    (crate::account::name_hash(name) >> 2) as i64
+/// The byte account `name` locks for `purpose`: the same in every version and process,
+/// non-negative as a file offset must be; refresh bytes below 2^62, rotation bytes above.
+fn offset(name: &str, purpose: Purpose) -> i64 {
+    let byte = (crate::account::name_hash(name) >> 2) as i64;
+    match purpose {
+        Purpose::Refresh => byte,
+        Purpose::KeyRotation => byte | 1 << 62,
+    }
 }
 
 #[cfg(test)]
@@ -76,8 +99,9 @@ mod tests {
     fn one_account_waits_for_its_holder_and_no_other() {
         let dir = tempfile::tempdir().unwrap();
         let held = AccountLock::acquire(dir.path(), "mail").unwrap();
-        // Another account is not held up.
+        // Another account is not held up, nor the same account's rotation.
         drop(AccountLock::acquire(dir.path(), "calendar").unwrap());
+        drop(AccountLock::acquire_for(dir.path(), "mail", Purpose::KeyRotation).unwrap());
         let (sender, receiver) = mpsc::channel();
         let path = dir.path().to_owned();
         let waiter = std::thread::spawn(move || {
@@ -98,12 +122,17 @@ mod tests {
 
     #[test]
     fn offsets_are_stable_and_valid() {
-        assert_eq!(offset("mail"), offset("mail"));
-        assert_ne!(offset("mail"), offset("mail2"));
-        assert!(
-            ["", "a", "account-99999"]
-                .iter()
-                .all(|name| offset(name) >= 0)
-        );
+        let refresh = |name| offset(name, Purpose::Refresh);
+        let rotation = |name| offset(name, Purpose::KeyRotation);
+        assert_eq!(refresh("mail"), refresh("mail"));
+        assert_ne!(refresh("mail"), refresh("mail2"));
+        for name in ["", "a", "account-99999", "mail"] {
+            assert!(refresh(name) >= 0 && rotation(name) >= 0);
+            assert_ne!(
+                refresh(name),
+                rotation(name),
+                "a rotation must not hold up refreshes"
+            );
+        }
     }
 }

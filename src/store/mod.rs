@@ -21,8 +21,8 @@ mod sealing;
 pub use accounts::{NewAccount, SummaryRow};
 pub use client_secrets::SecretRotation;
 pub use commits::{RefreshStore, TokenUpdate};
-pub use lock::{AccountLock, LOCK_FILE};
-pub use rotations::{RotatedKey, RotationRecord, RotationStep};
+pub use lock::{AccountLock, LOCK_FILE, Purpose};
+pub use rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep};
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

@@ -32,6 +32,16 @@ pub enum RotationStep {
     Retiring { key_id: String },
 }
 
+/// An account the daemon's rotation duty looks at.
+#[derive(Debug)]
+pub struct RotationDue {
+    pub name: String,
+    /// When its key is old enough to rotate (`vault schedule --rotate-every`).
+    pub due_at: Option<i64>,
+    /// Its last rotation stopped half-way: the next run cleans up at the provider.
+    pub unfinished: bool,
+}
+
 /// A key the provider created and the vault proved, as it is committed.
 pub struct RotatedKey<'a> {
     /// `ServiceAccountKey` or `ClientSecret`.
@@ -146,17 +156,36 @@ impl Store {
     }
 
     /// The accounts the daemon's rotation duty looks at: those rotated on a schedule, and those
-    /// with a rotation record (one may be unfinished). As (name, when the key is due).
-    pub fn rotation_candidates(&self) -> Result<Vec<(String, Option<i64>)>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT a.name, COALESCE(a.key_created_at, a.created_at) + a.rotate_every FROM accounts a
-             WHERE a.rotate_every IS NOT NULL
-                OR EXISTS (SELECT 1 FROM secrets s WHERE s.account_id = a.id AND s.kind = ?1)",
-        )?;
-        let rows = stmt.query_map([SecretKind::KeyRotation.as_str()], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// whose last rotation did not finish.
+    pub fn rotation_candidates(&self) -> Result<Vec<RotationDue>, StoreError> {
+        let rows: Vec<(String, Option<i64>, bool)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT a.name, COALESCE(a.key_created_at, a.created_at) + a.rotate_every,
+                     EXISTS (SELECT 1 FROM secrets s WHERE s.account_id = a.id AND s.kind = ?1) AS rotated
+                 FROM accounts a WHERE a.rotate_every IS NOT NULL OR rotated",
+            )?;
+            let rows = stmt.query_map([SecretKind::KeyRotation.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut due = Vec::new();
+        for (name, due_at, has_record) in rows {
+            // Only the few accounts that ever rotated have a record to open.
+            let unfinished = has_record
+                && self
+                    .account(&name)
+                    .and_then(|account| self.rotation_record(&account))
+                    .is_ok_and(|record| record.step.is_some());
+            if due_at.is_some() || unfinished {
+                due.push(RotationDue {
+                    name,
+                    due_at,
+                    unfinished,
+                });
+            }
+        }
+        Ok(due)
     }
 }
 

@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use tokenvault::account::SecretKind;
 
+use crate::support::daemon::Daemon;
 use crate::support::fake_keys::{self, FakeKeys, Op};
 use crate::support::fake_oauth::{self, CLIENT_ID, CLIENT_SECRET, FakeOAuth, OfflineRule};
-use crate::support::{TestVault, client_secret_file, eventually, service_account_key_file, token};
+use crate::support::{
+    TestVault, alert_lines, alerting_config, client_secret_file, eventually,
+    service_account_key_file, token,
+};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/drive.readonly";
 
@@ -217,4 +221,105 @@ fn without_permission_graph_refusal_names_it_and_nothing_changes() {
         .fails_with(4, "Application.ReadWrite.OwnedBy");
     assert_eq!(graph.secrets(), [CLIENT_SECRET]);
     fresh_token(&vault, &fake, "mail");
+}
+
+/// Makes the key of account `name` `days` old, as time would.
+fn age_key(vault: &TestVault, name: &str, days: i64) {
+    let created = chrono::Utc::now().timestamp() - days * 86_400;
+    rusqlite::Connection::open(vault.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE accounts SET key_created_at = ?1 WHERE name = ?2",
+            rusqlite::params![created, name],
+        )
+        .unwrap();
+}
+
+#[test]
+fn the_daemon_rotates_a_key_when_it_reaches_its_age() {
+    let fake = fake_oauth::start(OfflineRule::Google);
+    let iam = fake_keys::start_iam(&fake);
+    let vault = robot(&fake, &iam);
+    let old = stored_key_id(&vault);
+    vault
+        .run(&["schedule", "robot", "--rotate-every", "90d"])
+        .ok();
+    let status = vault.run(&["status", "robot"]);
+    assert!(status.stdout.contains("every 90d"), "{}", status.stdout);
+    // Not yet due: the daemon leaves it.
+    let daemon = Daemon::start(&vault, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(stored_key_id(&vault), old);
+    drop(daemon);
+
+    age_key(&vault, "robot", 91);
+    let daemon = Daemon::start(&vault, &[]);
+    assert!(
+        eventually(Duration::from_secs(30), || stored_key_id(&vault) != old
+            && iam.key_ids() == [stored_key_id(&vault)]),
+        "{:?}",
+        iam.key_ids()
+    );
+    let new = stored_key_id(&vault);
+    let (_, log) = daemon.stop();
+    assert!(log.contains("rotated the account's key"), "{log}");
+    assert!(!log.contains("PRIVATE"));
+    // An audit line with key ids only (written by the time the daemon stopped).
+    let audit = std::fs::read_to_string(vault.dir.join("audit.log")).unwrap();
+    let line = audit
+        .lines()
+        .find(|line| line.contains("\"key_rotated\""))
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(line.contains(&new) && line.contains(&old), "{line}");
+    assert!(!audit.contains("PRIVATE"));
+    fresh_token(&vault, &fake, "robot");
+    let status = vault.run(&["status", "robot"]);
+    assert!(status.stdout.contains("key created"), "{}", status.stdout);
+}
+
+#[test]
+fn a_key_the_provider_will_not_let_rotate_is_alerted_aging_once() {
+    let fake = fake_oauth::start(OfflineRule::Google);
+    let iam = fake_keys::start_iam(&fake);
+    let vault = robot(&fake, &iam);
+    let alerts = alerting_config(&vault, &fake, "");
+    let old = stored_key_id(&vault);
+    vault
+        .run(&["schedule", "robot", "--rotate-every", "30d"])
+        .ok();
+    age_key(&vault, "robot", 45);
+    iam.deny(true);
+    let aging = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|line| line.starts_with("robot|aging|"))
+            .count()
+    };
+    let daemon = Daemon::start(&vault, &[]);
+    assert!(
+        eventually(Duration::from_secs(30), || aging(&alert_lines(&alerts))
+            == 1),
+        "{:?}",
+        alert_lines(&alerts)
+    );
+    let lines = alert_lines(&alerts);
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("roles/iam.serviceAccountKeyAdmin")),
+        "{lines:?}"
+    );
+    drop(daemon);
+    // Once per due date, across restarts; the key in use is kept and works.
+    let daemon = Daemon::start(&vault, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    drop(daemon);
+    assert_eq!(
+        aging(&alert_lines(&alerts)),
+        1,
+        "{:?}",
+        alert_lines(&alerts)
+    );
+    assert_eq!(stored_key_id(&vault), old);
+    fresh_token(&vault, &fake, "robot");
 }
