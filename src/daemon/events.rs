@@ -197,5 +197,16 @@ mod tests {
             event.to_sse(),
             "id: 7\nevent: token\ndata: {\"account\":\"mail\",\"expires_at\":99}\n\n"
         );
+        let rotated = Event {
+            id: 8,
+            account: "robot".into(),
+            happened: Happened::KeyRotated {
+                key_id: "0a1b".into(),
+            },
+        };
+        assert_eq!(
+            rotated.to_sse(),
+            "id: 8\nevent: key_rotated\ndata: {\"account\":\"robot\",\"key_id\":\"0a1b\"}\n\n"
+        );
     }
 }

@@ -144,3 +144,34 @@ fn decode_key_file(data: &SecretString) -> Result<SecretString, ApiError> {
 fn last_segment(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_urls_name_the_service_account_and_only_a_checked_key_id() {
+        let iam = Iam::new(DEFAULT_API, "robot@p.iam.gserviceaccount.com").unwrap();
+        assert_eq!(
+            iam.keys_url.as_str(),
+            "https://iam.googleapis.com/v1/projects/-/serviceAccounts/robot@p.iam.gserviceaccount.com/keys"
+        );
+        assert!(
+            iam.key_url("0123abcd")
+                .unwrap()
+                .as_str()
+                .ends_with("/keys/0123abcd")
+        );
+        // An id from an edited record or a hostile answer never leaves the key's own path.
+        for hostile in ["../../x", "a/b", "a?b", "", "%2e%2e", &"a".repeat(200)] {
+            assert!(iam.key_url(hostile).is_err(), "{hostile}");
+        }
+    }
+
+    #[test]
+    fn a_created_key_file_must_be_base64_json() {
+        assert!(decode_key_file(&SecretString::from("not base64!".to_owned())).is_err());
+        let invalid_utf8 = STANDARD.encode([0xff, 0xfe]);
+        assert!(decode_key_file(&SecretString::from(invalid_utf8)).is_err());
+    }
+}
