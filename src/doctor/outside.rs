@@ -2,6 +2,7 @@
 //! each provider's, and whether the configured alert sinks can be reached. They only look: a HEAD
 //! or GET whose answer's body is never read, and no alert is sent.
 
+use crate::oauth::token::transport_reason;
 use std::path::Path;
 
 use super::{Finding, fine, problem};
@@ -54,7 +55,11 @@ pub(super) async fn provider_clocks(http: &reqwest::Client, accounts: &[Account]
 /// against the middle of the request.
 async fn skew(http: &reqwest::Client, url: &str) -> Result<i64, String> {
     let before = now_unix();
-    let answer = http.get(url).send().await.map_err(|err| reason(&err))?;
+    let answer = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|err| transport_reason(&err))?;
     let after = now_unix();
     let date = answer
         .headers()
@@ -65,21 +70,6 @@ async fn skew(http: &reqwest::Client, url: &str) -> Result<i64, String> {
         .map_err(|_| "its Date header is not a date")?
         .timestamp();
     Ok(theirs - (before + after) / 2)
-}
-
-/// A request error without its URL (a webhook URL may carry a token in its path).
-fn reason(err: &reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    match std::error::Error::source(err) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_owned(),
-    }
 }
 
 /// Each configured alert sink: the webhook answers, its signing secret is usable, the command's
@@ -99,7 +89,7 @@ pub(super) async fn alert_sinks(http: &reqwest::Client, dir: &Path) -> Vec<Findi
             Err(err) => problem(
                 format!(
                     "the alert webhook at {origin} cannot be reached ({}): alerts sent there are lost",
-                    reason(&err)
+                    transport_reason(&err)
                 ),
                 "fix [alert] webhook in config.toml, or the network",
             ),

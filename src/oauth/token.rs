@@ -277,6 +277,22 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
     }
 }
 
+/// A request error without its URL (a webhook URL may carry a token in its path, an API URL an
+/// account's name): what failed, and the transport's own cause.
+pub(crate) fn transport_reason(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(err) {
+        Some(source) => format!("{kind}: {source}"),
+        None => kind.to_owned(),
+    }
+}
+
 async fn read_answer(response: reqwest::Response) -> TokenAnswer {
     let status = response.status().as_u16();
     let content_type = response

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::oauth::printable;
-use crate::oauth::token::{BodyError, read_body};
+use crate::oauth::token::{BodyError, read_body, transport_reason};
 use crate::secret::{SecretBytes, SecretString};
 
 /// Why a key-management call failed.
@@ -78,7 +78,9 @@ impl Session {
             .header(AUTHORIZATION, bearer)
             .send()
             .await
-            .map_err(|err| ApiError::Unavailable(format!("no answer: {}", without_url(&err))))?;
+            .map_err(|err| {
+                ApiError::Unavailable(format!("no answer: {}", transport_reason(&err)))
+            })?;
         let status = response.status().as_u16();
         let body = read_body(response).await.map_err(|err| {
             ApiError::Unavailable(match err {
@@ -138,18 +140,6 @@ fn error_text(body: &[u8]) -> String {
         "{code}: {}",
         answer.error.message.unwrap_or_default()
     ))
-}
-
-/// A transport error without its URL (a path may name an account).
-fn without_url(err: &reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection refused or unreachable"
-    } else {
-        "the connection failed"
-    };
-    kind.to_owned()
 }
 
 /// An RFC 3339 time as Unix seconds.
