@@ -323,3 +323,56 @@ fn a_key_the_provider_will_not_let_rotate_is_alerted_aging_once() {
     assert_eq!(stored_key_id(&vault), old);
     fresh_token(&vault, &fake, "robot");
 }
+
+/// A Google key file for another service account, as a hostile or confused API could answer.
+fn foreign_key_answer(fake: &FakeOAuth, id: &str) -> serde_json::Value {
+    let pem = include_str!("../fixtures/spare-rsa-keys.pem")
+        .split_inclusive("-----END PRIVATE KEY-----\n")
+        .next()
+        .unwrap();
+    let file = serde_json::json!({
+        "type": "service_account",
+        "private_key_id": id,
+        "private_key": pem,
+        "client_email": "intruder@elsewhere.iam.gserviceaccount.com",
+        "token_uri": fake.token_url(),
+    });
+    use base64::Engine;
+    serde_json::json!({
+        "name": format!("projects/p/serviceAccounts/x/keys/{id}"),
+        "privateKeyData": base64::engine::general_purpose::STANDARD.encode(file.to_string()),
+    })
+}
+
+#[test]
+fn a_created_key_that_is_not_this_service_accounts_is_refused() {
+    let fake = fake_oauth::start(OfflineRule::Google);
+    let iam = fake_keys::start_iam(&fake);
+    let vault = robot(&fake, &iam);
+    let old = stored_key_id(&vault);
+    for (answer, said) in [
+        (
+            foreign_key_answer(&fake, "abcdef0123"),
+            "not the key of this service account",
+        ),
+        (
+            serde_json::json!({ "name": "keys/a%2f..", "privateKeyData": "" }),
+            "not an id it documents",
+        ),
+        (
+            serde_json::json!({ "name": "keys/abc", "privateKeyData": "%%%" }),
+            "not base64",
+        ),
+        (
+            serde_json::json!({ "unexpected": 1 }),
+            "not what the API documents",
+        ),
+    ] {
+        iam.forge_create(answer);
+        let run = vault.run(&["rotate", "robot"]);
+        run.fails_with(5, said);
+        assert!(!run.stderr.contains("PRIVATE"), "{}", run.stderr);
+        assert_eq!(stored_key_id(&vault), old);
+        fresh_token(&vault, &fake, "robot");
+    }
+}

@@ -53,6 +53,8 @@ struct World {
     spare_pems: VecDeque<String>,
     denied: bool,
     hang_on: Option<Op>,
+    /// A hostile API: `keys.create` answers this instead.
+    forged_create: Option<Value>,
     /// Each call carried out, in order.
     calls: Vec<Op>,
     base: String,
@@ -83,6 +85,11 @@ impl FakeKeys {
 
     pub fn hang_on(&self, op: Option<Op>) {
         self.world().hang_on = op;
+    }
+
+    /// Makes `keys.create` answer `body` (a hostile or broken API).
+    pub fn forge_create(&self, body: Value) {
+        self.world().forged_create = Some(body);
     }
 
     /// The secret texts of the Graph secrets that exist.
@@ -147,6 +154,7 @@ fn empty_world(provider: &FakeOAuth, email: &str) -> World {
         spare_pems: spare_pems(),
         denied: false,
         hang_on: None,
+        forged_create: None,
         calls: Vec::new(),
         base: String::new(),
     }
@@ -309,6 +317,9 @@ async fn iam_create(
         let request: Value = serde_json::from_str(&body).unwrap_or_default();
         if request["privateKeyType"] != "TYPE_GOOGLE_CREDENTIALS_FILE" {
             return google_error(400, "INVALID_ARGUMENT", "Invalid value for privateKeyType");
+        }
+        if let Some(forged) = world.forged_create.clone() {
+            return axum::Json(forged).into_response();
         }
         if world.keys.len() >= 10 {
             return google_error(400, "FAILED_PRECONDITION", "Precondition check failed.");
