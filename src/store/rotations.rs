@@ -146,15 +146,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records when the key in use was created at the provider, as its key list says.
-    pub fn set_key_created_at(&mut self, account: &Account, at: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE accounts SET key_created_at = ?2 WHERE id = ?1",
-            params![account.id, at],
-        )?;
-        Ok(())
-    }
-
     /// The accounts the daemon's rotation duty looks at: those rotated on a schedule, and those
     /// whose last rotation did not finish.
     pub fn rotation_candidates(&self) -> Result<Vec<RotationDue>, StoreError> {
