@@ -59,6 +59,20 @@ pub struct Config {
     /// Host (as git names it: `github.com`, `host:port`) → the account whose token git gets.
     #[serde(default)]
     pub git: std::collections::BTreeMap<String, String>,
+    /// Fleet mode: the vault lives on a PostgreSQL database several hosts share.
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// `postgres://USER@HOST:PORT/DB` (or `host=… user=…`), without a password.
+    pub database: Option<String>,
+    /// A 0600 file holding the database password.
+    pub password_file: Option<PathBuf>,
+    /// This host's name in the fleet; the system's host name by default.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

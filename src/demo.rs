@@ -15,7 +15,7 @@ use crate::keys::KeySource;
 use crate::oauth::provider::{EndpointOverrides, ProviderChoice};
 use crate::oauth::{Client, ClientAuth};
 use crate::secret::SecretString;
-use crate::store::Store;
+use crate::store::{AnyStore, Store};
 
 const ACCOUNT: &str = "demo-mail";
 /// Short-lived access tokens, so that refresh ahead is visible within seconds.
@@ -127,7 +127,7 @@ fn demo_config() -> String {
 
 async fn lifecycle(
     steps: &mut Steps,
-    mut store: Store,
+    store: Store,
     provider: &DevProvider,
     work: &Path,
     vault_dir: &Path,
@@ -156,7 +156,11 @@ async fn lifecycle(
             }),
         },
     };
-    let added = enroll::add_account(&mut store, &http, new).await?;
+    let mut vault = AnyStore::Local(store);
+    let added = enroll::add_account(&mut vault, &http, new).await?;
+    let AnyStore::Local(store) = vault else {
+        return Err(Error::Internal("the demo's vault changed kind".into()));
+    };
     steps.detail(
         "the provider answered with an access token and a refresh token; the refresh token and",
     );

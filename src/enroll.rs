@@ -11,7 +11,7 @@ use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, ClientAuth, OAuthError, TokenGrant, authcode, device, token};
 use crate::refresh::{self, AccessToken};
 use crate::secret::SecretString;
-use crate::store::{Store, StoreError};
+use crate::store::{AnyStore, Store, StoreError};
 
 /// The credentials of a new account and how they are proven.
 pub enum NewCredentials {
@@ -72,7 +72,7 @@ struct Proven {
 }
 
 pub async fn add_account(
-    store: &mut Store,
+    store: &mut AnyStore,
     http: &reqwest::Client,
     new: NewAccount,
 ) -> Result<Added, Error> {
@@ -108,7 +108,17 @@ pub async fn add_account(
         .map(|(kind, value)| (*kind, value))
         .collect();
     let update = refresh::token_update(&proven.grant, true);
-    store.insert_account(&name, &proven.config, &secrets, &update)?;
+    store.insert_account(&crate::store::NewAccount {
+        name: &name,
+        config: &proven.config,
+        secrets: &secrets,
+        tokens: &update,
+        validation_schedule: None,
+        refresh_before: None,
+        client_secret_expires_at: None,
+        key_created_at: None,
+        rotate_every: None,
+    })?;
     let expires_at = update.access_expires_at.unwrap_or_default();
     Ok(Added {
         account: store.account(&name)?,

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, Outcome, Rejection, RejectionKind, TokenGrant, token};
 use crate::secret::SecretString;
-use crate::store::{RefreshStore, StoreError, TokenUpdate};
+use crate::store::{RefreshGuard, RefreshStore, StoreError, TokenUpdate};
 
 /// Assumed lifetime when a provider omits `expires_in` (RFC 6749 makes it optional).
 const DEFAULT_LIFETIME: i64 = 3600;
@@ -132,9 +132,22 @@ pub struct PendingCall<G> {
     need: Need,
 }
 
-impl<G> PendingCall<G> {
+impl<G: RefreshGuard> PendingCall<G> {
     pub async fn send(self: Box<Self>, http: &reqwest::Client) -> Answered<G> {
-        let (outcome, fell_back) = self.call.send(http).await;
+        // A fleet lease taken long ago (a suspend, a stalled host) could pass to another host
+        // while the request is out: then nothing is sent, and nothing is spent.
+        let (outcome, fell_back) = if self.guard.may_send() {
+            self.call.send(http).await
+        } else {
+            let reason = "the refresh lease ran short before the request left; nothing was sent";
+            (
+                Outcome::Transient(crate::oauth::Transient {
+                    reason: reason.into(),
+                    retry_after: None,
+                }),
+                false,
+            )
+        };
         Answered {
             guard: self.guard,
             account: self.account,

@@ -21,7 +21,7 @@ pub(super) struct StatusArgs {
 }
 
 pub(super) fn list(context: &Context) -> Result<(), Error> {
-    let accounts = context.open()?.accounts()?;
+    let accounts = context.open_any()?.accounts()?;
     if accounts.is_empty() {
         println!("No accounts yet. Add one with: vault add-account NAME …");
         return Ok(());
@@ -148,7 +148,7 @@ fn status_of<'a>(account: &'a Account, global: Global<'_>, now: i64) -> Status<'
 }
 
 pub(super) fn status(context: &Context, args: StatusArgs) -> Result<(), Error> {
-    let store = context.open()?;
+    let store = context.open_any()?;
     // A broken config.toml must not hide the accounts' states; the daemon reports it on start.
     let config = Config::load(&context.dir).unwrap_or_default();
     let now = now_unix();

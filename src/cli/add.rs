@@ -116,7 +116,7 @@ pub(super) struct LoginArgs {
 }
 
 pub(super) fn run_add(context: &Context, args: AddArgs) -> Result<(), Error> {
-    let mut store = context.open()?;
+    let mut store = context.open_any()?;
     let new = new_account(args)?;
     let http = token::http_client();
     let added = block_on(enroll::add_account(&mut store, &http, new))??;

@@ -1,41 +1,71 @@
 use super::Context;
 use crate::error::Error;
-use crate::keys::{Kdf, KeyError, KeySource};
-use crate::store::{Store, StoreError};
+use crate::keys::{Kdf, KeyError, KeySource, PassphraseFile};
+use crate::store::{PgStore, Store, StoreError};
 
 pub(super) fn run(context: &Context, passphrase: bool) -> Result<(), Error> {
-    let passphrase_file = context.passphrase_file.as_deref();
-    let store = match (context.key_override(), passphrase) {
-        (Some(source), true) => {
-            return Err(Error::Input(format!(
-                "--passphrase derives the master key from a passphrase, but {} was given too; choose one",
-                source.describe()
-            )));
-        }
-        (Some(source), false) => Store::init(&context.dir, source, None)?,
-        (None, true) => Store::init(
-            &context.dir,
-            KeySource::Passphrase(Kdf::fresh()?),
-            passphrase_file,
-        )?,
-        (None, false) => match Store::init(&context.dir, KeySource::Keyring, None) {
-            Err(StoreError::Key(KeyError::NoKeyring(reason))) => {
-                let key_file = fallback_key_file();
-                eprintln!(
-                    "No OS keyring is available ({reason}).\nFalling back to the key file {} (mode 0600). Keep it out of backups of the vault,\nor use VAULT_MASTER_KEY / --key-file PATH / --passphrase to put the key elsewhere.",
-                    key_file.display()
-                );
-                Store::init(&context.dir, KeySource::File(key_file), None)?
-            }
-            other => other?,
-        },
-    };
+    let store = with_new_master_key(context, passphrase, |source, passphrase| {
+        Store::init(&context.dir, source, passphrase)
+    })?;
     println!(
         "Created the vault {} (master key: {}).\nNext: vault add-account NAME --provider google --client-id ID --scope …",
         context.dir.display(),
         store.key_source().describe()
     );
     Ok(())
+}
+
+/// `vault fleet init`: the configured PostgreSQL database becomes a fleet vault, with this host
+/// enrolled and the data key wrapped by this host's master key.
+pub(super) fn fleet(context: &Context, passphrase: bool) -> Result<(), Error> {
+    let fleet = context.fleet()?.ok_or_else(|| {
+        Error::Input(
+            "no fleet database configured: set VAULT_DATABASE_URL=postgres://USER@HOST/DB, or [fleet] database in config.toml".into(),
+        )
+    })?;
+    let mut source = None;
+    with_new_master_key(context, passphrase, |key_source, passphrase| {
+        source = Some(key_source.describe());
+        PgStore::init(&fleet, &context.dir, key_source, passphrase)
+    })?;
+    println!(
+        "Created the fleet vault on {} with this host, {:?}, enrolled (master key: {}).\nNext: vault add-account NAME …  (every host with this database configured sees it)",
+        fleet.shown(),
+        fleet.host,
+        source.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Creates a vault with a new master key: the source the user named, a passphrase, else the OS
+/// keyring, else (no keyring on this machine) a key file in the config directory.
+fn with_new_master_key<T>(
+    context: &Context,
+    passphrase: bool,
+    mut create: impl FnMut(KeySource, PassphraseFile<'_>) -> Result<T, StoreError>,
+) -> Result<T, Error> {
+    let passphrase_file = context.passphrase_file.as_deref();
+    Ok(match (context.key_override(), passphrase) {
+        (Some(source), true) => {
+            return Err(Error::Input(format!(
+                "--passphrase derives the master key from a passphrase, but {} was given too; choose one",
+                source.describe()
+            )));
+        }
+        (Some(source), false) => create(source, None)?,
+        (None, true) => create(KeySource::Passphrase(Kdf::fresh()?), passphrase_file)?,
+        (None, false) => match create(KeySource::Keyring, None) {
+            Err(StoreError::Key(KeyError::NoKeyring(reason))) => {
+                let key_file = fallback_key_file();
+                eprintln!(
+                    "No OS keyring is available ({reason}).\nFalling back to the key file {} (mode 0600). Keep it out of backups of the vault,\nor use VAULT_MASTER_KEY / --key-file PATH / --passphrase to put the key elsewhere.",
+                    key_file.display()
+                );
+                create(KeySource::File(key_file), None)?
+            }
+            other => other?,
+        },
+    })
 }
 
 /// The key file used when there is no keyring: the config dir, apart from the data it protects.

@@ -20,7 +20,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::keys::{self, KeySource, Unlock};
-use crate::store::Store;
+use crate::store::{AnyStore, FleetDb, PgStore, Store};
 
 #[derive(Parser)]
 #[command(
@@ -159,11 +159,25 @@ enum Command {
     /// Check the vault directory, files, master key, daemon and accounts; print each problem with
     /// the command that fixes it (changes nothing)
     Doctor,
+    /// Fleet mode: the vault on a PostgreSQL database several hosts share
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Write systemd user units for `vault serve` with socket activation
     InstallService {
         /// Where to write them [default: ~/.config/systemd/user]
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Turn the configured PostgreSQL database (VAULT_DATABASE_URL or [fleet] database) into a
+    /// fleet vault, enrolling this host with its own master key
+    Init {
+        /// Derive this host's master key from a passphrase (Argon2id)
+        #[arg(long)]
+        passphrase: bool,
     },
 }
 
@@ -215,6 +229,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "vault", &mut std::io::stdout());
             Ok(())
         }
+        Command::Fleet(FleetCommand::Init { passphrase }) => init::fleet(&context, passphrase),
         Command::InstallService { dir } => service::install_service(&context, dir),
         Command::Doctor => doctor::doctor(&context),
         Command::Export {
@@ -267,9 +282,75 @@ impl Context {
         }
     }
 
+    /// The vault of a command fleet mode does not run yet: refused on a fleet's host, where a
+    /// local vault would be the wrong one.
     fn open(&self) -> Result<Store, Error> {
+        if self.fleet()?.is_some() {
+            return Err(Error::Input(NOT_IN_FLEET_MODE.into()));
+        }
         Ok(Store::open(&self.dir, &self.unlock())?)
     }
+
+    /// The vault: the fleet's on PostgreSQL when one is configured, else the local one.
+    fn open_any(&self) -> Result<AnyStore, Error> {
+        Ok(match self.fleet()? {
+            Some(fleet) => AnyStore::Fleet(PgStore::open(&fleet, &self.dir, &self.unlock())?),
+            None => AnyStore::Local(Store::open(&self.dir, &self.unlock())?),
+        })
+    }
+
+    /// The fleet's database when this host's vault is a fleet's: `VAULT_DATABASE_URL`, else
+    /// config.toml's `[fleet] database` (whose password may only come from `password_file`:
+    /// config.toml may be readable by others).
+    fn fleet(&self) -> Result<Option<FleetDb>, Error> {
+        let config =
+            crate::config::Config::load(&self.dir).map_err(|err| Error::Input(err.to_string()))?;
+        let from_env = std::env::var("VAULT_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty());
+        let url = match (from_env, config.fleet.database) {
+            (Some(url), _) => url,
+            (None, Some(url)) if carries_password(&url) => {
+                return Err(Error::Input(
+                    "config.toml's [fleet] database carries a password: remove it and put the password in a 0600 file named by [fleet] password_file".into(),
+                ));
+            }
+            (None, Some(url)) => url,
+            (None, None) => return Ok(None),
+        };
+        let password = match &config.fleet.password_file {
+            Some(path) => Some(
+                crate::files::read_private_file(path)
+                    .map_err(|err| Error::Input(format!("[fleet] password_file: {err}")))?
+                    .into_string()
+                    .ok_or_else(|| Error::Input("[fleet] password_file is not text".into()))?
+                    .trimmed(),
+            ),
+            None => None,
+        };
+        let host = std::env::var("VAULT_FLEET_HOST")
+            .ok()
+            .filter(|host| !host.is_empty())
+            .or(config.fleet.host)
+            .unwrap_or_else(|| {
+                rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned()
+            });
+        Ok(Some(FleetDb::new(&url, password.as_ref(), &host)?))
+    }
+}
+
+/// What a command fleet mode does not run yet says.
+const NOT_IN_FLEET_MODE: &str = "this command does not work on a fleet vault yet; in fleet mode tokenvault runs fleet init, add-account, token, list and status so far (unset VAULT_DATABASE_URL / [fleet] database to use this host's own vault)";
+
+/// Whether a PostgreSQL address names a password (URL or key=value form).
+fn carries_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|url| url.password().is_some())
+        || url
+            .split_whitespace()
+            .any(|pair| pair.starts_with("password="))
 }
 
 /// The passphrase systemd hands the service (`LoadCredential=tokenvault-passphrase:PATH`), if any.

@@ -88,7 +88,7 @@ fn obtain(
             ),
         }
     }
-    let mut store = context.open()?;
+    let mut store = context.open_any()?;
     let need = Need::Valid {
         min_valid: i64::from(min_valid),
     };

@@ -425,6 +425,29 @@ const fn same(a: &[u8], b: &[u8]) -> bool {
     true
 }
 
+/// An account's settings and state as stored, used only when their tag vouches for them (the
+/// same rule for every backend).
+pub(super) fn vouched_settings(
+    settings_key: &MacKey,
+    id: i64,
+    name: &str,
+    config: &str,
+    tag: Option<Vec<u8>>,
+    state: &str,
+) -> Result<(AccountConfig, AccountState), StoreError> {
+    let vouched =
+        tag.is_some_and(|tag| settings_key.verify(&settings_message(id, name, config), &tag));
+    if !vouched {
+        return Err(StoreError::SettingsTampered(name.to_owned()));
+    }
+    let config = serde_json::from_str::<AccountConfig>(config)
+        .map_err(|err| StoreError::BadConfig(name.to_owned(), err.to_string()))?;
+    let state = AccountState::parse(state).ok_or_else(|| {
+        StoreError::BadConfig(name.to_owned(), format!("unknown state {state:?}"))
+    })?;
+    Ok((config, state))
+}
+
 /// One row of `select_accounts`; its settings are used only when their tag vouches for them.
 fn read_account(
     row: &rusqlite::Row<'_>,
@@ -435,20 +458,9 @@ fn read_account(
     let config: String = row.get(const { column("config") })?;
     let state: String = row.get(const { column("state") })?;
     let tag: Option<Vec<u8>> = row.get(const { column("config_mac") })?;
-    let vouched =
-        tag.is_some_and(|tag| settings_key.verify(&settings_message(id, &name, &config), &tag));
-    if !vouched {
-        return Ok(Err(StoreError::SettingsTampered(name)));
-    }
-    let config = match serde_json::from_str::<AccountConfig>(&config) {
-        Ok(config) => config,
-        Err(err) => return Ok(Err(StoreError::BadConfig(name, err.to_string()))),
-    };
-    let Some(state) = AccountState::parse(&state) else {
-        return Ok(Err(StoreError::BadConfig(
-            name,
-            format!("unknown state {state:?}"),
-        )));
+    let (config, state) = match vouched_settings(settings_key, id, &name, &config, tag, &state) {
+        Ok(parsed) => parsed,
+        Err(err) => return Ok(Err(err)),
     };
     Ok(Ok(Account {
         id,

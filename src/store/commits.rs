@@ -156,12 +156,23 @@ fn set_state(
     }))
 }
 
+/// What a refresh holds while it calls the provider.
+pub trait RefreshGuard {
+    /// Whether the request may still be sent: a fleet lease must have room for the whole
+    /// request before another host may take it over. A local lock never runs out.
+    fn may_send(&self) -> bool {
+        true
+    }
+}
+
+impl RefreshGuard for AccountLock {}
+
 /// The seam through which a refresh reads and commits: SQLite here; the fleet's PostgreSQL
 /// store is the second implementation (a lease row instead of a file lock, the same fencing).
 pub trait RefreshStore {
     /// Held from the decision to call the provider until the outcome is committed; commits ask
     /// for it, so nothing is committed for a call made without it.
-    type Guard: Send + 'static;
+    type Guard: RefreshGuard + Send + 'static;
 
     fn account(&self, name: &str) -> Result<Account, StoreError>;
 

@@ -10,18 +10,22 @@
 //! blob copied to another row or kind fails to open.
 
 mod accounts;
+mod any;
 mod client_secrets;
 mod commits;
 mod events;
 mod lock;
+mod postgres;
 mod rotations;
 mod schema;
 mod sealing;
 
 pub use accounts::{NewAccount, SummaryRow};
+pub use any::{AnyGuard, AnyStore};
 pub use client_secrets::SecretRotation;
-pub use commits::{RefreshStore, TokenUpdate};
+pub use commits::{RefreshGuard, RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE, Purpose};
+pub use postgres::{FleetDb, Lease, PgStore};
 pub use rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep};
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -99,6 +103,16 @@ pub enum StoreError {
     Superseded(String),
     #[error("vault database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the fleet database: {0}. Check [fleet] database in config.toml (or VAULT_DATABASE_URL) and that PostgreSQL is reachable"
+    )]
+    Database(String),
+    #[error("the fleet database holds no tokenvault fleet. Create one with: vault fleet init")]
+    NotAFleet,
+    #[error(
+        "host {0:?} is not enrolled in this fleet; give the host name it was enrolled with (--host or [fleet] host)"
+    )]
+    UnknownHost(String),
 }
 
 pub struct Store {

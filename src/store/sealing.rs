@@ -225,7 +225,7 @@ pub(super) fn mark_settings_signed(tx: &rusqlite::Transaction<'_>) -> Result<(),
     Ok(())
 }
 
-fn secret_aad(account_id: i64, kind: SecretKind, key_version: i64) -> String {
+pub(super) fn secret_aad(account_id: i64, kind: SecretKind, key_version: i64) -> String {
     secret_aad_text(account_id, kind.as_str(), key_version)
 }
 

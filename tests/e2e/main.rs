@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod ecosystem;
 mod errors;
+mod fleet;
 mod flows;
 mod hostile_provider;
 mod key_rotation;

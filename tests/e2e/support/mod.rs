@@ -8,6 +8,7 @@ pub mod fake_forge;
 pub mod fake_keys;
 pub mod fake_mail;
 pub mod fake_oauth;
+pub mod postgres;
 mod scenario;
 
 pub use scenario::{Scenario, Served};

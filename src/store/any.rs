@@ -1,0 +1,131 @@
+//! The vault a command works on: the embedded SQLite vault, or the fleet's on PostgreSQL. Both
+//! answer the same calls; the refresh pipeline sees one `RefreshStore` either way.
+
+use super::commits::{RefreshGuard, RefreshStore, TokenUpdate};
+use super::{AccountLock, Lease, NewAccount, PgStore, Store, StoreError};
+use crate::account::{Account, AccountState, AccountSummary, SecretKind, Transition};
+use crate::secret::SecretString;
+
+pub enum AnyStore {
+    Local(Store),
+    Fleet(PgStore),
+}
+
+/// What excludes other refreshes of an account: a lock on this host's vault file, or the
+/// fleet's lease.
+pub enum AnyGuard {
+    Lock(AccountLock),
+    Lease(Lease),
+}
+
+impl RefreshGuard for AnyGuard {
+    fn may_send(&self) -> bool {
+        match self {
+            AnyGuard::Lock(lock) => lock.may_send(),
+            AnyGuard::Lease(lease) => lease.may_send(),
+        }
+    }
+}
+
+impl AnyStore {
+    pub fn account(&self, name: &str) -> Result<Account, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.account(name),
+            AnyStore::Fleet(store) => store.account(name),
+        }
+    }
+
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.accounts(),
+            AnyStore::Fleet(store) => store.accounts(),
+        }
+    }
+
+    pub fn summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.summaries(),
+            AnyStore::Fleet(store) => store.summaries(),
+        }
+    }
+
+    pub fn has_secret(&self, account: &Account, kind: SecretKind) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.has_secret(account, kind),
+            AnyStore::Fleet(store) => store.has_secret(account, kind),
+        }
+    }
+
+    pub fn insert_account(&mut self, new: &NewAccount<'_>) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.insert_accounts(std::slice::from_ref(new)),
+            AnyStore::Fleet(store) => store.insert_account(new),
+        }
+    }
+}
+
+/// A guard of one backend handed to the other: the pipeline never does it.
+fn mismatched() -> StoreError {
+    StoreError::Database("a refresh guard of another vault".into())
+}
+
+impl RefreshStore for AnyStore {
+    type Guard = AnyGuard;
+
+    fn account(&self, name: &str) -> Result<Account, StoreError> {
+        AnyStore::account(self, name)
+    }
+
+    fn secret(
+        &self,
+        account: &Account,
+        kind: SecretKind,
+    ) -> Result<Option<SecretString>, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.secret(account, kind),
+            AnyStore::Fleet(store) => store.secret(account, kind),
+        }
+    }
+
+    fn guard_refresh(&self, account: &str) -> Result<AnyGuard, StoreError> {
+        Ok(match self {
+            AnyStore::Local(store) => AnyGuard::Lock(store.guard_refresh(account)?),
+            AnyStore::Fleet(store) => AnyGuard::Lease(store.guard_refresh(account)?),
+        })
+    }
+
+    fn commit_refresh(
+        &mut self,
+        guard: &AnyGuard,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<Option<Transition>, StoreError> {
+        match (self, guard) {
+            (AnyStore::Local(store), AnyGuard::Lock(lock)) => {
+                store.commit_refresh(lock, account, update)
+            }
+            (AnyStore::Fleet(store), AnyGuard::Lease(lease)) => {
+                store.commit_refresh(lease, account, update)
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
+    fn commit_failure(
+        &mut self,
+        guard: &AnyGuard,
+        account: &Account,
+        state: AccountState,
+        reason: &str,
+    ) -> Result<Option<Transition>, StoreError> {
+        match (self, guard) {
+            (AnyStore::Local(store), AnyGuard::Lock(lock)) => {
+                store.commit_failure(lock, account, state, reason)
+            }
+            (AnyStore::Fleet(store), AnyGuard::Lease(lease)) => {
+                store.commit_failure(lease, account, state, reason)
+            }
+            _ => Err(mismatched()),
+        }
+    }
+}

@@ -1,0 +1,757 @@
+//! Fleet mode's store: the same sealed records as the SQLite vault, on a PostgreSQL database
+//! several hosts share. Every secret is sealed with the data key before it leaves the host; the
+//! data key is stored only wrapped by each host's own master key (`host_keys`).
+//!
+//! Refreshes are coordinated by a **lease row**, never by a PostgreSQL lock held across the HTTP
+//! call (a session lock vanishes at a database restart while its holder still holds the rotated
+//! token): the lease is taken with one conditional `UPDATE` timed on the database's clock, the
+//! request is sent only while the lease has room for it (measured on `CLOCK_BOOTTIME`, which keeps
+//! counting through a suspend), and the outcome commits only if the account's `generation` and
+//! `lease_id` are still the ones taken — the fencing token.
+//!
+//! `postgres` (the blocking client) runs on a thread of its own, so the store answers the
+//! synchronous `RefreshStore` seam from inside the CLI's or the daemon's async runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::accounts::vouched_settings;
+use super::commits::TokenUpdate;
+use super::sealing::{secret_aad, settings_message, wrap_aad};
+use super::{NewAccount, StoreError, now};
+use crate::account::{Account, AccountState, AccountSummary, SecretKind, Transition};
+use crate::crypto::{self, KEY_LEN, Key, MacKey};
+use crate::keys::{KeySource, PassphraseFile, Unlock};
+use crate::secret::{Secret, SecretString};
+
+/// How long a lease lasts (`L` of the design): the request timeout (30 s), the commit and a
+/// margin. A holder that dies leaves the account to others after this.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// The longest a token request may take (`H`), and the margin kept before the lease ends (`M`):
+/// a request is sent only while `elapsed + H + M < L`.
+const REQUEST_BUDGET: Duration = Duration::from_secs(35);
+/// How often a host waiting for another's lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(100);
+
+const SCHEMA: &[&str] = &[include_str!("../../schema/postgres/001_fleet.sql")];
+
+/// A job for the database thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Where the fleet's database is and who this host is in it.
+pub struct FleetDb {
+    config: postgres::Config,
+    /// The database as messages name it: never its password.
+    shown: String,
+    pub host: String,
+}
+
+impl FleetDb {
+    /// `url` (a `postgres://` URL or `key=value` string) with `password` when given apart.
+    pub fn new(
+        url: &str,
+        password: Option<&SecretString>,
+        host: &str,
+    ) -> Result<FleetDb, StoreError> {
+        let mut config: postgres::Config = url.parse().map_err(|err: postgres::Error| {
+            StoreError::Database(format!(
+                "the database address is not one PostgreSQL takes: {err}"
+            ))
+        })?;
+        if let Some(password) = password {
+            config.password(password.expose().as_bytes());
+        }
+        let hosts = config
+            .get_hosts()
+            .iter()
+            .map(|host| match host {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let shown = format!(
+            "{}@{hosts}/{}",
+            config.get_user().unwrap_or("?"),
+            config.get_dbname().unwrap_or("?")
+        );
+        Ok(FleetDb {
+            config,
+            shown,
+            host: host.to_owned(),
+        })
+    }
+
+    /// The database as messages may name it.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+/// The database thread's connection, made again when it breaks.
+struct Connection {
+    config: postgres::Config,
+    client: Option<postgres::Client>,
+}
+
+impl Connection {
+    fn client(&mut self) -> Result<&mut postgres::Client, postgres::Error> {
+        let client = match self.client.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => self.config.connect(postgres::NoTls)?,
+        };
+        Ok(self.client.insert(client))
+    }
+}
+
+/// The handle to the database thread; clones share it.
+#[derive(Clone)]
+struct Db {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Db {
+    fn start(fleet: &FleetDb) -> Db {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let mut connection = Connection {
+            config: fleet.config.clone(),
+            client: None,
+        };
+        std::thread::spawn(move || {
+            for job in queue {
+                job(&mut connection);
+            }
+        });
+        Db { jobs }
+    }
+
+    /// Runs `work` on the database thread and waits for its result.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, result) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |connection| {
+            let outcome = match connection.client() {
+                Ok(client) => work(client),
+                Err(err) => Err(database_error(&err)),
+            };
+            let _ = answer.send(outcome);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Database("its connection thread stopped".into()))?;
+        result
+            .recv()
+            .map_err(|_| StoreError::Database("its connection thread stopped".into()))?
+    }
+}
+
+fn database_error(err: &postgres::Error) -> StoreError {
+    // The driver's message names the server's complaint, never a parameter's value.
+    StoreError::Database(err.to_string())
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(err: postgres::Error) -> StoreError {
+        database_error(&err)
+    }
+}
+
+/// The fleet vault on PostgreSQL, opened with this host's master key.
+pub struct PgStore {
+    db: Db,
+    dir: PathBuf,
+    host: String,
+    data_key: Key,
+    settings_key: MacKey,
+    key_version: i64,
+}
+
+impl PgStore {
+    /// Turns the empty database at `url` into a fleet vault whose first host is `host`, its data
+    /// key wrapped by the master key at `key_source`.
+    pub fn init(
+        fleet: &FleetDb,
+        dir: &Path,
+        key_source: KeySource,
+        passphrase: PassphraseFile<'_>,
+    ) -> Result<PgStore, StoreError> {
+        let host = fleet.host.as_str();
+        let db = Db::start(fleet);
+        let exists = db.run(|client| {
+            Ok(client
+                .query_one("SELECT to_regclass('fleet_meta') IS NOT NULL", &[])?
+                .get::<_, bool>(0))
+        })?;
+        if exists {
+            return Err(StoreError::VaultExists(PathBuf::from(fleet.shown())));
+        }
+        let vault_id = super::hex(crypto::random_bytes::<16>()?.expose());
+        let master = key_source.load_or_create(&vault_id, 1, passphrase)?;
+        let data_key = crypto::random_bytes::<KEY_LEN>()?;
+        let wrapped = Key::from_bytes(&master).seal(
+            data_key.expose(),
+            host_wrap_aad(&vault_id, 1, host).as_bytes(),
+        )?;
+        let (id, owner, record) = (vault_id.clone(), host.to_owned(), key_source.to_record());
+        db.run(move |client| {
+            let mut tx = client.transaction()?;
+            for script in SCHEMA {
+                tx.batch_execute(script)?;
+            }
+            tx.execute(
+                "INSERT INTO fleet_meta (key, value) VALUES ('vault_id', $1), ('key_version', '1'), ('schema', $2)",
+                &[&id, &SCHEMA.len().to_string()],
+            )?;
+            tx.execute(
+                "INSERT INTO hosts (host, key_source) VALUES ($1, $2)",
+                &[&owner, &record],
+            )?;
+            tx.execute(
+                "INSERT INTO host_keys (host, key_version, wrapped) VALUES ($1, 1, $2)",
+                &[&owner, &wrapped],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(PgStore {
+            db,
+            dir: dir.to_owned(),
+            host: host.to_owned(),
+            data_key: Key::from_bytes(&data_key),
+            settings_key: MacKey::derive(&data_key),
+            key_version: 1,
+        })
+    }
+
+    /// Opens the fleet vault at `url` as `host`, with the master key `unlock` names or the one
+    /// the host enrolled with.
+    pub fn open(fleet: &FleetDb, dir: &Path, unlock: &Unlock) -> Result<PgStore, StoreError> {
+        let host = fleet.host.as_str();
+        let db = Db::start(fleet);
+        let owner = host.to_owned();
+        let (vault_id, key_version, recorded, wrapped) = db.run(move |client| {
+            let meta = client.query(
+                "SELECT key, value FROM fleet_meta WHERE to_regclass('fleet_meta') IS NOT NULL",
+                &[],
+            );
+            let meta = match meta {
+                Ok(rows) => rows,
+                Err(err) if err.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    return Err(StoreError::NotAFleet);
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let value = |key: &str| {
+                meta.iter()
+                    .find(|row| row.get::<_, &str>(0) == key)
+                    .map(|row| row.get::<_, String>(1))
+            };
+            let vault_id = value("vault_id").ok_or(StoreError::NotAFleet)?;
+            let version: i64 = value("key_version")
+                .and_then(|text| text.parse().ok())
+                .ok_or(StoreError::NotAFleet)?;
+            let host = client
+                .query_opt(
+                    "SELECT h.key_source, k.wrapped FROM hosts h JOIN host_keys k ON k.host = h.host
+                     WHERE h.host = $1 AND k.key_version = $2",
+                    &[&owner, &version],
+                )?
+                .ok_or_else(|| StoreError::UnknownHost(owner.clone()))?;
+            Ok((
+                vault_id,
+                version,
+                host.get::<_, String>(0),
+                host.get::<_, Vec<u8>>(1),
+            ))
+        })?;
+        let key_source = match &unlock.source {
+            Some(source) => source.clone(),
+            None => KeySource::from_record(&recorded)?,
+        };
+        let master = key_source.load(&vault_id, key_version, unlock.passphrase_file.as_deref())?;
+        let opened = Key::from_bytes(&master)
+            .open(
+                &wrapped,
+                host_wrap_aad(&vault_id, key_version, host).as_bytes(),
+            )
+            .map_err(|_| StoreError::WrongMasterKey(key_source.describe()))?;
+        if opened.expose().len() != KEY_LEN {
+            return Err(StoreError::Database(
+                "the wrapped data key has the wrong length".into(),
+            ));
+        }
+        let mut raw = Secret::new([0u8; KEY_LEN]);
+        raw.expose_mut().copy_from_slice(opened.expose());
+        Ok(PgStore {
+            db,
+            dir: dir.to_owned(),
+            host: host.to_owned(),
+            data_key: Key::from_bytes(&raw),
+            settings_key: MacKey::derive(&raw),
+            key_version,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn account(&self, name: &str) -> Result<Account, StoreError> {
+        let name = name.to_owned();
+        let row = self.db.run(move |client| {
+            client
+                .query_opt(&format!("{SELECT_ACCOUNT} WHERE name = $1"), &[&name])?
+                .ok_or(StoreError::NoSuchAccount(name))
+        })?;
+        read_account(&row, &self.settings_key)
+    }
+
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let rows = self
+            .db
+            .run(|client| Ok(client.query(&format!("{SELECT_ACCOUNT} ORDER BY name"), &[])?))?;
+        rows.iter()
+            .map(|row| read_account(row, &self.settings_key))
+            .collect()
+    }
+
+    /// Every account's summary, by name.
+    pub fn summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        Ok(self
+            .accounts()?
+            .into_iter()
+            .map(|account| AccountSummary {
+                scope: account.config.scopes.join(" "),
+                name: account.name,
+                state: account.state,
+                access_expires_at: account.access_expires_at,
+                last_refresh_at: account.last_refresh_at,
+                last_validated_at: account.last_validated_at,
+                validation_schedule: account.validation_schedule,
+                refresh_before: account.refresh_before,
+                last_error: account.last_error,
+            })
+            .collect())
+    }
+
+    pub fn secret(
+        &self,
+        account: &Account,
+        kind: SecretKind,
+    ) -> Result<Option<SecretString>, StoreError> {
+        let id = account.id;
+        let row = self.db.run(move |client| {
+            Ok(client.query_opt(
+                "SELECT key_version, sealed FROM secrets WHERE account_id = $1 AND kind = $2",
+                &[&id, &kind.as_str()],
+            )?)
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let tampered = || StoreError::SecretTampered {
+            account: account.name.clone(),
+            kind: kind.as_str(),
+        };
+        let plain = self
+            .data_key
+            .open(
+                &row.get::<_, Vec<u8>>(1),
+                secret_aad(id, kind, row.get(0)).as_bytes(),
+            )
+            .map_err(|_| tampered())?;
+        plain.into_string().map(Some).ok_or_else(tampered)
+    }
+
+    pub fn has_secret(&self, account: &Account, kind: SecretKind) -> Result<bool, StoreError> {
+        let id = account.id;
+        self.db.run(move |client| {
+            Ok(client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM secrets WHERE account_id = $1 AND kind = $2)",
+                    &[&id, &kind.as_str()],
+                )?
+                .get(0))
+        })
+    }
+
+    /// Stores a new account with its secrets and first tokens, in one transaction.
+    pub fn insert_account(&mut self, new: &NewAccount<'_>) -> Result<(), StoreError> {
+        let name = new.name.to_owned();
+        let config = serde_json::to_string(new.config)
+            .map_err(|err| StoreError::BadConfig(name.clone(), err.to_string()))?;
+        let id = self.db.run({
+            let (name, config) = (name.clone(), config.clone());
+            let (schedule, before) = (
+                new.validation_schedule.map(str::to_owned),
+                new.refresh_before.map(|seconds| seconds as i64),
+            );
+            let (secret_expiry, rotate_every) = (new.client_secret_expires_at, new.rotate_every);
+            move |client| {
+                let row = client.query_opt(
+                    "INSERT INTO accounts (name, config, state, created_at, validation_schedule,
+                         refresh_before, client_secret_expires_at, rotate_every)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (name) DO NOTHING RETURNING id",
+                    &[
+                        &name,
+                        &config,
+                        &AccountState::Active.as_str(),
+                        &now(),
+                        &schedule,
+                        &before,
+                        &secret_expiry,
+                        &rotate_every,
+                    ],
+                )?;
+                row.map(|row| row.get::<_, i64>(0))
+                    .ok_or(StoreError::AccountExists(name))
+            }
+        })?;
+        // Sealed with the row id the database chose; if anything below fails, the row goes.
+        let sealed = self.seal_all(id, new.secrets, new.tokens);
+        let tag = self
+            .settings_key
+            .sign(&settings_message(id, &name, &config));
+        let (access_expires_at, refresh_expires_at) =
+            (new.tokens.access_expires_at, new.tokens.refresh_expires_at);
+        let kind = new.config.grant.kind().as_str();
+        let (host, at) = (self.host.clone(), now());
+        self.db.run(move |client| {
+            let mut tx = client.transaction()?;
+            let sealed = match sealed {
+                Ok(sealed) => sealed,
+                Err(err) => {
+                    tx.execute("DELETE FROM accounts WHERE id = $1", &[&id])?;
+                    tx.commit()?;
+                    return Err(err);
+                }
+            };
+            for secret in &sealed {
+                secret.put(&mut tx, at)?;
+            }
+            tx.execute(
+                "UPDATE accounts SET config_mac = $2, access_expires_at = $3, refresh_expires_at = $4,
+                     last_refresh_at = $5, last_validated_at = $5
+                 WHERE id = $1",
+                &[&id, &tag, &access_expires_at, &refresh_expires_at, &at],
+            )?;
+            log_event(&mut tx, &host, &name, "added", Some(kind))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The account's secrets and tokens sealed for row `id`, as (kind, blob, key version).
+    fn seal_all(
+        &self,
+        id: i64,
+        secrets: &[(SecretKind, &SecretString)],
+        tokens: &TokenUpdate<'_>,
+    ) -> Result<Vec<Sealed>, StoreError> {
+        let mut all: Vec<(SecretKind, &SecretString)> = secrets.to_vec();
+        all.push((SecretKind::AccessToken, tokens.access_token));
+        if let Some(refresh) = tokens.new_refresh_token {
+            all.push((SecretKind::RefreshToken, refresh));
+        }
+        all.into_iter()
+            .map(|(kind, value)| self.seal(id, kind, value))
+            .collect()
+    }
+
+    fn seal(&self, id: i64, kind: SecretKind, value: &SecretString) -> Result<Sealed, StoreError> {
+        let blob = self.data_key.seal(
+            value.expose().as_bytes(),
+            secret_aad(id, kind, self.key_version).as_bytes(),
+        )?;
+        Ok(Sealed {
+            account_id: id,
+            kind,
+            blob,
+            version: self.key_version,
+        })
+    }
+}
+
+/// The lease on one account's refresh: the fencing token its commit must still match.
+pub struct Lease {
+    db: Db,
+    account_id: i64,
+    lease_id: i64,
+    /// When it was taken, on `CLOCK_BOOTTIME`.
+    taken_at: Duration,
+}
+
+impl super::commits::RefreshGuard for Lease {
+    /// A token request is sent only if it can finish (`H`) with a margin (`M`) before the lease
+    /// can pass to another host.
+    fn may_send(&self) -> bool {
+        boottime().saturating_sub(self.taken_at) + REQUEST_BUDGET < LEASE
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Released when nothing was committed (a commit clears it); best effort: it expires anyway.
+        let (id, lease) = (self.account_id, self.lease_id);
+        let _ = self.db.jobs.send(Box::new(move |connection| {
+            if let Ok(client) = connection.client() {
+                let _ = client.execute(
+                    "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL
+                     WHERE id = $1 AND lease_id = $2",
+                    &[&id, &lease],
+                );
+            }
+        }));
+    }
+}
+
+/// Seconds since boot, suspend included: a lease taken before a laptop slept has aged.
+fn boottime() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    Duration::new(
+        now.tv_sec.max(0) as u64,
+        now.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+impl super::RefreshStore for PgStore {
+    type Guard = Lease;
+
+    fn account(&self, name: &str) -> Result<Account, StoreError> {
+        PgStore::account(self, name)
+    }
+
+    fn secret(
+        &self,
+        account: &Account,
+        kind: SecretKind,
+    ) -> Result<Option<SecretString>, StoreError> {
+        PgStore::secret(self, account, kind)
+    }
+
+    /// Takes the account's lease once it is free or expired (the database's clock decides),
+    /// waiting for another host's refresh meanwhile.
+    fn guard_refresh(&self, name: &str) -> Result<Lease, StoreError> {
+        let give_up = boottime() + LEASE + LEASE_POLL;
+        loop {
+            let (owner, host) = (name.to_owned(), self.host.clone());
+            let seconds = LEASE.as_secs_f64();
+            let taken = self.db.run(move |client| {
+                let row = client.query_opt(
+                    "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = $2,
+                         lease_until = clock_timestamp() + make_interval(secs => $3)
+                     WHERE name = $1 AND (lease_until IS NULL OR lease_until < clock_timestamp())
+                     RETURNING id, lease_id",
+                    &[&owner, &host, &seconds],
+                )?;
+                Ok(row.map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1))))
+            })?;
+            if let Some((account_id, lease_id)) = taken {
+                return Ok(Lease {
+                    db: self.db.clone(),
+                    account_id,
+                    lease_id,
+                    taken_at: boottime(),
+                });
+            }
+            // Held by another host (or no such account, which `account` then says).
+            PgStore::account(self, name)?;
+            if boottime() > give_up {
+                return Err(StoreError::Database(format!(
+                    "the refresh lease of account {name:?} stayed taken longer than a lease lasts"
+                )));
+            }
+            std::thread::sleep(LEASE_POLL);
+        }
+    }
+
+    fn commit_refresh(
+        &mut self,
+        lease: &Lease,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<Option<Transition>, StoreError> {
+        let mut sealed =
+            vec![self.seal(account.id, SecretKind::AccessToken, update.access_token)?];
+        if let Some(refresh) = update.new_refresh_token {
+            sealed.push(self.seal(account.id, SecretKind::RefreshToken, refresh)?);
+        }
+        let (access_expires_at, refresh_expires_at, validated) = (
+            update.access_expires_at,
+            update.refresh_expires_at,
+            update.validated,
+        );
+        let id = account.id;
+        self.fenced_commit(lease, account, AccountState::Active, None, move |tx, at| {
+            for secret in &sealed {
+                secret.put(tx, at)?;
+            }
+            tx.execute(
+                "UPDATE accounts SET access_expires_at = $2, last_refresh_at = $3,
+                     refresh_expires_at = COALESCE($4, refresh_expires_at),
+                     last_validated_at = CASE WHEN $5 THEN $3 ELSE last_validated_at END
+                 WHERE id = $1",
+                &[
+                    &id,
+                    &access_expires_at,
+                    &at,
+                    &refresh_expires_at,
+                    &validated,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn commit_failure(
+        &mut self,
+        lease: &Lease,
+        account: &Account,
+        state: AccountState,
+        reason: &str,
+    ) -> Result<Option<Transition>, StoreError> {
+        self.fenced_commit(lease, account, state, Some(reason), |_, _| Ok(()))
+    }
+}
+
+impl PgStore {
+    /// One transaction, applied only while the account's generation and lease are the ones
+    /// `lease` took: the generation advances, the lease is cleared and recorded as committed,
+    /// the state set (a change logged), and `apply` writes the rest.
+    fn fenced_commit(
+        &mut self,
+        lease: &Lease,
+        account: &Account,
+        state: AccountState,
+        reason: Option<&str>,
+        apply: impl FnOnce(&mut postgres::Transaction<'_>, i64) -> Result<(), StoreError>
+        + Send
+        + 'static,
+    ) -> Result<Option<Transition>, StoreError> {
+        let (id, generation, lease_id) = (account.id, account.generation, lease.lease_id);
+        let (name, host) = (account.name.clone(), self.host.clone());
+        let reason = reason.map(str::to_owned);
+        let stated = reason.clone();
+        let previous = self.db.run(move |client| {
+            let mut tx = client.transaction()?;
+            let fenced = tx.query_opt(
+                "SELECT state FROM accounts WHERE id = $1 AND generation = $2 AND lease_id = $3
+                 FOR UPDATE",
+                &[&id, &generation, &lease_id],
+            )?;
+            let Some(row) = fenced else {
+                return Err(StoreError::Superseded(name));
+            };
+            let previous: String = row.get(0);
+            tx.execute(
+                "UPDATE accounts SET generation = generation + 1, committed_lease_id = lease_id,
+                     lease_id = NULL, lease_holder = NULL, lease_until = NULL,
+                     state = $2, last_error = $3
+                 WHERE id = $1",
+                &[&id, &state.as_str(), &reason],
+            )?;
+            apply(&mut tx, now())?;
+            if previous != state.as_str() {
+                log_event(&mut tx, &host, &name, state.as_str(), reason.as_deref())?;
+            }
+            tx.commit()?;
+            Ok(previous)
+        })?;
+        let from = AccountState::parse(&previous).ok_or_else(|| {
+            StoreError::BadConfig(account.name.clone(), format!("unknown state {previous:?}"))
+        })?;
+        Ok((from != state).then(|| Transition {
+            account: account.name.clone(),
+            from,
+            to: state,
+            reason: stated,
+        }))
+    }
+}
+
+/// A secret sealed for its row, ready to write.
+struct Sealed {
+    account_id: i64,
+    kind: SecretKind,
+    blob: Vec<u8>,
+    version: i64,
+}
+
+impl Sealed {
+    fn put(&self, tx: &mut postgres::Transaction<'_>, at: i64) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO secrets (account_id, kind, key_version, sealed, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (account_id, kind) DO UPDATE SET
+                 key_version = excluded.key_version, sealed = excluded.sealed,
+                 updated_at = excluded.updated_at",
+            &[
+                &self.account_id,
+                &self.kind.as_str(),
+                &self.version,
+                &self.blob,
+                &at,
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+fn log_event(
+    tx: &mut postgres::Transaction<'_>,
+    host: &str,
+    account: &str,
+    event: &str,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO events (at, host, account, event, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[&now(), &host, &account, &event, &detail],
+    )?;
+    Ok(())
+}
+
+const SELECT_ACCOUNT: &str = "SELECT id, name, config, config_mac, state, created_at,
+    last_refresh_at, last_validated_at, last_error, access_expires_at, refresh_expires_at,
+    client_secret_expires_at, key_created_at, rotate_every, validation_schedule, refresh_before,
+    generation FROM accounts";
+
+fn read_account(row: &postgres::Row, settings_key: &MacKey) -> Result<Account, StoreError> {
+    let (id, name): (i64, String) = (row.get(0), row.get(1));
+    let (config, state) =
+        vouched_settings(settings_key, id, &name, row.get(2), row.get(3), row.get(4))?;
+    Ok(Account {
+        id,
+        name,
+        config,
+        state,
+        created_at: row.get(5),
+        last_refresh_at: row.get(6),
+        last_validated_at: row.get(7),
+        last_error: row.get(8),
+        access_expires_at: row.get(9),
+        refresh_expires_at: row.get(10),
+        client_secret_expires_at: row.get(11),
+        key_created_at: row.get(12),
+        rotate_every: row.get(13),
+        validation_schedule: row.get(14),
+        refresh_before: row
+            .get::<_, Option<i64>>(15)
+            .map(|seconds| seconds.max(0) as u64),
+        generation: row.get(16),
+    })
+}
+
+/// The data key's AAD when wrapped for one host: the vault, the key version and the host, so
+/// a wrapped key copied to another host's row does not open.
+fn host_wrap_aad(vault_id: &str, version: i64, host: &str) -> String {
+    format!("{}|host={host}", wrap_aad(vault_id, version))
+}

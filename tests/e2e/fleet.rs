@@ -1,0 +1,150 @@
+//! Fleet mode: the vault on a real PostgreSQL cluster the test starts. Commands find it through
+//! `VAULT_DATABASE_URL`; every refresh is taken under the account's lease and committed fenced on
+//! it, so processes racing for one rotating refresh token spend it once each time.
+
+use std::process::Command;
+
+use tokenvault::account::SecretKind;
+
+use crate::support::fake_oauth::{self, FakeOAuth, OfflineRule};
+use crate::support::postgres::Postgres;
+use crate::support::{Run, TestVault, browser_add_args};
+
+/// `vault ARGS` on `host` of the fleet whose database is `pg`.
+fn fleet_command(vault: &TestVault, pg: &Postgres, host: &str, args: &[&str]) -> Command {
+    let mut command = vault.command(args);
+    command
+        .env("VAULT_DATABASE_URL", pg.url())
+        .env("VAULT_FLEET_HOST", host);
+    command
+}
+
+fn fleet_run(vault: &TestVault, pg: &Postgres, args: &[&str]) -> Run {
+    vault.run_command(fleet_command(vault, pg, "host-a", args), None)
+}
+
+/// A fleet vault with account `mail`, whose provider rotates refresh tokens and revokes the
+/// whole grant on any reuse.
+fn fleet_with_mail(fake: &FakeOAuth, pg: &Postgres) -> TestVault {
+    let vault = TestVault::new(Some(fake));
+    fleet_run(&vault, pg, &["fleet", "init"]).ok();
+    let args = browser_add_args(&vault, fake, "mail", &["--timeout", "30"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fleet_run(&vault, pg, &args).ok();
+    vault
+}
+
+/// The refresh token the fleet holds for `mail`, read with the fleet's own store.
+fn stored_refresh_token(vault: &TestVault, pg: &Postgres) -> String {
+    let fleet = tokenvault::store::FleetDb::new(&pg.url(), None, "host-a").unwrap();
+    let unlock = tokenvault::keys::Unlock {
+        source: Some(tokenvault::keys::KeySource::File(vault.key_file())),
+        passphrase_file: None,
+    };
+    let store = tokenvault::store::PgStore::open(&fleet, &vault.dir, &unlock).unwrap();
+    let account = store.account("mail").unwrap();
+    store
+        .secret(&account, SecretKind::RefreshToken)
+        .unwrap()
+        .unwrap()
+        .expose()
+        .clone()
+}
+
+#[test]
+fn processes_racing_on_a_fleet_vault_spend_each_refresh_token_once() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        // Every ask needs a new token: every one is a refresh racing the others.
+        b.access_lifetime = 0;
+    });
+    let vault = fleet_with_mail(&fake, &pg);
+    assert!(
+        vault.open_store().accounts().unwrap().is_empty(),
+        "nothing is stored in the host's own vault"
+    );
+    let refreshes_before = fake.counters(|c| c.refresh_grants);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut runs = Vec::new();
+            for _ in 0..6 {
+                let mut command =
+                    fleet_command(&vault, &pg, "host-a", &["token", "mail", "--no-daemon"]);
+                command.stdout(std::process::Stdio::piped());
+                runs.push(command.spawn().unwrap());
+            }
+            runs
+        })
+        .collect();
+    let mut tokens = 0;
+    for run in workers.into_iter().flatten() {
+        let output = run.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let token = String::from_utf8(output.stdout).unwrap();
+        assert!(fake.is_access_token(token.trim()), "{token}");
+        tokens += 1;
+    }
+    // No refresh token was ever presented twice: the grant is alive and the fleet holds its
+    // newest refresh token; each ask cost exactly one refresh.
+    let (current, _, alive) = fake.newest_grant().unwrap();
+    assert!(
+        alive,
+        "a refresh token was spent twice: the provider revoked the grant"
+    );
+    assert_eq!(stored_refresh_token(&vault, &pg), current);
+    assert_eq!(
+        fake.counters(|c| c.refresh_grants) - refreshes_before,
+        tokens
+    );
+
+    let list = fleet_run(&vault, &pg, &["list"]);
+    assert!(list.ok().stdout.contains("mail"), "{}", list.stdout);
+    let status = fleet_run(&vault, &pg, &["status", "mail"]);
+    assert!(status.ok().stdout.contains("active"), "{}", status.stdout);
+
+    // The database holds ciphertext only: no planted secret, refresh or access token in its
+    // files once everything is checkpointed.
+    pg.checkpoint();
+    let planted = vault.all_planted();
+    for (path, bytes) in pg.data_files() {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in &planted {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret:?} in plaintext in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn fleet_mode_refuses_what_it_cannot_do_yet_and_unknown_hosts() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = fleet_with_mail(&fake, &pg);
+    // A command fleet mode does not run yet never falls back to a local vault.
+    fleet_run(&vault, &pg, &["validate", "mail"])
+        .fails_with(1, "does not work on a fleet vault yet");
+    // A second `fleet init` on the same database changes nothing.
+    fleet_run(&vault, &pg, &["fleet", "init"]).fails_with(1, "already exists");
+    // A host that was never enrolled has no wrapped data key.
+    let stranger = fleet_command(&vault, &pg, "host-z", &["list"]);
+    vault
+        .run_command(stranger, None)
+        .fails_with(1, "\"host-z\" is not enrolled");
+    // A password in config.toml's database address is refused: the file may be readable.
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[fleet]\ndatabase = \"postgres://vault:hunter2@127.0.0.1:{}/postgres\"\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    vault
+        .run(&["list"])
+        .fails_with(1, "put the password in a 0600 file");
+}

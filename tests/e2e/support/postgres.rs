@@ -1,0 +1,147 @@
+//! A throwaway PostgreSQL cluster for the fleet tests: `initdb` into a temporary directory (as
+//! the `postgres` user when the tests run as root, which initdb refuses), `postgres` on a free
+//! loopback port, stopped at the end. Each test gets its own cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Postgres {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+/// The newest installed PostgreSQL's programs.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (.ci/run installs it)")
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("an initdb under /usr/lib/postgresql")
+}
+
+fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = bin_dir();
+        let root = tempfile::tempdir().unwrap();
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(root.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let postgres = Postgres { root, port, bin };
+        postgres.as_owner(
+            "initdb",
+            &[
+                "-D",
+                &postgres.data().display().to_string(),
+                "-A",
+                "trust",
+                "-U",
+                "vault",
+                "--no-sync",
+            ],
+        );
+        postgres.start_server();
+        postgres
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// `postgres://vault@127.0.0.1:PORT/postgres`
+    pub fn url(&self) -> String {
+        format!("postgres://vault@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.root.path().display()
+        );
+        let log = self.root.path().join("server.log");
+        self.as_owner(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().display().to_string(),
+                "-o",
+                &options,
+                "-l",
+                &log.display().to_string(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Forces everything written so far into the data files (for the leak scan).
+    pub fn checkpoint(&self) {
+        let mut client = postgres::Client::connect(&self.url(), postgres::NoTls).unwrap();
+        client.batch_execute("CHECKPOINT").unwrap();
+    }
+
+    /// Every file of the cluster's data directory, as bytes.
+    pub fn data_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if let Ok(bytes) = std::fs::read(&path) {
+                    out.push((path, bytes));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data(), &mut out);
+        out
+    }
+
+    fn as_owner(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let mut command = if running_as_root() {
+            let mut command = Command::new("setpriv");
+            command
+                .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+                .arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        let output = command.args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{} failed: {}{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data().display().to_string();
+        let _ = std::panic::catch_unwind(|| {
+            self.as_owner("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+        });
+    }
+}
