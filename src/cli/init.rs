@@ -1,7 +1,7 @@
 use super::Context;
 use crate::error::Error;
 use crate::keys::{Kdf, KeyError, KeySource, PassphraseFile};
-use crate::store::{PgStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 pub(super) fn run(context: &Context, passphrase: bool) -> Result<(), Error> {
     let store = with_new_master_key(context, passphrase, |source, passphrase| {
@@ -15,31 +15,9 @@ pub(super) fn run(context: &Context, passphrase: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// `vault fleet init`: the configured PostgreSQL database becomes a fleet vault, with this host
-/// enrolled and the data key wrapped by this host's master key.
-pub(super) fn fleet(context: &Context, passphrase: bool) -> Result<(), Error> {
-    let fleet = context.fleet()?.ok_or_else(|| {
-        Error::Input(
-            "no fleet database configured: set VAULT_DATABASE_URL=postgres://USER@HOST/DB, or [fleet] database in config.toml".into(),
-        )
-    })?;
-    let mut source = None;
-    with_new_master_key(context, passphrase, |key_source, passphrase| {
-        source = Some(key_source.describe());
-        PgStore::init(&fleet, &context.dir, key_source, passphrase)
-    })?;
-    println!(
-        "Created the fleet vault on {} with this host, {:?}, enrolled (master key: {}).\nNext: vault add-account NAME …  (every host with this database configured sees it)",
-        fleet.shown(),
-        fleet.host,
-        source.unwrap_or_default()
-    );
-    Ok(())
-}
-
 /// Creates a vault with a new master key: the source the user named, a passphrase, else the OS
 /// keyring, else (no keyring on this machine) a key file in the config directory.
-fn with_new_master_key<T>(
+pub(super) fn with_new_master_key<T>(
     context: &Context,
     passphrase: bool,
     mut create: impl FnMut(KeySource, PassphraseFile<'_>) -> Result<T, StoreError>,

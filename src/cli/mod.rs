@@ -5,6 +5,7 @@ mod add;
 mod archive;
 mod client_secret;
 mod doctor;
+mod fleet;
 mod grant;
 mod init;
 mod rekey;
@@ -161,23 +162,12 @@ enum Command {
     Doctor,
     /// Fleet mode: the vault on a PostgreSQL database several hosts share
     #[command(subcommand)]
-    Fleet(FleetCommand),
+    Fleet(fleet::FleetCommand),
     /// Write systemd user units for `vault serve` with socket activation
     InstallService {
         /// Where to write them [default: ~/.config/systemd/user]
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum FleetCommand {
-    /// Turn the configured PostgreSQL database (VAULT_DATABASE_URL or [fleet] database) into a
-    /// fleet vault, enrolling this host with its own master key
-    Init {
-        /// Derive this host's master key from a passphrase (Argon2id)
-        #[arg(long)]
-        passphrase: bool,
     },
 }
 
@@ -229,7 +219,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "vault", &mut std::io::stdout());
             Ok(())
         }
-        Command::Fleet(FleetCommand::Init { passphrase }) => init::fleet(&context, passphrase),
+        Command::Fleet(command) => fleet::run(&context, command),
         Command::InstallService { dir } => service::install_service(&context, dir),
         Command::Doctor => doctor::doctor(&context),
         Command::Export {
@@ -343,7 +333,7 @@ impl Context {
 }
 
 /// What a command fleet mode does not run yet says.
-const NOT_IN_FLEET_MODE: &str = "this command does not work on a fleet vault yet; in fleet mode tokenvault runs fleet init, add-account, token, list and status so far (unset VAULT_DATABASE_URL / [fleet] database to use this host's own vault)";
+const NOT_IN_FLEET_MODE: &str = "this command does not work on a fleet vault yet; in fleet mode tokenvault runs the fleet commands, add-account, token, list and status so far (unset VAULT_DATABASE_URL / [fleet] database to use this host's own vault)";
 
 /// Whether a PostgreSQL address names a password (URL or key=value form).
 fn carries_password(url: &str) -> bool {

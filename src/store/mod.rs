@@ -25,7 +25,7 @@ pub use any::{AnyGuard, AnyStore};
 pub use client_secrets::SecretRotation;
 pub use commits::{RefreshGuard, RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE, Purpose};
-pub use postgres::{FleetDb, Lease, PgStore};
+pub use postgres::{FleetDb, FleetStatus, Lease, PgStore};
 pub use rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep};
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -110,9 +110,27 @@ pub enum StoreError {
     #[error("the fleet database holds no tokenvault fleet. Create one with: vault fleet init")]
     NotAFleet,
     #[error(
-        "host {0:?} is not enrolled in this fleet; give the host name it was enrolled with (--host or [fleet] host)"
+        "host {0:?} is not enrolled in this fleet. Enroll it: vault fleet join (on it), then vault fleet admit {0} (on an enrolled host); or give the name it was enrolled with (VAULT_FLEET_HOST or [fleet] host)"
     )]
     UnknownHost(String),
+    #[error("host {0:?} is enrolled in this fleet already; nothing was changed")]
+    HostExists(String),
+    #[error("host {0:?} is not waiting to join. Run on it: vault fleet join")]
+    NoJoinRequest(String),
+    #[error(
+        "the key host {0:?} published is not the one whose fingerprint was confirmed; nothing was sent. Compare the fingerprint vault fleet join shows on that host, and admit again"
+    )]
+    FingerprintMismatch(String),
+    #[error(
+        "host {0:?} was not admitted in time; nothing was stored. Run vault fleet join again, and vault fleet admit {0} on an enrolled host meanwhile"
+    )]
+    JoinTimedOut(String),
+    #[error(
+        "the admission for host {0:?} does not open with this host's one-time key; run vault fleet join again"
+    )]
+    AdmissionUnreadable(String),
+    #[error("host {0:?} is this host; remove it from another enrolled host")]
+    RemovingSelf(String),
 }
 
 pub struct Store {
@@ -355,6 +373,6 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -148,3 +148,108 @@ fn fleet_mode_refuses_what_it_cannot_do_yet_and_unknown_hosts() {
         .run(&["list"])
         .fails_with(1, "put the password in a 0600 file");
 }
+
+/// `vault fleet join` on `host` of `vault` (its own master key), spawned: returns the process
+/// and the fingerprint it shows.
+fn start_join(vault: &TestVault, pg: &Postgres, host: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut command = fleet_command(vault, pg, host, &["fleet", "join", "--timeout", "60"]);
+    command.stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let fingerprint = first
+        .strip_prefix("Fingerprint of this host's request: ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    // Keep reading so the joining process never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, fingerprint)
+}
+
+#[test]
+fn a_second_host_with_its_own_master_key_joins_shares_the_lease_and_can_be_removed() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 0;
+    });
+    let first = fleet_with_mail(&fake, &pg);
+    // Host B: another machine's vault directory and another master key.
+    let second = TestVault::new(Some(&fake));
+
+    // A wrong fingerprint admits nothing; the right one does.
+    let (joining, fingerprint) = start_join(&second, &pg, "host-b");
+    fleet_run(
+        &first,
+        &pg,
+        &[
+            "fleet",
+            "admit",
+            "host-b",
+            "--fingerprint",
+            "0000 1111 2222 3333",
+        ],
+    )
+    .fails_with(1, "not the one whose fingerprint was confirmed");
+    let status = fleet_run(&first, &pg, &["fleet", "status"]);
+    assert!(
+        status.ok().stdout.contains("waiting to join host-b"),
+        "{}",
+        status.stdout
+    );
+    fleet_run(
+        &first,
+        &pg,
+        &[
+            "fleet",
+            "admit",
+            "host-b",
+            "--fingerprint",
+            &fingerprint.to_uppercase(),
+        ],
+    )
+    .ok();
+    let joined = joining.wait_with_output().unwrap();
+    assert!(joined.status.success(), "{joined:?}");
+
+    // Both hosts race for one rotating refresh token: each is spent once.
+    let refreshes_before = fake.counters(|c| c.refresh_grants);
+    let runs: Vec<_> = (0..12)
+        .map(|i| {
+            let (vault, host) = if i % 2 == 0 {
+                (&first, "host-a")
+            } else {
+                (&second, "host-b")
+            };
+            let mut command = fleet_command(vault, &pg, host, &["token", "mail", "--no-daemon"]);
+            command.stdout(std::process::Stdio::piped());
+            command.spawn().unwrap()
+        })
+        .collect();
+    for run in runs {
+        let output = run.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert!(fake.is_access_token(String::from_utf8(output.stdout).unwrap().trim()));
+    }
+    let (current, _, alive) = fake.newest_grant().unwrap();
+    assert!(alive, "a refresh token was spent twice across hosts");
+    assert_eq!(stored_refresh_token(&first, &pg), current);
+    assert_eq!(fake.counters(|c| c.refresh_grants) - refreshes_before, 12);
+
+    // Host B's master key opens nothing of host A's, and the other way round: each has its own
+    // wrapped copy of the data key.
+    let b_with_a_key = fleet_command(&first, &pg, "host-b", &["list"]);
+    first
+        .run_command(b_with_a_key, None)
+        .fails_with(6, "does not open this vault");
+
+    // Removed, host B can no longer open the fleet; host A can't remove itself.
+    fleet_run(&first, &pg, &["fleet", "remove", "host-a"]).fails_with(1, "is this host");
+    fleet_run(&first, &pg, &["fleet", "remove", "host-b"]).ok();
+    let after = fleet_command(&second, &pg, "host-b", &["token", "mail", "--no-daemon"]);
+    second
+        .run_command(after, None)
+        .fails_with(1, "\"host-b\" is not enrolled");
+}

@@ -12,6 +12,10 @@
 //! `postgres` (the blocking client) runs on a thread of its own, so the store answers the
 //! synchronous `RefreshStore` seam from inside the CLI's or the daemon's async runtime.
 
+mod hosts;
+
+pub use hosts::FleetStatus;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -34,7 +38,11 @@ const REQUEST_BUDGET: Duration = Duration::from_secs(35);
 /// How often a host waiting for another's lease looks again.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
-const SCHEMA: &[&str] = &[include_str!("../../schema/postgres/001_fleet.sql")];
+/// The fleet schema's migrations, in order; the database records how many it has applied.
+const SCHEMA: &[&str] = &[
+    include_str!("../../../schema/postgres/001_fleet.sql"),
+    include_str!("../../../schema/postgres/002_joins.sql"),
+];
 
 /// A job for the database thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -164,8 +172,11 @@ pub struct PgStore {
     db: Db,
     dir: PathBuf,
     host: String,
+    vault_id: String,
     data_key: Key,
     settings_key: MacKey,
+    /// Kept to seal it to a host being admitted.
+    raw_data_key: Secret<[u8; KEY_LEN]>,
     key_version: i64,
 }
 
@@ -216,14 +227,27 @@ impl PgStore {
             tx.commit()?;
             Ok(())
         })?;
-        Ok(PgStore {
+        Ok(PgStore::with_data_key(db, dir, host, vault_id, 1, data_key))
+    }
+
+    fn with_data_key(
+        db: Db,
+        dir: &Path,
+        host: &str,
+        vault_id: String,
+        key_version: i64,
+        raw: Secret<[u8; KEY_LEN]>,
+    ) -> PgStore {
+        PgStore {
             db,
             dir: dir.to_owned(),
             host: host.to_owned(),
-            data_key: Key::from_bytes(&data_key),
-            settings_key: MacKey::derive(&data_key),
-            key_version: 1,
-        })
+            vault_id,
+            data_key: Key::from_bytes(&raw),
+            settings_key: MacKey::derive(&raw),
+            raw_data_key: raw,
+            key_version,
+        }
     }
 
     /// Opens the fleet vault at `url` as `host`, with the master key `unlock` names or the one
@@ -231,41 +255,17 @@ impl PgStore {
     pub fn open(fleet: &FleetDb, dir: &Path, unlock: &Unlock) -> Result<PgStore, StoreError> {
         let host = fleet.host.as_str();
         let db = Db::start(fleet);
+        let (vault_id, key_version) = fleet_meta(&db)?;
         let owner = host.to_owned();
-        let (vault_id, key_version, recorded, wrapped) = db.run(move |client| {
-            let meta = client.query(
-                "SELECT key, value FROM fleet_meta WHERE to_regclass('fleet_meta') IS NOT NULL",
-                &[],
-            );
-            let meta = match meta {
-                Ok(rows) => rows,
-                Err(err) if err.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {
-                    return Err(StoreError::NotAFleet);
-                }
-                Err(err) => return Err(err.into()),
-            };
-            let value = |key: &str| {
-                meta.iter()
-                    .find(|row| row.get::<_, &str>(0) == key)
-                    .map(|row| row.get::<_, String>(1))
-            };
-            let vault_id = value("vault_id").ok_or(StoreError::NotAFleet)?;
-            let version: i64 = value("key_version")
-                .and_then(|text| text.parse().ok())
-                .ok_or(StoreError::NotAFleet)?;
-            let host = client
+        let (recorded, wrapped) = db.run(move |client| {
+            let row = client
                 .query_opt(
                     "SELECT h.key_source, k.wrapped FROM hosts h JOIN host_keys k ON k.host = h.host
                      WHERE h.host = $1 AND k.key_version = $2",
-                    &[&owner, &version],
+                    &[&owner, &key_version],
                 )?
                 .ok_or_else(|| StoreError::UnknownHost(owner.clone()))?;
-            Ok((
-                vault_id,
-                version,
-                host.get::<_, String>(0),
-                host.get::<_, Vec<u8>>(1),
-            ))
+            Ok((row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)))
         })?;
         let key_source = match &unlock.source {
             Some(source) => source.clone(),
@@ -278,21 +278,15 @@ impl PgStore {
                 host_wrap_aad(&vault_id, key_version, host).as_bytes(),
             )
             .map_err(|_| StoreError::WrongMasterKey(key_source.describe()))?;
-        if opened.expose().len() != KEY_LEN {
-            return Err(StoreError::Database(
-                "the wrapped data key has the wrong length".into(),
-            ));
-        }
-        let mut raw = Secret::new([0u8; KEY_LEN]);
-        raw.expose_mut().copy_from_slice(opened.expose());
-        Ok(PgStore {
+        let raw = exact_key(opened.expose())?;
+        Ok(PgStore::with_data_key(
             db,
-            dir: dir.to_owned(),
-            host: host.to_owned(),
-            data_key: Key::from_bytes(&raw),
-            settings_key: MacKey::derive(&raw),
+            dir,
+            host,
+            vault_id,
             key_version,
-        })
+            raw,
+        ))
     }
 
     pub fn dir(&self) -> &Path {
@@ -748,6 +742,68 @@ fn read_account(row: &postgres::Row, settings_key: &MacKey) -> Result<Account, S
             .map(|seconds| seconds.max(0) as u64),
         generation: row.get(16),
     })
+}
+
+/// The fleet's id and data key version, after bringing its schema up to date.
+fn fleet_meta(db: &Db) -> Result<(String, i64), StoreError> {
+    db.run(|client| {
+        let mut tx = client.transaction()?;
+        let meta = tx.query(
+            "SELECT key, value FROM fleet_meta WHERE to_regclass('fleet_meta') IS NOT NULL",
+            &[],
+        );
+        let meta = match meta {
+            Ok(rows) => rows,
+            Err(err) if err.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {
+                return Err(StoreError::NotAFleet);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let value = |key: &str| {
+            meta.iter()
+                .find(|row| row.get::<_, &str>(0) == key)
+                .map(|row| row.get::<_, String>(1))
+        };
+        let number = |key: &str| value(key).and_then(|text| text.parse::<i64>().ok());
+        let vault_id = value("vault_id").ok_or(StoreError::NotAFleet)?;
+        let (Some(version), Some(applied)) = (number("key_version"), number("schema")) else {
+            return Err(StoreError::NotAFleet);
+        };
+        let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+        if applied > SCHEMA.len() {
+            return Err(StoreError::Database(format!(
+                "the fleet's schema ({applied}) is newer than this tokenvault's; upgrade tokenvault on this host"
+            )));
+        }
+        if applied < SCHEMA.len() {
+            // One host migrates; the others wait on the lock and find it done.
+            tx.batch_execute("LOCK TABLE fleet_meta IN EXCLUSIVE MODE")?;
+            let now_applied: i64 = tx
+                .query_one("SELECT value::bigint FROM fleet_meta WHERE key = 'schema'", &[])?
+                .get(0);
+            for script in SCHEMA.iter().skip(usize::try_from(now_applied).unwrap_or(0)) {
+                tx.batch_execute(script)?;
+            }
+            tx.execute(
+                "UPDATE fleet_meta SET value = $1 WHERE key = 'schema'",
+                &[&SCHEMA.len().to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok((vault_id, version))
+    })
+}
+
+/// A data key of exactly the right length, copied into zeroized memory.
+fn exact_key(bytes: &[u8]) -> Result<Secret<[u8; KEY_LEN]>, StoreError> {
+    if bytes.len() != KEY_LEN {
+        return Err(StoreError::Database(
+            "the wrapped data key has the wrong length".into(),
+        ));
+    }
+    let mut raw = Secret::new([0u8; KEY_LEN]);
+    raw.expose_mut().copy_from_slice(bytes);
+    Ok(raw)
 }
 
 /// The data key's AAD when wrapped for one host: the vault, the key version and the host, so
