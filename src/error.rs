@@ -90,6 +90,8 @@ pub enum Problem {
     ReauthRequired,
     ClientError,
     UpstreamUnavailable,
+    /// The fleet's database cannot be reached: nothing was refreshed (never without the lease).
+    StoreUnavailable,
     /// A refresh lost the race to another command (`vault login`) that committed newer tokens.
     Superseded,
     UnknownAccount,
@@ -104,11 +106,12 @@ pub enum Problem {
 }
 
 /// (problem, JSON error code, HTTP status, exit code). Exit codes are documented in README.md.
-const PROBLEMS: [(Problem, &str, u16, u8); 13] = [
+const PROBLEMS: [(Problem, &str, u16, u8); 14] = [
     (Problem::ReauthRequired, "reauth_required", 409, 3),
     (Problem::ClientError, "client_error", 409, 4),
     (Problem::UpstreamUnavailable, "upstream_unavailable", 503, 5),
     (Problem::Superseded, "superseded", 503, 5),
+    (Problem::StoreUnavailable, "store_unavailable", 503, 5),
     (Problem::UnknownAccount, "unknown_account", 404, 1),
     (Problem::Forbidden, "forbidden", 403, 1),
     (Problem::BadRequest, "bad_request", 400, 1),
@@ -168,6 +171,7 @@ impl Error {
             | Error::Store(StoreError::WrongMasterKey(_)) => Problem::MasterKey,
             Error::Store(StoreError::NoSuchAccount(_)) => Problem::UnknownAccount,
             Error::Store(StoreError::Superseded(_)) => Problem::Superseded,
+            Error::Store(StoreError::Database(_)) => Problem::StoreUnavailable,
             Error::NotAdded {
                 source: OAuthError::Unavailable(_),
                 ..

@@ -128,6 +128,19 @@ fn fleet_mode_refuses_what_it_cannot_do_yet_and_unknown_hosts() {
     // A command fleet mode does not run yet never falls back to a local vault.
     fleet_run(&vault, &pg, &["validate", "mail"])
         .fails_with(1, "does not work on a fleet vault yet");
+    // The database down: a clear error with its own exit code, and nothing refreshed; back up,
+    // the same command works without anything restarted.
+    pg.stop_server();
+    let refreshes = fake.counters(|c| c.refresh_grants);
+    fleet_run(
+        &vault,
+        &pg,
+        &["token", "mail", "--no-daemon", "--min-valid", "7200"],
+    )
+    .fails_with(5, "the fleet database");
+    assert_eq!(fake.counters(|c| c.refresh_grants), refreshes);
+    pg.start_server();
+    fleet_run(&vault, &pg, &["token", "mail", "--no-daemon"]).ok();
     // A second `fleet init` on the same database changes nothing.
     fleet_run(&vault, &pg, &["fleet", "init"]).fails_with(1, "already exists");
     // A host that was never enrolled has no wrapped data key.

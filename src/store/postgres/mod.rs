@@ -35,6 +35,8 @@ pub const LEASE: Duration = Duration::from_secs(60);
 /// The longest a token request may take (`H`), and the margin kept before the lease ends (`M`):
 /// a request is sent only while `elapsed + H + M < L`.
 const REQUEST_BUDGET: Duration = Duration::from_secs(35);
+/// How long connecting to the database may take, unless the address says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a host waiting for another's lease looks again.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
@@ -67,6 +69,10 @@ impl FleetDb {
                 "the database address is not one PostgreSQL takes: {err}"
             ))
         })?;
+        if config.get_connect_timeout().is_none() {
+            // An unreachable database must not hold a command for minutes of TCP retries.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         if let Some(password) = password {
             config.password(password.expose().as_bytes());
         }

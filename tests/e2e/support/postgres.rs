@@ -70,7 +70,13 @@ impl Postgres {
         format!("postgres://vault@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn start_server(&self) {
+    /// Stops the server (fast shutdown); `start_server` brings it back on the same port.
+    pub fn stop_server(&self) {
+        let data = self.data().display().to_string();
+        self.as_owner("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+    }
+
+    pub fn start_server(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
