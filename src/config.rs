@@ -73,6 +73,9 @@ pub struct FleetConfig {
     pub password_file: Option<PathBuf>,
     /// This host's name in the fleet; the system's host name by default.
     pub host: Option<String>,
+    /// The certificate authority (PEM) the database's certificate must chain to; else
+    /// `sslrootcert=` in the address, else the public web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

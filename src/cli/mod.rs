@@ -328,7 +328,12 @@ impl Context {
                     .to_string_lossy()
                     .into_owned()
             });
-        Ok(Some(FleetDb::new(&url, password.as_ref(), &host)?))
+        Ok(Some(FleetDb::new(
+            &url,
+            password.as_ref(),
+            &host,
+            config.fleet.ca_file.as_deref(),
+        )?))
     }
 }
 

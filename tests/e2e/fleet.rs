@@ -36,7 +36,7 @@ fn fleet_with_mail(fake: &FakeOAuth, pg: &Postgres) -> TestVault {
 
 /// The refresh token the fleet holds for `mail`, read with the fleet's own store.
 fn stored_refresh_token(vault: &TestVault, pg: &Postgres) -> String {
-    let fleet = tokenvault::store::FleetDb::new(&pg.url(), None, "host-a").unwrap();
+    let fleet = tokenvault::store::FleetDb::new(&pg.url(), None, "host-a", None).unwrap();
     let unlock = tokenvault::keys::Unlock {
         source: Some(tokenvault::keys::KeySource::File(vault.key_file())),
         passphrase_file: None,
@@ -265,4 +265,44 @@ fn a_second_host_with_its_own_master_key_joins_shares_the_lease_and_can_be_remov
     second
         .run_command(after, None)
         .fails_with(1, "\"host-b\" is not enrolled");
+}
+
+#[test]
+fn the_fleet_database_is_reached_over_verified_tls() {
+    let (pg, ca) = Postgres::start_tls();
+    let vault = TestVault::new(None);
+    let over = |query: &str| {
+        let mut command = vault.command(&["fleet", "init"]);
+        command.env(
+            "VAULT_DATABASE_URL",
+            format!("postgres://vault@localhost:{}/postgres?{query}", pg.port),
+        );
+        vault.run_command(command, None)
+    };
+    // The server takes TLS only: plain text is refused, so what works below is TLS.
+    over("sslmode=disable").fails_with(5, "the fleet database");
+    // A certificate that does not chain to the CA given is refused before anything is sent.
+    let other = pg.unrelated_ca();
+    over(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        other.display()
+    ))
+    .fails_with(5, "the fleet database");
+    over(&format!("sslmode=verify-full&sslrootcert={}", ca.display())).ok();
+    // The same through config.toml's ca_file, with the host name checked.
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[fleet]\ndatabase = \"postgres://vault@localhost:{}/postgres?sslmode=verify-full\"\nca_file = \"{}\"\n",
+            pg.port,
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let listed = vault.run(&["list"]);
+    assert!(
+        listed.ok().stdout.contains("No accounts yet"),
+        "{}",
+        listed.stdout
+    );
 }

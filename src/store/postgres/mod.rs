@@ -52,18 +52,23 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Where the fleet's database is and who this host is in it.
 pub struct FleetDb {
     config: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// The database as messages name it: never its password.
     shown: String,
     pub host: String,
 }
 
 impl FleetDb {
-    /// `url` (a `postgres://` URL or `key=value` string) with `password` when given apart.
+    /// `url` (a `postgres://` URL or `key=value` string) with `password` when given apart, and
+    /// `ca_file` naming the certificate authority the server's certificate must chain to (else
+    /// `sslrootcert=` in the address, else the public web roots).
     pub fn new(
         url: &str,
         password: Option<&SecretString>,
         host: &str,
+        ca_file: Option<&Path>,
     ) -> Result<FleetDb, StoreError> {
+        let (url, extras) = libpq_extras(url);
         let mut config: postgres::Config = url.parse().map_err(|err: postgres::Error| {
             StoreError::Database(format!(
                 "the database address is not one PostgreSQL takes: {err}"
@@ -76,22 +81,16 @@ impl FleetDb {
         if let Some(password) = password {
             config.password(password.expose().as_bytes());
         }
-        let hosts = config
-            .get_hosts()
-            .iter()
-            .map(|host| match host {
-                postgres::config::Host::Tcp(name) => name.clone(),
-                postgres::config::Host::Unix(path) => path.display().to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let shown = format!(
-            "{}@{hosts}/{}",
-            config.get_user().unwrap_or("?"),
-            config.get_dbname().unwrap_or("?")
-        );
+        if extras.verify || (!extras.sslmode_given && !all_local(&config)) {
+            // TLS always checks the certificate chain and the host name: `verify-full`.
+            config.ssl_mode(postgres::config::SslMode::Require);
+        }
+        let roots = ca_file.map(Path::to_owned).or(extras.root_cert);
+        let tls = tls_connector(roots.as_deref())?;
+        let shown = shown(&config);
         Ok(FleetDb {
             config,
+            tls,
             shown,
             host: host.to_owned(),
         })
@@ -103,9 +102,134 @@ impl FleetDb {
     }
 }
 
+/// What libpq's address takes and tokio-postgres does not, taken out of the address.
+#[derive(Default)]
+struct LibpqExtras {
+    /// `sslmode=verify-full` or `verify-ca`: TLS required, the certificate verified.
+    verify: bool,
+    /// Any `sslmode` was given (an explicit `disable` or `prefer` is the user's choice).
+    sslmode_given: bool,
+    /// `sslrootcert=PATH`
+    root_cert: Option<PathBuf>,
+}
+
+fn libpq_extras(address: &str) -> (String, LibpqExtras) {
+    let mut extras = LibpqExtras::default();
+    let mut keep = |key: &str, value: &str| match (key, value) {
+        ("sslmode", "verify-full" | "verify-ca") => {
+            extras.verify = true;
+            extras.sslmode_given = true;
+            false
+        }
+        ("sslmode", _) => {
+            extras.sslmode_given = true;
+            true
+        }
+        ("sslrootcert", path) => {
+            extras.root_cert = Some(PathBuf::from(path));
+            false
+        }
+        _ => true,
+    };
+    let rewritten = match url::Url::parse(address) {
+        Ok(mut url) if matches!(url.scheme(), "postgres" | "postgresql") => {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(key, value)| keep(key, value))
+                .map(|(key, value)| (key.into_owned(), value.into_owned()))
+                .collect();
+            url.set_query(None);
+            if !pairs.is_empty() {
+                url.query_pairs_mut().extend_pairs(pairs);
+            }
+            url.to_string()
+        }
+        _ => address
+            .split_whitespace()
+            .filter(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                keep(key, value)
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    (rewritten, extras)
+}
+
+/// Whether every host of the address is this machine (a Unix socket or loopback), where TLS
+/// adds nothing.
+fn all_local(config: &postgres::Config) -> bool {
+    config.get_hosts().iter().all(|host| match host {
+        postgres::config::Host::Unix(_) => true,
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    })
+}
+
+/// rustls with the given certificate authority (PEM), else the public web roots.
+fn tls_connector(
+    roots: Option<&Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    match roots {
+        Some(path) => {
+            let shown = path.display();
+            let certificates = CertificateDer::pem_file_iter(path).map_err(|err| {
+                StoreError::Database(format!("cannot read the CA file {shown}: {err}"))
+            })?;
+            for certificate in certificates {
+                let certificate = certificate.map_err(|err| {
+                    StoreError::Database(format!(
+                        "the CA file {shown} is not PEM certificates: {err}"
+                    ))
+                })?;
+                store.add(certificate).map_err(|err| {
+                    StoreError::Database(format!(
+                        "the CA file {shown} holds an unusable certificate: {err}"
+                    ))
+                })?;
+            }
+        }
+        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|err| StoreError::Database(format!("TLS: {err}")))?
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The database as messages name it: user, hosts, database — never the password.
+fn shown(config: &postgres::Config) -> String {
+    let hosts = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "{}@{hosts}/{}",
+        config.get_user().unwrap_or("?"),
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
 /// The database thread's connection, made again when it breaks.
 struct Connection {
     config: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     client: Option<postgres::Client>,
 }
 
@@ -113,7 +237,7 @@ impl Connection {
     fn client(&mut self) -> Result<&mut postgres::Client, postgres::Error> {
         let client = match self.client.take() {
             Some(client) if !client.is_closed() => client,
-            _ => self.config.connect(postgres::NoTls)?,
+            _ => self.config.connect(self.tls.clone())?,
         };
         Ok(self.client.insert(client))
     }
@@ -130,6 +254,7 @@ impl Db {
         let (jobs, queue) = mpsc::channel::<Job>();
         let mut connection = Connection {
             config: fleet.config.clone(),
+            tls: fleet.tls.clone(),
             client: None,
         };
         std::thread::spawn(move || {
@@ -816,4 +941,53 @@ fn exact_key(bytes: &[u8]) -> Result<Secret<[u8; KEY_LEN]>, StoreError> {
 /// a wrapped key copied to another host's row does not open.
 fn host_wrap_aad(vault_id: &str, version: i64, host: &str) -> String {
     format!("{}|host={host}", wrap_aad(vault_id, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_options_tokio_postgres_lacks_are_taken_out() {
+        let (url, extras) = libpq_extras(
+            "postgres://vault@db.example.com/tv?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x",
+        );
+        assert_eq!(url, "postgres://vault@db.example.com/tv?application_name=x");
+        assert!(extras.verify && extras.sslmode_given);
+        assert_eq!(extras.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        let (pairs, extras) =
+            libpq_extras("host=db user=vault sslmode=verify-ca sslrootcert=/ca.pem dbname=tv");
+        assert_eq!(pairs, "host=db user=vault dbname=tv");
+        assert!(extras.verify);
+        let (_, extras) = libpq_extras("postgres://vault@db/tv?sslmode=disable");
+        assert!(extras.sslmode_given && !extras.verify);
+    }
+
+    #[test]
+    fn tls_is_required_off_this_machine_unless_disabled_explicitly() {
+        let mode = |url: &str| {
+            FleetDb::new(url, None, "h", None)
+                .unwrap()
+                .config
+                .get_ssl_mode()
+        };
+        use postgres::config::SslMode;
+        assert_eq!(mode("postgres://vault@db.example.com/tv"), SslMode::Require);
+        assert_eq!(mode("postgres://vault@127.0.0.1/tv"), SslMode::Prefer);
+        assert_eq!(mode("host=/run/postgresql user=vault"), SslMode::Prefer);
+        assert_eq!(
+            mode("postgres://vault@db.example.com/tv?sslmode=disable"),
+            SslMode::Disable
+        );
+        assert_eq!(
+            mode("postgres://vault@127.0.0.1/tv?sslmode=verify-full"),
+            SslMode::Require
+        );
+    }
+
+    #[test]
+    fn the_shown_database_never_has_its_password() {
+        let fleet = FleetDb::new("postgres://vault:hunter2@db/tv", None, "h", None).unwrap();
+        assert_eq!(fleet.shown(), "vault@db/tv");
+    }
 }

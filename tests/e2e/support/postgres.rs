@@ -9,6 +9,8 @@ pub struct Postgres {
     pub root: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
+    /// Extra server settings (TLS).
+    settings: String,
 }
 
 /// The newest installed PostgreSQL's programs.
@@ -29,11 +31,75 @@ fn running_as_root() -> bool {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        let postgres = Postgres::init();
+        postgres.start_server();
+        postgres
+    }
+
+    /// A cluster that takes TCP connections over TLS only, its certificate for `localhost`
+    /// issued by a test CA; returns the CA's PEM file too.
+    pub fn start_tls() -> (Postgres, PathBuf) {
+        let mut postgres = Postgres::init();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let root = postgres.root.path().to_owned();
+        let ca_file = root.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let (cert, key) = (root.join("server.crt"), root.join("server.key"));
+        std::fs::write(&cert, server.pem()).unwrap();
+        std::fs::write(&key, server_key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::write(
+            postgres.data().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .unwrap();
+        postgres.own_files();
+        postgres.settings = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+        postgres.start_server();
+        (postgres, ca_file)
+    }
+
+    /// Another CA's certificate, which the test server's certificate does not chain to.
+    pub fn unrelated_ca(&self) -> PathBuf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let other = params.self_signed(&key).unwrap();
+        let path = self.root.path().join("other-ca.pem");
+        std::fs::write(&path, other.pem()).unwrap();
+        path
+    }
+
+    fn own_files(&self) {
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(self.root.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    fn init() -> Postgres {
         let bin = bin_dir();
         let root = tempfile::tempdir().unwrap();
         if running_as_root() {
             let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
+                .arg("postgres:postgres")
                 .arg(root.path())
                 .status()
                 .unwrap();
@@ -44,7 +110,12 @@ impl Postgres {
             .local_addr()
             .unwrap()
             .port();
-        let postgres = Postgres { root, port, bin };
+        let postgres = Postgres {
+            root,
+            port,
+            bin,
+            settings: String::new(),
+        };
         postgres.as_owner(
             "initdb",
             &[
@@ -57,7 +128,6 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        postgres.start_server();
         postgres
     }
 
@@ -78,9 +148,10 @@ impl Postgres {
 
     pub fn start_server(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
             self.port,
-            self.root.path().display()
+            self.root.path().display(),
+            self.settings
         );
         let log = self.root.path().join("server.log");
         self.as_owner(
@@ -100,7 +171,12 @@ impl Postgres {
 
     /// Forces everything written so far into the data files (for the leak scan).
     pub fn checkpoint(&self) {
-        let mut client = postgres::Client::connect(&self.url(), postgres::NoTls).unwrap();
+        let socket = format!(
+            "host={} port={} user=vault dbname=postgres",
+            self.root.path().display(),
+            self.port
+        );
+        let mut client = postgres::Client::connect(&socket, postgres::NoTls).unwrap();
         client.batch_execute("CHECKPOINT").unwrap();
     }
 
