@@ -184,9 +184,14 @@ async fn lifecycle(
         metadata: None,
         metrics: None,
     };
-    let daemon = tokio::spawn(daemon::serve(store, options, |_, _| {}, async {
-        let _ = stopped.await;
-    }));
+    let daemon = tokio::spawn(daemon::serve(
+        AnyStore::Local(store),
+        options,
+        |_, _| {},
+        async {
+            let _ = stopped.await;
+        },
+    ));
     wait_for_socket(&socket).await;
 
     steps.step("An app asks for a token the way apps do (GET /v1/token/NAME), and gets only the access token");

@@ -38,9 +38,13 @@ pub fn lasts(expires_at: i64, min_valid: i64) -> bool {
 pub enum Need {
     /// A token valid for at least `min_valid` seconds, from the cache when it has one.
     Valid { min_valid: i64 },
-    /// A new token from the provider (refresh ahead of expiry); with `validation`, recorded as
-    /// the proof that the long-lived credential still works.
-    Fresh { validation: bool },
+    /// A token to replace the one expiring at `replacing` (refresh ahead of expiry): the one in
+    /// the store when another process or fleet host already got a newer one, else a new one
+    /// from the provider.
+    Ahead { replacing: i64 },
+    /// A new token from the provider, recorded as the proof that the long-lived credential
+    /// still works (validation).
+    Proof,
 }
 
 /// Returns a token as `need` says, calling the provider only when needed: the whole pipeline,
@@ -68,7 +72,7 @@ pub async fn prove<S: RefreshStore>(
     http: &reqwest::Client,
     name: &str,
 ) -> Result<Settled, Error> {
-    match begin(store, name, Need::Fresh { validation: true })? {
+    match begin(store, name, Need::Proof)? {
         Begun::Call(call) => Ok(call.send(http).await.settle(store)),
         Begun::Cached(_) => Err(Error::Internal(
             "a proof was answered from the cache".into(),
@@ -117,7 +121,10 @@ fn stored_token<S: RefreshStore>(
     }
     match need {
         Need::Valid { min_valid } => cached_token(store, account, min_valid),
-        Need::Fresh { .. } => Ok(None),
+        Need::Ahead { replacing } if account.access_expires_at > Some(replacing) => {
+            cached_token(store, account, 1)
+        }
+        Need::Ahead { .. } | Need::Proof => Ok(None),
     }
 }
 
@@ -192,7 +199,7 @@ impl<G> Answered<G> {
             Outcome::Refreshed(grant) => grant.scope.clone(),
             _ => None,
         };
-        let validated = matches!(self.need, Need::Fresh { validation: true });
+        let validated = matches!(self.need, Need::Proof);
         let (committed, transition) =
             commit(store, &self.guard, &self.account, self.outcome, validated);
         let issued = match committed {

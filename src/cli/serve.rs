@@ -28,7 +28,7 @@ pub(super) struct ServeArgs {
 
 pub(super) fn run(context: &Context, args: ServeArgs) -> Result<(), Error> {
     crate::log::set_format(args.log_format);
-    let store = context.open()?;
+    let store = context.open_any()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

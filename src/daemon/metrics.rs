@@ -109,8 +109,8 @@ impl Metrics {
     pub fn upstream_call(&self, account: &str, need: Need, outcome: &Outcome, seconds: f64) {
         let purpose = match need {
             Need::Valid { .. } => "on_demand",
-            Need::Fresh { validation: false } => "ahead",
-            Need::Fresh { validation: true } => "validation",
+            Need::Ahead { .. } => "ahead",
+            Need::Proof => "validation",
         };
         let outcome = match outcome {
             Outcome::Refreshed(_) => "refreshed",

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::AnyStore;
 use alert::Alerts;
 use audit::Audit;
 use tokens::{RefreshSettings, Tokens};
@@ -77,7 +77,7 @@ pub struct ServeOptions {
 /// Serves until `shutdown` completes, then answers what is in flight and removes the socket.
 /// `ready` is told the socket and the number of accounts once the socket accepts.
 pub async fn serve(
-    store: Store,
+    store: AnyStore,
     options: ServeOptions,
     ready: impl FnOnce(&Path, usize),
     shutdown: impl std::future::Future<Output = ()>,
@@ -104,19 +104,26 @@ pub async fn serve(
         refresh_before: config.refresh.before_seconds,
         max_backoff: config.refresh.max_backoff_seconds,
     };
+    // Deadline alerts and key rotation read the embedded vault only: not run on a fleet yet.
+    let local_duties = store.local().is_some();
     let tokens = Arc::new(Tokens::load(
         store, audit, alerts, metrics, settings, owner_uid,
     )?);
     let edge = http::Edge::open(&tokens, &options).await?;
     ready(&options.socket, tokens.table().len());
 
-    let duties = [
+    let mut duties = vec![
         tokio::spawn(reloader::run(tokens.clone())),
         tokio::spawn(refresher::run(tokens.clone(), settings.refresh_before)),
         tokio::spawn(validator::run(tokens.clone(), config.validation.schedule)),
-        tokio::spawn(deadline_watch::run(tokens.clone(), expiring_before)),
-        tokio::spawn(rotator::run(tokens.clone())),
     ];
+    if local_duties {
+        duties.push(tokio::spawn(deadline_watch::run(
+            tokens.clone(),
+            expiring_before,
+        )));
+        duties.push(tokio::spawn(rotator::run(tokens.clone())));
+    }
     edge.serve(&tokens, shutdown).await;
     for duty in duties {
         duty.abort();

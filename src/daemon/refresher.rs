@@ -28,7 +28,12 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
             };
             let before = slot.refresh_before().or(refresh_before);
             if now >= timing::refresh_due(slot.name(), issued_at, expires_at, before) {
-                tokens.spawn_background(slot, Need::Fresh { validation: false });
+                tokens.spawn_background(
+                    slot,
+                    Need::Ahead {
+                        replacing: expires_at,
+                    },
+                );
             }
         });
     }

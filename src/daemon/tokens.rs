@@ -15,7 +15,7 @@ use crate::account::{AccountState, Deadline, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::refresh::{self, Begun, Need, PendingCall};
-use crate::store::{AccountLock, RotationDue, Store};
+use crate::store::{AnyGuard, AnyStore, RotationDue, Store};
 
 /// Daemon-wide settings for refreshes.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +25,7 @@ pub struct RefreshSettings {
 }
 
 pub struct Tokens {
-    store: Arc<Mutex<Store>>,
+    store: Arc<Mutex<AnyStore>>,
     http: reqwest::Client,
     table: AccountTable,
     notifier: Notifier,
@@ -38,7 +38,7 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn load(
-        store: Store,
+        store: AnyStore,
         audit: Audit,
         alerts: Alerts,
         metrics: Arc<Metrics>,
@@ -128,7 +128,7 @@ impl Tokens {
         &self,
         slot: &Slot,
         need: Need,
-        call: Box<PendingCall<AccountLock>>,
+        call: Box<PendingCall<AnyGuard>>,
     ) -> Refreshed {
         let started = std::time::Instant::now();
         let answered = call.send(&self.http).await;
@@ -175,7 +175,7 @@ impl Tokens {
         let until = now_unix().saturating_add(i64::try_from(before).unwrap_or(i64::MAX));
         let due = blocking(move || {
             let mut store = store.lock().map_err(|_| poisoned())?;
-            Ok(store.take_deadlines(deadline, until)?)
+            Ok(local_mut(&mut store)?.take_deadlines(deadline, until)?)
         })
         .await;
         match due {
@@ -198,7 +198,7 @@ impl Tokens {
         let store = self.store.clone();
         let candidates = blocking(move || {
             let store = store.lock().map_err(|_| poisoned())?;
-            Ok(store.rotation_candidates()?)
+            Ok(local(&store)?.rotation_candidates()?)
         })
         .await;
         candidates
@@ -254,7 +254,7 @@ impl Tokens {
         let detail = due_at.map_or_else(|| "unfinished".to_owned(), |at| at.to_string());
         let first = blocking(move || {
             let mut store = store.lock().map_err(|_| poisoned())?;
-            Ok(store.record_once(&account, event.as_str(), &detail)?)
+            Ok(local_mut(&mut store)?.record_once(&account, event.as_str(), &detail)?)
         })
         .await;
         if first.unwrap_or(true) {
@@ -317,8 +317,11 @@ impl Tokens {
         let deadlines = blocking(move || {
             let store = store.lock().map_err(|_| poisoned())?;
             let mut all = Vec::new();
-            for &deadline in Deadline::ALL {
-                all.push((deadline, store.deadlines(deadline)?));
+            // A fleet records no deadlines yet.
+            if let Some(store) = store.local() {
+                for &deadline in Deadline::ALL {
+                    all.push((deadline, store.deadlines(deadline)?));
+                }
             }
             Ok(all)
         })
@@ -369,7 +372,21 @@ impl Tokens {
 /// call to make.
 enum Started {
     Stored(Arc<CachedToken>),
-    Call(Box<PendingCall<AccountLock>>),
+    Call(Box<PendingCall<AnyGuard>>),
+}
+
+/// The embedded vault, for the duties fleet mode does not run yet (they are not started on a
+/// fleet).
+fn local(store: &AnyStore) -> Result<&Store, Error> {
+    store.local().ok_or_else(not_in_fleet)
+}
+
+fn local_mut(store: &mut AnyStore) -> Result<&mut Store, Error> {
+    store.local_mut().ok_or_else(not_in_fleet)
+}
+
+fn not_in_fleet() -> Error {
+    Error::Internal("a duty of the embedded vault ran on a fleet".into())
 }
 
 fn poisoned() -> Error {

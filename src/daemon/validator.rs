@@ -31,7 +31,7 @@ pub async fn run(tokens: Arc<Tokens>, global: cron::Schedule) {
                 None => slot.set_next_validation(next()),
                 Some(due) if now >= due => {
                     slot.set_next_validation(next());
-                    tokens.spawn_background(slot, Need::Fresh { validation: true });
+                    tokens.spawn_background(slot, Need::Proof);
                 }
                 Some(_) => {}
             }

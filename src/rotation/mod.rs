@@ -28,7 +28,9 @@ use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, Outcome};
 use crate::refresh::stored_client;
 use crate::secret::SecretString;
-use crate::store::{AccountLock, Purpose, RotatedKey, RotationRecord, RotationStep, Store};
+use crate::store::{
+    AccountLock, AnyStore, Purpose, RotatedKey, RotationRecord, RotationStep, Store,
+};
 use api::{ApiError, Session};
 
 /// How long a key just created may be refused while the provider spreads it (Google's
@@ -42,7 +44,7 @@ const CLOCK_SLACK: i64 = 600;
 const MICROSOFT: &str = "microsoft";
 
 /// The store a rotation works with between its network calls: the CLI's own or the daemon's.
-pub type SharedStore = Arc<Mutex<Store>>;
+pub type SharedStore = Arc<Mutex<AnyStore>>;
 
 /// A key as the provider lists it.
 pub struct RemoteKey {
@@ -592,7 +594,10 @@ async fn with_store<T: Send + 'static>(
         let mut store = store
             .lock()
             .map_err(|_| Error::Internal("the store lock is poisoned".into()))?;
-        work(&mut store)
+        let store = store.local_mut().ok_or_else(|| {
+            Error::Input("key rotation does not work on a fleet vault yet".into())
+        })?;
+        work(store)
     })
     .await
     .unwrap_or_else(|_| Err(Error::Internal("a store task failed".into())))

@@ -2,8 +2,10 @@
 //! answer the same calls; the refresh pipeline sees one `RefreshStore` either way.
 
 use super::commits::{RefreshGuard, RefreshStore, TokenUpdate};
-use super::{AccountLock, Lease, NewAccount, PgStore, Store, StoreError};
-use crate::account::{Account, AccountState, AccountSummary, SecretKind, Transition};
+use std::path::Path;
+
+use super::{AccountLock, Lease, NewAccount, PgStore, Store, StoreError, SummaryRow};
+use crate::account::{Account, AccountState, AccountSummary, Principal, SecretKind, Transition};
 use crate::secret::SecretString;
 
 pub enum AnyStore {
@@ -28,6 +30,60 @@ impl RefreshGuard for AnyGuard {
 }
 
 impl AnyStore {
+    /// The embedded vault, for what fleet mode does not do yet.
+    pub fn local(&self) -> Option<&Store> {
+        match self {
+            AnyStore::Local(store) => Some(store),
+            AnyStore::Fleet(_) => None,
+        }
+    }
+
+    pub fn local_mut(&mut self) -> Option<&mut Store> {
+        match self {
+            AnyStore::Local(store) => Some(store),
+            AnyStore::Fleet(_) => None,
+        }
+    }
+
+    /// The vault directory on this host (config.toml, the audit log).
+    pub fn dir(&self) -> &Path {
+        match self {
+            AnyStore::Local(store) => store.dir(),
+            AnyStore::Fleet(store) => store.dir(),
+        }
+    }
+
+    pub fn vault_id(&self) -> Result<String, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.vault_id(),
+            AnyStore::Fleet(store) => Ok(store.vault_id().to_owned()),
+        }
+    }
+
+    /// A number that changes with every committed change of the accounts.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.data_version(),
+            AnyStore::Fleet(store) => store.data_version(),
+        }
+    }
+
+    pub fn visit_summaries(&self, visit: impl FnMut(&SummaryRow<'_>)) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.visit_summaries(visit),
+            AnyStore::Fleet(store) => store.visit_summaries(visit),
+        }
+    }
+
+    /// Who besides the owner may fetch tokens; a fleet has no grants yet (`vault grant` is
+    /// not in fleet mode), so only the owner.
+    pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.grants(),
+            AnyStore::Fleet(_) => Ok(Vec::new()),
+        }
+    }
+
     pub fn account(&self, name: &str) -> Result<Account, StoreError> {
         match self {
             AnyStore::Local(store) => store.account(name),

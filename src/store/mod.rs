@@ -366,7 +366,7 @@ fn corrupt(path: &Path, reason: impl ToString) -> StoreError {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     crate::files::create_private_dir(dir).map_err(|source| StoreError::Dir {
         path: dir.to_owned(),
         source,

@@ -306,3 +306,59 @@ fn the_fleet_database_is_reached_over_verified_tls() {
         listed.stdout
     );
 }
+
+/// Enrolls `second` as host-b of the fleet `first` (host-a) created.
+fn enroll_second_host(first: &TestVault, second: &TestVault, pg: &Postgres) {
+    let (joining, fingerprint) = start_join(second, pg, "host-b");
+    fleet_run(
+        first,
+        pg,
+        &["fleet", "admit", "host-b", "--fingerprint", &fingerprint],
+    )
+    .ok();
+    assert!(joining.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn two_daemons_on_one_fleet_refresh_ahead_once_per_expiry() {
+    use crate::support::daemon::Daemon;
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 10;
+    });
+    let first = fleet_with_mail(&fake, &pg);
+    let second = TestVault::new(Some(&fake));
+    enroll_second_host(&first, &second, &pg);
+    let serve = |vault: &TestVault, host: &str| {
+        let mut command = fleet_command(vault, &pg, host, &["serve"]);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Daemon::spawn(command, vault)
+    };
+    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    let before = fake.counters(|c| c.refresh_grants);
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(22) {
+        for daemon in &daemons {
+            let answer = daemon.get("/v1/token/mail?min_valid=1");
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let token = answer.json()["access_token"].as_str().unwrap().to_owned();
+            assert!(fake.is_access_token(&token));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let refreshes = fake.counters(|c| c.refresh_grants) - before;
+    // Each token lives 10 s and is refreshed ahead a few seconds before it expires: one host
+    // makes 2–4 refreshes in 22 s. Two hosts refreshing on their own would make twice that; in a
+    // fleet, the host that comes second finds the new token in the database.
+    assert!(
+        (2..=4).contains(&refreshes),
+        "{refreshes} refreshes in 22 s by two daemons"
+    );
+    let (current, _, alive) = fake.newest_grant().unwrap();
+    assert!(alive, "a refresh token was spent twice across daemons");
+    assert_eq!(stored_refresh_token(&first, &pg), current);
+}

@@ -44,6 +44,7 @@ impl PgStore {
         announce: impl FnOnce(&str),
     ) -> Result<PgStore, StoreError> {
         let host = fleet.host.clone();
+        crate::store::create_private_dir(dir)?;
         let db = Db::start(fleet);
         let (vault_id, version) = fleet_meta(&db)?;
         let rng = SystemRandom::new();

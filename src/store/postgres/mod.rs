@@ -23,7 +23,7 @@ use std::time::Duration;
 use super::accounts::vouched_settings;
 use super::commits::TokenUpdate;
 use super::sealing::{secret_aad, settings_message, wrap_aad};
-use super::{NewAccount, StoreError, now};
+use super::{NewAccount, StoreError, SummaryRow, now};
 use crate::account::{Account, AccountState, AccountSummary, SecretKind, Transition};
 use crate::crypto::{self, KEY_LEN, Key, MacKey};
 use crate::keys::{KeySource, PassphraseFile, Unlock};
@@ -321,6 +321,8 @@ impl PgStore {
         passphrase: PassphraseFile<'_>,
     ) -> Result<PgStore, StoreError> {
         let host = fleet.host.as_str();
+        // The host's own directory keeps config.toml and the daemon's audit log.
+        super::create_private_dir(dir)?;
         let db = Db::start(fleet);
         let exists = db.run(|client| {
             Ok(client
@@ -445,6 +447,48 @@ impl PgStore {
         rows.iter()
             .map(|row| read_account(row, &self.settings_key))
             .collect()
+    }
+
+    /// The id of this fleet vault.
+    pub fn vault_id(&self) -> &str {
+        &self.vault_id
+    }
+
+    /// A number that changes whenever an account is added, changed or removed, on any host.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.db.run(|client| {
+            // Every committed insert or update leaves a row version with a newer xmin; a
+            // removal changes the count.
+            Ok(client
+                .query_one(
+                    "SELECT COALESCE(max(xmin::text::bigint), 0) * 1000003 + count(*) FROM accounts",
+                    &[],
+                )?
+                .get(0))
+        })
+    }
+
+    /// Shows `visit` every account's summary.
+    pub fn visit_summaries(
+        &self,
+        mut visit: impl FnMut(&SummaryRow<'_>),
+    ) -> Result<(), StoreError> {
+        for account in self.accounts()? {
+            let scopes = serde_json::to_string(&account.config.scopes)
+                .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))?;
+            visit(&SummaryRow {
+                name: &account.name,
+                state: account.state,
+                access_expires_at: account.access_expires_at,
+                last_refresh_at: account.last_refresh_at,
+                last_validated_at: account.last_validated_at,
+                validation_schedule: account.validation_schedule.as_deref(),
+                refresh_before: account.refresh_before,
+                scopes: Some(&scopes),
+                last_error: account.last_error.as_deref(),
+            });
+        }
+        Ok(())
     }
 
     /// Every account's summary, by name.
