@@ -171,7 +171,9 @@ impl Error {
             | Error::Store(StoreError::WrongMasterKey(_)) => Problem::MasterKey,
             Error::Store(StoreError::NoSuchAccount(_)) => Problem::UnknownAccount,
             Error::Store(StoreError::Superseded(_)) => Problem::Superseded,
-            Error::Store(StoreError::Database(_)) => Problem::StoreUnavailable,
+            Error::Store(StoreError::Database(_) | StoreError::DatabaseLost(_)) => {
+                Problem::StoreUnavailable
+            }
             Error::NotAdded {
                 source: OAuthError::Unavailable(_),
                 ..

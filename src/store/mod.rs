@@ -107,6 +107,10 @@ pub enum StoreError {
         "the fleet database: {0}. Check [fleet] database in config.toml (or VAULT_DATABASE_URL) and that PostgreSQL is reachable"
     )]
     Database(String),
+    #[error(
+        "the connection to the fleet database was lost ({0}). Check that PostgreSQL is reachable; try again"
+    )]
+    DatabaseLost(String),
     #[error("the fleet database holds no tokenvault fleet. Create one with: vault fleet init")]
     NotAFleet,
     #[error(

@@ -362,3 +362,42 @@ fn two_daemons_on_one_fleet_refresh_ahead_once_per_expiry() {
     assert!(alive, "a refresh token was spent twice across daemons");
     assert_eq!(stored_refresh_token(&first, &pg), current);
 }
+
+#[test]
+fn a_commit_cut_off_by_a_database_restart_lands_when_it_is_back() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 0;
+    });
+    let vault = fleet_with_mail(&fake, &pg);
+    // The provider takes 3 s to answer; meanwhile the database crashes and recovers, cutting the
+    // connection the lease was taken on. The rotated refresh token exists only in the process.
+    fake.configure(|b| b.delay = Some(std::time::Duration::from_secs(3)));
+    let requests = fake.counters(|c| c.token_requests);
+    let mut command = fleet_command(&vault, &pg, "host-a", &["token", "mail", "--no-daemon"]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let asking = command.spawn().unwrap();
+    assert!(crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        || fake.counters(|c| c.token_requests) > requests
+    ));
+    pg.restart_immediately();
+    let output = asking.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(fake.is_access_token(String::from_utf8(output.stdout).unwrap().trim()));
+    let (current, _, alive) = fake.newest_grant().unwrap();
+    assert!(alive);
+    assert_eq!(
+        stored_refresh_token(&vault, &pg),
+        current,
+        "the rotated refresh token was committed after the restart"
+    );
+    // And the next refresh spends it without trouble.
+    fake.configure(|b| b.delay = None);
+    fleet_run(&vault, &pg, &["token", "mail", "--no-daemon"]).ok();
+    assert!(fake.newest_grant().unwrap().2);
+}

@@ -37,6 +37,9 @@ pub const LEASE: Duration = Duration::from_secs(60);
 const REQUEST_BUDGET: Duration = Duration::from_secs(35);
 /// How long connecting to the database may take, unless the address says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a commit whose connection broke is tried again (within the lease), and how often.
+const COMMIT_BUDGET: Duration = Duration::from_secs(20);
+const COMMIT_RETRY: Duration = Duration::from_millis(500);
 /// How often a host waiting for another's lease looks again.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
@@ -288,8 +291,13 @@ impl Db {
 }
 
 fn database_error(err: &postgres::Error) -> StoreError {
-    // The driver's message names the server's complaint, never a parameter's value.
-    StoreError::Database(err.to_string())
+    // The driver's message names the server's complaint, never a parameter's value. An error
+    // without a SQLSTATE is the connection's, not the statement's: worth trying again.
+    if err.code().is_none() {
+        StoreError::DatabaseLost(err.to_string())
+    } else {
+        StoreError::Database(err.to_string())
+    }
 }
 
 impl From<postgres::Error> for StoreError {
@@ -801,39 +809,71 @@ impl PgStore {
         account: &Account,
         state: AccountState,
         reason: Option<&str>,
-        apply: impl FnOnce(&mut postgres::Transaction<'_>, i64) -> Result<(), StoreError>
+        apply: impl Fn(&mut postgres::Transaction<'_>, i64) -> Result<(), StoreError>
         + Send
+        + Sync
         + 'static,
     ) -> Result<Option<Transition>, StoreError> {
         let (id, generation, lease_id) = (account.id, account.generation, lease.lease_id);
         let (name, host) = (account.name.clone(), self.host.clone());
         let reason = reason.map(str::to_owned);
         let stated = reason.clone();
-        let previous = self.db.run(move |client| {
-            let mut tx = client.transaction()?;
-            let fenced = tx.query_opt(
-                "SELECT state FROM accounts WHERE id = $1 AND generation = $2 AND lease_id = $3
-                 FOR UPDATE",
-                &[&id, &generation, &lease_id],
-            )?;
-            let Some(row) = fenced else {
-                return Err(StoreError::Superseded(name));
-            };
-            let previous: String = row.get(0);
-            tx.execute(
-                "UPDATE accounts SET generation = generation + 1, committed_lease_id = lease_id,
-                     lease_id = NULL, lease_holder = NULL, lease_until = NULL,
-                     state = $2, last_error = $3
-                 WHERE id = $1",
-                &[&id, &state.as_str(), &reason],
-            )?;
-            apply(&mut tx, now())?;
-            if previous != state.as_str() {
-                log_event(&mut tx, &host, &name, state.as_str(), reason.as_deref())?;
+        let apply = std::sync::Arc::new(apply);
+        // The provider's answer (a rotated refresh token) exists only in this process: a commit
+        // that fails because the connection broke is sent again, fenced as before, until it
+        // lands or the budget ends. Whether an attempt whose answer was lost landed is told by
+        // `committed_lease_id`.
+        let give_up = boottime() + COMMIT_BUDGET;
+        let previous = loop {
+            let (name, host, reason, apply) =
+                (name.clone(), host.clone(), reason.clone(), apply.clone());
+            let attempt = self.db.run(move |client| {
+                let mut tx = client.transaction()?;
+                let fenced = tx.query_opt(
+                    "SELECT state FROM accounts WHERE id = $1 AND generation = $2 AND lease_id = $3
+                     FOR UPDATE",
+                    &[&id, &generation, &lease_id],
+                )?;
+                let Some(row) = fenced else {
+                    let landed: bool = tx
+                        .query_opt(
+                            "SELECT committed_lease_id = $2 FROM accounts WHERE id = $1",
+                            &[&id, &lease_id],
+                        )?
+                        .and_then(|row| row.get::<_, Option<bool>>(0))
+                        .unwrap_or(false);
+                    return if landed {
+                        Ok(None)
+                    } else {
+                        Err(StoreError::Superseded(name))
+                    };
+                };
+                let previous: String = row.get(0);
+                tx.execute(
+                    "UPDATE accounts SET generation = generation + 1, committed_lease_id = lease_id,
+                         lease_id = NULL, lease_holder = NULL, lease_until = NULL,
+                         state = $2, last_error = $3
+                     WHERE id = $1",
+                    &[&id, &state.as_str(), &reason],
+                )?;
+                apply(&mut tx, now())?;
+                if previous != state.as_str() {
+                    log_event(&mut tx, &host, &name, state.as_str(), reason.as_deref())?;
+                }
+                tx.commit()?;
+                Ok(Some(previous))
+            });
+            match attempt {
+                Err(StoreError::DatabaseLost(_)) if boottime() < give_up => {
+                    std::thread::sleep(COMMIT_RETRY);
+                }
+                other => break other?,
             }
-            tx.commit()?;
-            Ok(previous)
-        })?;
+        };
+        // An earlier attempt landed: its transaction recorded the change of state.
+        let Some(previous) = previous else {
+            return Ok(None);
+        };
         let from = AccountState::parse(&previous).ok_or_else(|| {
             StoreError::BadConfig(account.name.clone(), format!("unknown state {previous:?}"))
         })?;

@@ -146,6 +146,13 @@ impl Postgres {
         self.as_owner("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
     }
 
+    /// A crash and recovery: immediate shutdown (no checkpoint, connections cut), then start.
+    pub fn restart_immediately(&self) {
+        let data = self.data().display().to_string();
+        self.as_owner("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        self.start_server();
+    }
+
     pub fn start_server(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
