@@ -93,6 +93,28 @@ impl Tokens {
         });
     }
 
+    /// Validates `slot` for the firing at `firing`, unless another fleet host took that firing.
+    pub fn validate_once(self: &Arc<Self>, slot: &Arc<Slot>, firing: i64) {
+        let (tokens, slot) = (self.clone(), slot.clone());
+        tokio::spawn(async move {
+            let (store, name) = (tokens.store.clone(), slot.name().to_owned());
+            let claimed = blocking(move || {
+                let store = store.lock().map_err(|_| poisoned())?;
+                Ok(store.claim_validation(&name, firing)?)
+            })
+            .await;
+            match claimed {
+                Ok(true) => tokens.spawn_background(&slot, Need::Proof),
+                Ok(false) => {}
+                Err(err) => crate::log::emit(
+                    crate::log::Level::Warning,
+                    "cannot claim a validation",
+                    &[("account", slot.name()), ("error", &err.to_string())],
+                ),
+            }
+        });
+    }
+
     /// One run of the refresh pipeline: begin (under the account's refresh guard, on a blocking
     /// thread), send, settle (likewise). The state the store committed is mirrored and
     /// announced; the token is cached.

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::clock::now_unix;
 use crate::daemon::tokens::Tokens;
-use crate::refresh::Need;
 use crate::timing::Firing;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -31,7 +30,7 @@ pub async fn run(tokens: Arc<Tokens>, global: cron::Schedule) {
                 None => slot.set_next_validation(next()),
                 Some(due) if now >= due => {
                     slot.set_next_validation(next());
-                    tokens.spawn_background(slot, Need::Proof);
+                    tokens.validate_once(slot, due);
                 }
                 Some(_) => {}
             }

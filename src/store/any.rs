@@ -75,6 +75,15 @@ impl AnyStore {
         }
     }
 
+    /// Whether this process validates account `name` at firing `firing`: always on this host's
+    /// own vault; on a fleet, only the host that takes it first.
+    pub fn claim_validation(&self, name: &str, firing: i64) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Local(_) => Ok(true),
+            AnyStore::Fleet(store) => store.claim_validation(name, firing),
+        }
+    }
+
     /// Who besides the owner may fetch tokens; a fleet has no grants yet (`vault grant` is
     /// not in fleet mode), so only the owner.
     pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {

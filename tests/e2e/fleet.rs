@@ -401,3 +401,44 @@ fn a_commit_cut_off_by_a_database_restart_lands_when_it_is_back() {
     fleet_run(&vault, &pg, &["token", "mail", "--no-daemon"]).ok();
     assert!(fake.newest_grant().unwrap().2);
 }
+
+#[test]
+fn two_daemons_on_one_fleet_validate_each_firing_once() {
+    use crate::support::daemon::Daemon;
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.rotate = true);
+    let first = fleet_with_mail(&fake, &pg);
+    let second = TestVault::new(Some(&fake));
+    enroll_second_host(&first, &second, &pg);
+    // Validation every 4 s; tokens live an hour, so every refresh is a validation.
+    for vault in [&first, &second] {
+        std::fs::write(
+            vault.dir.join("config.toml"),
+            "[validation]\nschedule = \"*/4 * * * * *\"\n",
+        )
+        .unwrap();
+    }
+    let serve = |vault: &TestVault, host: &str| {
+        let mut command = fleet_command(vault, &pg, host, &["serve"]);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Daemon::spawn(command, vault)
+    };
+    let before = fake.counters(|c| c.refresh_grants);
+    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    std::thread::sleep(std::time::Duration::from_secs(14));
+    drop(daemons);
+    let validations = fake.counters(|c| c.refresh_grants) - before;
+    // Three or four firings in 14 s; two daemons validating on their own would make twice that.
+    assert!(
+        (2..=4).contains(&validations),
+        "{validations} validations in 14 s by two daemons"
+    );
+    assert!(fake.newest_grant().unwrap().2, "the grant survived");
+    assert_eq!(
+        stored_refresh_token(&first, &pg),
+        fake.newest_grant().unwrap().0
+    );
+}

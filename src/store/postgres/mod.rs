@@ -47,6 +47,7 @@ const LEASE_POLL: Duration = Duration::from_millis(100);
 const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/001_fleet.sql"),
     include_str!("../../../schema/postgres/002_joins.sql"),
+    include_str!("../../../schema/postgres/003_validation_firings.sql"),
 ];
 
 /// A job for the database thread.
@@ -473,6 +474,19 @@ impl PgStore {
                     &[],
                 )?
                 .get(0))
+        })
+    }
+
+    /// Takes the validation of account `name` at firing `firing` for this host; false when
+    /// another host took it (every host computes the same firing).
+    pub fn claim_validation(&self, name: &str, firing: i64) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.db.run(move |client| {
+            Ok(client.execute(
+                "UPDATE accounts SET validated_firing = $2
+                 WHERE name = $1 AND COALESCE(validated_firing, 0) < $2",
+                &[&name, &firing],
+            )? == 1)
         })
     }
 
