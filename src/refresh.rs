@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, Outcome, Rejection, RejectionKind, TokenGrant, token};
 use crate::secret::SecretString;
-use crate::store::{RefreshGuard, RefreshStore, StoreError, TokenUpdate};
+use crate::store::{Failure, RefreshGuard, RefreshStore, StoreError, TokenUpdate};
 
 /// Assumed lifetime when a provider omits `expires_in` (RFC 6749 makes it optional).
 const DEFAULT_LIFETIME: i64 = 3600;
@@ -421,7 +421,7 @@ fn commit<S: RefreshStore>(
     validated: bool,
 ) -> (Result<AccessToken, Error>, Option<Transition>) {
     let state = AccountState::after(&outcome);
-    let (reason, error) = match outcome {
+    let (reason, error, retry_after) = match outcome {
         Outcome::Refreshed(grant) => {
             let update = token_update(&grant, validated);
             return match store.commit_refresh(guard, account, &update) {
@@ -429,23 +429,33 @@ fn commit<S: RefreshStore>(
                 Err(error) => (Err(error.into()), None),
             };
         }
-        Outcome::Transient(transient) => (
-            transient.reason.clone(),
-            Error::Unavailable {
-                account: account.name.clone(),
-                reason: transient.reason,
-                retry_after: transient.retry_after.map(|pause| pause.as_secs()),
-            },
-        ),
+        Outcome::Transient(transient) => {
+            let retry_after = transient.retry_after.map(|pause| pause.as_secs());
+            (
+                transient.reason.clone(),
+                Error::Unavailable {
+                    account: account.name.clone(),
+                    reason: transient.reason,
+                    retry_after,
+                },
+                retry_after,
+            )
+        }
         Outcome::Permanent(rejection) => {
             let reason = rejection.to_string();
             (
                 reason.clone(),
                 rejected_error(account, rejection.kind, reason),
+                None,
             )
         }
     };
-    match store.commit_failure(guard, account, state, &reason) {
+    let failure = Failure {
+        state,
+        reason: &reason,
+        retry_after,
+    };
+    match store.commit_failure(guard, account, &failure) {
         Ok(transition) => (Err(error), transition),
         Err(store_error) => (Err(store_error.into()), None),
     }

@@ -11,6 +11,7 @@ use super::table::{CachedToken, Slot};
 use crate::clock::now_unix;
 use crate::error::{Error, Problem};
 use crate::refresh::Need;
+use crate::store::StoreError;
 use crate::timing;
 
 /// A token issued less than this many seconds ago is not refreshed again because a caller asked
@@ -131,6 +132,13 @@ impl LastRefresh {
     /// A transient failure (or a cached token served because of one) pauses the account;
     /// anything else ends the pause.
     fn back_off_after(&mut self, result: &Refreshed, max_backoff: u64) {
+        // The fleet paused the account after another host's failure: wait exactly that long;
+        // this daemon has not failed, so its own backoff does not grow.
+        if let Err(Error::Store(StoreError::Paused { seconds, .. })) = result {
+            let seconds = i64::try_from(*seconds).unwrap_or(i64::MAX);
+            self.pause_until = now_unix().saturating_add(seconds);
+            return;
+        }
         let transient = match result {
             Ok((_, problem)) => problem.as_ref().map(|_| None),
             Err(Error::Unavailable { retry_after, .. }) => Some(*retry_after),

@@ -1,11 +1,11 @@
 //! The vault a command works on: the embedded SQLite vault, or the fleet's on PostgreSQL. Both
 //! answer the same calls; the refresh pipeline sees one `RefreshStore` either way.
 
-use super::commits::{RefreshGuard, RefreshStore, TokenUpdate};
+use super::commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 use std::path::Path;
 
 use super::{AccountLock, Lease, NewAccount, PgStore, Store, StoreError, SummaryRow};
-use crate::account::{Account, AccountState, AccountSummary, Principal, SecretKind, Transition};
+use crate::account::{Account, AccountSummary, Principal, SecretKind, Transition};
 use crate::secret::SecretString;
 
 pub enum AnyStore {
@@ -180,15 +180,14 @@ impl RefreshStore for AnyStore {
         &mut self,
         guard: &AnyGuard,
         account: &Account,
-        state: AccountState,
-        reason: &str,
+        failure: &Failure<'_>,
     ) -> Result<Option<Transition>, StoreError> {
         match (self, guard) {
             (AnyStore::Local(store), AnyGuard::Lock(lock)) => {
-                store.commit_failure(lock, account, state, reason)
+                store.commit_failure(lock, account, failure)
             }
             (AnyStore::Fleet(store), AnyGuard::Lease(lease)) => {
-                store.commit_failure(lease, account, state, reason)
+                store.commit_failure(lease, account, failure)
             }
             _ => Err(mismatched()),
         }

@@ -198,9 +198,17 @@ pub trait RefreshStore {
         &mut self,
         guard: &Self::Guard,
         account: &Account,
-        state: AccountState,
-        reason: &str,
+        failure: &Failure<'_>,
     ) -> Result<Option<Transition>, StoreError>;
+}
+
+/// A failed call, as committed.
+pub struct Failure<'a> {
+    pub state: AccountState,
+    pub reason: &'a str,
+    /// The provider's `Retry-After` for a passing failure: a fleet pauses the account at least
+    /// that long (the daemon's own backoff honours it too).
+    pub retry_after: Option<u64>,
 }
 
 impl RefreshStore for Store {
@@ -235,14 +243,13 @@ impl RefreshStore for Store {
         &mut self,
         _guard: &AccountLock,
         account: &Account,
-        state: AccountState,
-        reason: &str,
+        failure: &Failure<'_>,
     ) -> Result<Option<Transition>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         advance_generation(&tx, account, Fence::Generation)?;
-        let transition = set_state(&tx, account, state, Some(reason))?;
+        let transition = set_state(&tx, account, failure.state, Some(failure.reason))?;
         tx.commit()?;
         Ok(transition)
     }

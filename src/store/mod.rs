@@ -23,7 +23,7 @@ mod sealing;
 pub use accounts::{NewAccount, SummaryRow};
 pub use any::{AnyGuard, AnyStore};
 pub use client_secrets::SecretRotation;
-pub use commits::{RefreshGuard, RefreshStore, TokenUpdate};
+pub use commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE, Purpose};
 pub use postgres::{FleetDb, FleetStatus, Lease, PgStore};
 pub use rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep};
@@ -111,6 +111,10 @@ pub enum StoreError {
         "the connection to the fleet database was lost ({0}). Check that PostgreSQL is reachable; try again"
     )]
     DatabaseLost(String),
+    #[error(
+        "no valid access token for account {account:?} right now: the provider failed on a host of the fleet, which waits {seconds} s before it calls it again. Try again later"
+    )]
+    Paused { account: String, seconds: u64 },
     #[error("the fleet database holds no tokenvault fleet. Create one with: vault fleet init")]
     NotAFleet,
     #[error(

@@ -442,3 +442,48 @@ fn two_daemons_on_one_fleet_validate_each_firing_once() {
         fake.newest_grant().unwrap().0
     );
 }
+
+#[test]
+fn a_provider_outage_makes_the_whole_fleet_back_off_once() {
+    use crate::support::daemon::Daemon;
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 0;
+    });
+    let first = fleet_with_mail(&fake, &pg);
+    let second = TestVault::new(Some(&fake));
+    enroll_second_host(&first, &second, &pg);
+    let serve = |vault: &TestVault, host: &str| {
+        let mut command = fleet_command(vault, &pg, host, &["serve"]);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Daemon::spawn(command, vault)
+    };
+    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    // Every ask needs a new token; the provider is down (bare 503s) for 9 s.
+    let outage = std::time::Duration::from_secs(9);
+    let requests = fake.counters(|c| c.token_requests);
+    fake.configure(|b| b.down_until = Some(std::time::Instant::now() + outage));
+    let started = std::time::Instant::now();
+    while started.elapsed() < outage - std::time::Duration::from_millis(300) {
+        for daemon in &daemons {
+            let _ = daemon.get("/v1/token/mail?min_valid=1");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let during = fake.counters(|c| c.token_requests) - requests;
+    // The first failure pauses the account for the fleet (5 s, then 10 s): two calls in 9 s.
+    // Each daemon backing off on its own would make two or three each.
+    assert!(
+        (1..=3).contains(&during),
+        "{during} calls to a provider that was down, from two daemons"
+    );
+    // Back up: served again, and the grant survived.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let answer = daemons[1].get("/v1/token/mail?min_valid=1");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(fake.newest_grant().unwrap().2);
+}

@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::accounts::vouched_settings;
-use super::commits::TokenUpdate;
+use super::commits::{Failure, TokenUpdate};
 use super::sealing::{secret_aad, settings_message, wrap_aad};
 use super::{NewAccount, StoreError, SummaryRow, now};
 use crate::account::{Account, AccountState, AccountSummary, SecretKind, Transition};
@@ -48,6 +48,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/001_fleet.sql"),
     include_str!("../../../schema/postgres/002_joins.sql"),
     include_str!("../../../schema/postgres/003_validation_firings.sql"),
+    include_str!("../../../schema/postgres/004_fleet_backoff.sql"),
 ];
 
 /// A job for the database thread.
@@ -740,6 +741,7 @@ impl super::RefreshStore for PgStore {
                     "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = $2,
                          lease_until = clock_timestamp() + make_interval(secs => $3)
                      WHERE name = $1 AND (lease_until IS NULL OR lease_until < clock_timestamp())
+                         AND (pause_until IS NULL OR pause_until <= clock_timestamp())
                      RETURNING id, lease_id",
                     &[&owner, &host, &seconds],
                 )?;
@@ -753,8 +755,24 @@ impl super::RefreshStore for PgStore {
                     taken_at: boottime(),
                 });
             }
-            // Held by another host (or no such account, which `account` then says).
-            PgStore::account(self, name)?;
+            // Paused for the fleet, held by another host, or no such account.
+            let owner = name.to_owned();
+            let paused_for = self.db.run(move |client| {
+                let row = client
+                    .query_opt(
+                        "SELECT EXTRACT(EPOCH FROM pause_until - clock_timestamp())::float8
+                         FROM accounts WHERE name = $1",
+                        &[&owner],
+                    )?
+                    .ok_or(StoreError::NoSuchAccount(owner))?;
+                Ok(row.get::<_, Option<f64>>(0))
+            })?;
+            if let Some(seconds) = paused_for.filter(|seconds| *seconds > 0.0) {
+                return Err(StoreError::Paused {
+                    account: name.to_owned(),
+                    seconds: seconds.ceil() as u64,
+                });
+            }
             if boottime() > give_up {
                 return Err(StoreError::Database(format!(
                     "the refresh lease of account {name:?} stayed taken longer than a lease lasts"
@@ -788,7 +806,8 @@ impl super::RefreshStore for PgStore {
             tx.execute(
                 "UPDATE accounts SET access_expires_at = $2, last_refresh_at = $3,
                      refresh_expires_at = COALESCE($4, refresh_expires_at),
-                     last_validated_at = CASE WHEN $5 THEN $3 ELSE last_validated_at END
+                     last_validated_at = CASE WHEN $5 THEN $3 ELSE last_validated_at END,
+                     failures = 0, pause_until = NULL
                  WHERE id = $1",
                 &[
                     &id,
@@ -802,14 +821,30 @@ impl super::RefreshStore for PgStore {
         })
     }
 
+    /// A passing failure also pauses the account for the whole fleet: exponential from 5 s
+    /// (capped at an hour), at least the provider's `Retry-After`.
     fn commit_failure(
         &mut self,
         lease: &Lease,
         account: &Account,
-        state: AccountState,
-        reason: &str,
+        failure: &Failure<'_>,
     ) -> Result<Option<Transition>, StoreError> {
-        self.fenced_commit(lease, account, state, Some(reason), |_, _| Ok(()))
+        let id = account.id;
+        let passing = failure.state == AccountState::Degraded;
+        let retry_after = failure.retry_after.unwrap_or(0) as f64;
+        let reason = Some(failure.reason);
+        self.fenced_commit(lease, account, failure.state, reason, move |tx, _| {
+            if passing {
+                tx.execute(
+                    "UPDATE accounts SET failures = failures + 1,
+                         pause_until = clock_timestamp() + make_interval(secs =>
+                             GREATEST($2, LEAST(3600, 5 * power(2, LEAST(failures, 20)))))
+                     WHERE id = $1",
+                    &[&id, &retry_after],
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 
