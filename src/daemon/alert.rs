@@ -54,6 +54,10 @@ impl AlertEvent {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
+    /// A fleet's alert row: the same on every host that might deliver it, so a receiver can
+    /// drop a duplicate (also the `webhook-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
     pub account: String,
     pub event: AlertEvent,
     pub reason: String,
@@ -108,11 +112,17 @@ impl Alerts {
     /// A due key rotation failed (`AlertEvent::for_unrotated_key`); the reason names the fix.
     pub fn key_not_rotated(&self, account: String, event: AlertEvent, reason: String) {
         let _ = self.sender.send(Message::Raised(Alert {
+            id: None,
             account,
             event,
             reason,
             at: now_unix(),
         }));
+    }
+
+    /// An alert decided elsewhere (a fleet's outbox), sent as it is.
+    pub fn deliver(&self, alert: Alert) {
+        let _ = self.sender.send(Message::Raised(alert));
     }
 
     pub fn deadline_near(&self, deadline: Deadline, account: String, at: i64) {
@@ -181,6 +191,7 @@ fn on_change(watch: &mut Watch, change: &Transition) -> Option<Alert> {
     let event = event?;
     watch.alerted = event != AlertEvent::Recovered;
     Some(Alert {
+        id: None,
         account: change.account.clone(),
         event,
         reason,
@@ -208,6 +219,7 @@ fn deadline_near(deadline: Deadline, account: String, at: i64) -> Alert {
         ),
     };
     Alert {
+        id: None,
         reason,
         account,
         event,
@@ -223,6 +235,7 @@ fn on_tick(watch: &mut Watch, account: &str, threshold: u64) -> Option<Alert> {
     }
     watch.alerted = true;
     Some(Alert {
+        id: None,
         account: account.to_owned(),
         event: AlertEvent::Degraded,
         reason: format!(
@@ -390,13 +403,17 @@ async fn post_webhook(
     let Ok(body) = serde_json::to_vec(&alert) else {
         return false;
     };
-    let id = crate::crypto::random_bytes::<12>().map_or_else(
-        |_| format!("msg_{}_{}", alert.at, alert.account),
-        |bytes| {
-            let hex: String = bytes.expose().iter().map(|b| format!("{b:02x}")).collect();
-            format!("msg_{hex}")
-        },
-    );
+    let id = match alert.id {
+        // Every host that may deliver a fleet's alert names it alike.
+        Some(id) => format!("msg_fleet_{id}"),
+        None => crate::crypto::random_bytes::<12>().map_or_else(
+            |_| format!("msg_{}_{}", alert.at, alert.account),
+            |bytes| {
+                let hex: String = bytes.expose().iter().map(|b| format!("{b:02x}")).collect();
+                format!("msg_{hex}")
+            },
+        ),
+    };
     for attempt in 1..=WEBHOOK_ATTEMPTS {
         let timestamp = now_unix();
         let mut request = http

@@ -8,6 +8,7 @@ mod flight;
 mod http;
 mod metrics;
 mod notify;
+mod outbox;
 mod refresher;
 mod reloader;
 mod rotator;
@@ -93,6 +94,7 @@ pub async fn serve(
         refresh_token: config.alert.expiring_before_seconds,
         client_secret: config.alert.client_secret_expiring_before_seconds,
     };
+    let degraded_after = config.alert.degraded_after_seconds;
     let metrics = Arc::new(metrics::Metrics::default());
     let alerts = Alerts::start(
         config.alert,
@@ -117,6 +119,9 @@ pub async fn serve(
         tokio::spawn(refresher::run(tokens.clone(), settings.refresh_before)),
         tokio::spawn(validator::run(tokens.clone(), config.validation.schedule)),
     ];
+    if !local_duties {
+        duties.push(tokio::spawn(outbox::run(tokens.clone(), degraded_after)));
+    }
     if local_duties {
         duties.push(tokio::spawn(deadline_watch::run(
             tokens.clone(),

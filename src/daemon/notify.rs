@@ -11,6 +11,9 @@ pub struct Notifier {
     pub audit: Audit,
     pub alerts: Alerts,
     pub events: Events,
+    /// On a fleet, alerts come from the database's outbox (once per fleet), not from the
+    /// changes this daemon sees.
+    pub alerts_from_outbox: bool,
 }
 
 impl Notifier {
@@ -29,7 +32,9 @@ impl Notifier {
                 reason: transition.reason.clone(),
             },
         );
-        self.alerts.state_changed(transition);
+        if !self.alerts_from_outbox {
+            self.alerts.state_changed(transition);
+        }
     }
 
     /// The account's own key was rotated: an audit line and an event, with key ids only.

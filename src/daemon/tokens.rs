@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::alert::{AlertEvent, Alerts};
+use super::alert::{Alert, AlertEvent, Alerts};
 use super::audit::Audit;
 use super::events::Events;
 use super::flight::{self, Failure, Refreshed};
@@ -45,6 +45,7 @@ impl Tokens {
         settings: RefreshSettings,
         owner_uid: u32,
     ) -> Result<Tokens, Error> {
+        let alerts_from_outbox = store.fleet().is_some();
         let tokens = Tokens {
             data_version: Mutex::new(store.data_version()?),
             vault_id: store.vault_id()?,
@@ -55,6 +56,7 @@ impl Tokens {
                 audit,
                 alerts,
                 events: Events::default(),
+                alerts_from_outbox,
             },
             metrics,
             settings,
@@ -286,6 +288,57 @@ impl Tokens {
         }
     }
 
+    /// A fleet's alert outbox: writes the alerts for accounts degraded longer than
+    /// `degraded_after`, then delivers what no host is delivering through this daemon's sinks.
+    pub async fn deliver_outbox(&self, degraded_after: u64) {
+        let store = self.store.clone();
+        let claimed = blocking(move || {
+            let store = store.lock().map_err(|_| poisoned())?;
+            let fleet = store.fleet().ok_or_else(not_in_fleet)?;
+            fleet.alert_long_degraded(degraded_after)?;
+            Ok(fleet.claim_alerts()?)
+        })
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) if claimed.is_empty() => return,
+            Ok(claimed) => claimed,
+            Err(err) => {
+                crate::log::emit(
+                    crate::log::Level::Warning,
+                    "cannot read the fleet's alerts",
+                    &[("error", &err.to_string())],
+                );
+                return;
+            }
+        };
+        let ids: Vec<i64> = claimed.iter().map(|alert| alert.id).collect();
+        for alert in claimed {
+            self.notifier.alerts.deliver(Alert {
+                id: Some(alert.id),
+                account: alert.account,
+                event: alert.event,
+                reason: alert.reason,
+                at: alert.at,
+            });
+        }
+        let store = self.store.clone();
+        let marked = blocking(move || {
+            let store = store.lock().map_err(|_| poisoned())?;
+            Ok(store
+                .fleet()
+                .ok_or_else(not_in_fleet)?
+                .mark_delivered(ids)?)
+        })
+        .await;
+        if let Err(err) = marked {
+            crate::log::emit(
+                crate::log::Level::Warning,
+                "cannot mark the fleet's alerts delivered (another host may deliver them again)",
+                &[("error", &err.to_string())],
+            );
+        }
+    }
+
     /// How the metadata endpoint names an account: its service-account email, else its name.
     /// `None` when there is no such account. Reads the store; for start-up, not the hot path.
     pub fn service_account_email(&self, name: &str) -> Option<String> {
@@ -408,7 +461,7 @@ fn local_mut(store: &mut AnyStore) -> Result<&mut Store, Error> {
 }
 
 fn not_in_fleet() -> Error {
-    Error::Internal("a duty of the embedded vault ran on a fleet".into())
+    Error::Internal("a duty of one kind of vault ran on the other".into())
 }
 
 fn poisoned() -> Error {

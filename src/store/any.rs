@@ -38,6 +38,14 @@ impl AnyStore {
         }
     }
 
+    /// The fleet's store, for what only a fleet does (its alert outbox).
+    pub fn fleet(&self) -> Option<&PgStore> {
+        match self {
+            AnyStore::Local(_) => None,
+            AnyStore::Fleet(store) => Some(store),
+        }
+    }
+
     pub fn local_mut(&mut self) -> Option<&mut Store> {
         match self {
             AnyStore::Local(store) => Some(store),

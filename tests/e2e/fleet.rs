@@ -487,3 +487,68 @@ fn a_provider_outage_makes_the_whole_fleet_back_off_once() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(fake.newest_grant().unwrap().2);
 }
+
+#[test]
+fn a_dead_grant_is_alerted_once_by_the_whole_fleet() {
+    use crate::support::daemon::Daemon;
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 0;
+    });
+    let first = fleet_with_mail(&fake, &pg);
+    let second = TestVault::new(Some(&fake));
+    enroll_second_host(&first, &second, &pg);
+    // Both hosts' alert commands append to one file, and both post to one webhook.
+    let alerts = first.root.path().join("fleet-alerts.log");
+    for vault in [&first, &second] {
+        std::fs::write(
+            vault.dir.join("config.toml"),
+            format!(
+                "[alert]\ncommand = \"printf '%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" >> {}\"\nwebhook = \"{}/webhook\"\ndesktop = false\n",
+                alerts.display(),
+                fake.base
+            ),
+        )
+        .unwrap();
+    }
+    let serve = |vault: &TestVault, host: &str| {
+        let mut command = fleet_command(vault, &pg, host, &["serve"]);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Daemon::spawn(command, vault)
+    };
+    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    fake.revoke_all();
+    for _ in 0..5 {
+        for daemon in &daemons {
+            let answer = daemon.get("/v1/token/mail?min_valid=1");
+            assert_ne!(answer.status, 200, "{}", answer.body);
+        }
+    }
+    let dead = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|line| line.as_str() == "mail|reauth_required")
+            .count()
+    };
+    assert!(
+        crate::support::eventually(std::time::Duration::from_secs(10), || {
+            dead(&crate::support::alert_lines(&alerts)) == 1
+        }),
+        "{:?}",
+        crate::support::alert_lines(&alerts)
+    );
+    // Both daemons look at the outbox every second: give a duplicate time to show.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(dead(&crate::support::alert_lines(&alerts)), 1);
+    let hooks: Vec<_> = fake
+        .webhooks()
+        .into_iter()
+        .filter(|hook| hook["event"] == "reauth_required")
+        .collect();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert!(hooks[0]["id"].as_i64().is_some(), "{hooks:?}");
+}

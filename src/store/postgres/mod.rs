@@ -13,6 +13,7 @@
 //! synchronous `RefreshStore` seam from inside the CLI's or the daemon's async runtime.
 
 mod hosts;
+mod outbox;
 
 pub use hosts::FleetStatus;
 
@@ -49,6 +50,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/002_joins.sql"),
     include_str!("../../../schema/postgres/003_validation_firings.sql"),
     include_str!("../../../schema/postgres/004_fleet_backoff.sql"),
+    include_str!("../../../schema/postgres/005_alert_outbox.sql"),
 ];
 
 /// A job for the database thread.
@@ -879,7 +881,8 @@ impl PgStore {
             let attempt = self.db.run(move |client| {
                 let mut tx = client.transaction()?;
                 let fenced = tx.query_opt(
-                    "SELECT state FROM accounts WHERE id = $1 AND generation = $2 AND lease_id = $3
+                    "SELECT state, alerted FROM accounts
+                     WHERE id = $1 AND generation = $2 AND lease_id = $3
                      FOR UPDATE",
                     &[&id, &generation, &lease_id],
                 )?;
@@ -897,7 +900,7 @@ impl PgStore {
                         Err(StoreError::Superseded(name))
                     };
                 };
-                let previous: String = row.get(0);
+                let (previous, alerted): (String, bool) = (row.get(0), row.get(1));
                 tx.execute(
                     "UPDATE accounts SET generation = generation + 1, committed_lease_id = lease_id,
                          lease_id = NULL, lease_holder = NULL, lease_until = NULL,
@@ -909,6 +912,15 @@ impl PgStore {
                 if previous != state.as_str() {
                     log_event(&mut tx, &host, &name, state.as_str(), reason.as_deref())?;
                 }
+                let changed = previous != state.as_str();
+                outbox::on_change(
+                    &mut tx,
+                    id,
+                    &name,
+                    (state, changed),
+                    reason.as_deref(),
+                    alerted,
+                )?;
                 tx.commit()?;
                 Ok(Some(previous))
             });
