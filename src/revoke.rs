@@ -6,7 +6,7 @@ use crate::account::{Account, GrantKind, SecretKind};
 use crate::error::Error;
 use crate::oauth::token;
 use crate::refresh::stored_client;
-use crate::store::Store;
+use crate::store::RefreshStore;
 
 /// What happened upstream when an account was removed.
 pub enum Revocation {
@@ -22,8 +22,8 @@ pub enum Revocation {
 }
 
 /// Asks the provider to revoke `account`'s refresh token.
-pub async fn revoke_grant(
-    store: &Store,
+pub async fn revoke_grant<S: RefreshStore>(
+    store: &S,
     account: &Account,
     http: &reqwest::Client,
 ) -> Result<Revocation, Error> {

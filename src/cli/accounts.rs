@@ -374,8 +374,9 @@ fn print_details(account: &Account, status: &Status<'_>, rotating: bool) {
 /// A failed revocation is reported; the local removal happens all the same.
 pub(super) fn remove(context: &Context, name: &str, keep_grant: bool) -> Result<(), Error> {
     use crate::revoke::{Revocation, revoke_grant};
-    let mut store = context.open()?;
-    let _lock = store.lock_account(name)?;
+    let mut store = context.open_any()?;
+    // No refresh of it may be under way, on this host or (a fleet's lease) any other.
+    let _guard = crate::store::RefreshStore::guard_refresh(&store, name)?;
     let account = store.account(name)?;
     let upstream = if keep_grant {
         "The grant was kept at the provider (--keep-grant).".to_owned()

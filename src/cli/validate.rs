@@ -34,7 +34,7 @@ const MIN_ROTATION_AGE: u64 = 24 * 3600;
 
 /// Proves accounts' credentials now with a live refresh, and prints each result.
 pub(super) fn validate(context: &Context, args: ValidateArgs) -> Result<(), Error> {
-    let mut store = context.open()?;
+    let mut store = context.open_any()?;
     let names = match args.name {
         Some(name) => vec![store.account(&name)?.name],
         None => store
@@ -109,12 +109,15 @@ pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Erro
         Some("off") => Some(None),
         Some(text) => Some(Some(rotation_age(text)?)),
     };
-    let mut store = context.open()?;
+    let mut store = context.open_any()?;
     if let Some(every) = rotate_every {
+        let local = store.local_mut().ok_or_else(|| {
+            Error::Input("key rotation does not work on a fleet vault yet".into())
+        })?;
         if every.is_some() {
-            crate::rotation::check_supported(&store, &args.name)?;
+            crate::rotation::check_supported(local, &args.name)?;
         }
-        store.set_rotate_every(&args.name, every.map(|seconds| seconds as i64))?;
+        local.set_rotate_every(&args.name, every.map(|seconds| seconds as i64))?;
         match every {
             Some(seconds) => println!(
                 "The daemon (vault serve) rotates the key of {} when it is {} old.",
@@ -127,8 +130,8 @@ pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Erro
             ),
         }
     }
+    store.set_schedule(&args.name, cron, refresh_before)?;
     if let Some(cron) = cron {
-        store.set_validation_schedule(&args.name, cron)?;
         match cron {
             Some(text) => println!("{} is validated on the schedule \"{text}\".", args.name),
             None => println!(
@@ -138,7 +141,6 @@ pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Erro
         }
     }
     if let Some(seconds) = refresh_before {
-        store.set_refresh_before(&args.name, seconds)?;
         match seconds {
             Some(seconds) => println!(
                 "{} is refreshed {seconds} s before expiry (at most half its lifetime).",

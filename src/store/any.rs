@@ -129,6 +129,35 @@ impl AnyStore {
         }
     }
 
+    pub fn remove_account(&mut self, name: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.remove_account(name),
+            AnyStore::Fleet(store) => store.remove_account(name),
+        }
+    }
+
+    /// Sets (or, with `Some(None)`, clears) an account's own validation schedule and
+    /// refresh-ahead margin; `None` leaves one as it is.
+    pub fn set_schedule(
+        &mut self,
+        name: &str,
+        schedule: Option<Option<&str>>,
+        refresh_before: Option<Option<u64>>,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => {
+                if let Some(schedule) = schedule {
+                    store.set_validation_schedule(name, schedule)?;
+                }
+                if let Some(seconds) = refresh_before {
+                    store.set_refresh_before(name, seconds)?;
+                }
+                Ok(())
+            }
+            AnyStore::Fleet(store) => store.set_schedule(name, schedule, refresh_before),
+        }
+    }
+
     pub fn insert_account(&mut self, new: &NewAccount<'_>) -> Result<(), StoreError> {
         match self {
             AnyStore::Local(store) => store.insert_accounts(std::slice::from_ref(new)),

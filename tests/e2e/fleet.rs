@@ -126,7 +126,7 @@ fn fleet_mode_refuses_what_it_cannot_do_yet_and_unknown_hosts() {
     let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = fleet_with_mail(&fake, &pg);
     // A command fleet mode does not run yet never falls back to a local vault.
-    fleet_run(&vault, &pg, &["validate", "mail"])
+    fleet_run(&vault, &pg, &["grant", "mail", "--uid", "nobody"])
         .fails_with(1, "does not work on a fleet vault yet");
     // The database down: a clear error with its own exit code, and nothing refreshed; back up,
     // the same command works without anything restarted.
@@ -551,4 +551,64 @@ fn a_dead_grant_is_alerted_once_by_the_whole_fleet() {
         .collect();
     assert_eq!(hooks.len(), 1, "{hooks:?}");
     assert!(hooks[0]["id"].as_i64().is_some(), "{hooks:?}");
+}
+
+#[test]
+fn validate_schedule_and_remove_work_on_a_fleet() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = fleet_with_mail(&fake, &pg);
+    let refreshes = fake.counters(|c| c.refresh_grants);
+    let validated = fleet_run(&vault, &pg, &["validate", "mail"]);
+    assert!(
+        validated.ok().stdout.contains("mail: ok"),
+        "{}",
+        validated.stdout
+    );
+    assert_eq!(fake.counters(|c| c.refresh_grants), refreshes + 1);
+    fleet_run(
+        &vault,
+        &pg,
+        &[
+            "schedule",
+            "mail",
+            "0 0 */6 * * *",
+            "--refresh-before",
+            "300",
+        ],
+    )
+    .ok();
+    let status = fleet_run(&vault, &pg, &["status", "mail"]);
+    assert!(
+        status.ok().stdout.contains("0 0 */6 * * *"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("300 s before expiry"),
+        "{}",
+        status.stdout
+    );
+    fleet_run(&vault, &pg, &["schedule", "mail", "--rotate-every", "90d"])
+        .fails_with(1, "does not work on a fleet vault yet");
+    // Removed on every host, its secrets gone (the built-in provider has no revocation
+    // endpoint, which the command says).
+    let removed = fleet_run(&vault, &pg, &["remove", "mail"]);
+    assert!(
+        removed.ok().stdout.contains("Removed account mail"),
+        "{}",
+        removed.stdout
+    );
+    let list = fleet_run(&vault, &pg, &["list"]);
+    assert!(
+        list.ok().stdout.contains("No accounts yet"),
+        "{}",
+        list.stdout
+    );
+    let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let secrets: i64 = client
+        .query_one("SELECT count(*) FROM secrets", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(secrets, 0);
 }

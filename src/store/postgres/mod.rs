@@ -480,6 +480,52 @@ impl PgStore {
         })
     }
 
+    /// Deletes account `name` with its secrets.
+    pub fn remove_account(&mut self, name: &str) -> Result<(), StoreError> {
+        let (name, host) = (name.to_owned(), self.host.clone());
+        self.db.run(move |client| {
+            let mut tx = client.transaction()?;
+            if tx.execute("DELETE FROM accounts WHERE name = $1", &[&name])? == 0 {
+                return Err(StoreError::NoSuchAccount(name));
+            }
+            log_event(&mut tx, &host, &name, "removed", None)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Sets (or clears) account `name`'s own validation schedule and refresh-ahead margin;
+    /// `None` leaves one as it is.
+    pub fn set_schedule(
+        &mut self,
+        name: &str,
+        schedule: Option<Option<&str>>,
+        refresh_before: Option<Option<u64>>,
+    ) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        let schedule = schedule.map(|cron| cron.map(str::to_owned));
+        let before = refresh_before.map(|seconds| seconds.map(|s| s.min(i64::MAX as u64) as i64));
+        self.db.run(move |client| {
+            let changed = client.execute(
+                "UPDATE accounts SET
+                     validation_schedule = CASE WHEN $2 THEN $3 ELSE validation_schedule END,
+                     refresh_before = CASE WHEN $4 THEN $5 ELSE refresh_before END
+                 WHERE name = $1",
+                &[
+                    &name,
+                    &schedule.is_some(),
+                    &schedule.flatten(),
+                    &before.is_some(),
+                    &before.flatten(),
+                ],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NoSuchAccount(name));
+            }
+            Ok(())
+        })
+    }
+
     /// Takes the validation of account `name` at firing `firing` for this host; false when
     /// another host took it (every host computes the same firing).
     pub fn claim_validation(&self, name: &str, firing: i64) -> Result<bool, StoreError> {
