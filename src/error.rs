@@ -171,7 +171,9 @@ impl Error {
             | Error::Store(StoreError::WrongMasterKey(_)) => Problem::MasterKey,
             Error::Store(StoreError::NoSuchAccount(_)) => Problem::UnknownAccount,
             Error::Store(StoreError::Superseded(_)) => Problem::Superseded,
-            Error::Store(StoreError::Paused { .. }) => Problem::UpstreamUnavailable,
+            Error::Store(StoreError::Paused { .. } | StoreError::LeaseHeld(_)) => {
+                Problem::UpstreamUnavailable
+            }
             Error::Store(StoreError::Database(_) | StoreError::DatabaseLost(_)) => {
                 Problem::StoreUnavailable
             }

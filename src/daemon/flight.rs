@@ -133,9 +133,15 @@ impl LastRefresh {
     /// anything else ends the pause.
     fn back_off_after(&mut self, result: &Refreshed, max_backoff: u64) {
         // The fleet paused the account after another host's failure: wait exactly that long;
-        // this daemon has not failed, so its own backoff does not grow.
-        if let Err(Error::Store(StoreError::Paused { seconds, .. })) = result {
-            let seconds = i64::try_from(*seconds).unwrap_or(i64::MAX);
+        // another host holds the lease: look again in a second. This daemon has not failed,
+        // so its own backoff does not grow.
+        let fleet_wait = match result {
+            Err(Error::Store(StoreError::Paused { seconds, .. })) => Some(*seconds),
+            Err(Error::Store(StoreError::LeaseHeld(_))) => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = fleet_wait {
+            let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
             self.pause_until = now_unix().saturating_add(seconds);
             return;
         }

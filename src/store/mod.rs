@@ -115,6 +115,10 @@ pub enum StoreError {
         "no valid access token for account {account:?} right now: the provider failed on a host of the fleet, which waits {seconds} s before it calls it again. Try again later"
     )]
     Paused { account: String, seconds: u64 },
+    #[error(
+        "account {0:?} is being refreshed by another host of the fleet (or was, by one that stopped: its lease runs out within a minute). Try again in a moment"
+    )]
+    LeaseHeld(String),
     #[error("the fleet database holds no tokenvault fleet. Create one with: vault fleet init")]
     NotAFleet,
     #[error(

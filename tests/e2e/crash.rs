@@ -34,9 +34,12 @@ fn kill_during_rotation(kills: usize) -> usize {
                 let (socket, stop) = (daemon.socket.clone(), stop.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed)
-                        && try_get(&socket, "/v1/token/rotating?min_valid=0").is_some()
-                    {
-                    }
+                        && crate::support::daemon::try_get(
+                            &socket,
+                            "/v1/token/rotating?min_valid=0",
+                        )
+                        .is_some()
+                    {}
                 })
             })
             .collect();
@@ -82,19 +85,6 @@ fn kill_during_rotation(kills: usize) -> usize {
 }
 
 /// A status, or `None` when the daemon went away mid-request.
-fn try_get(socket: &std::path::Path, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    crate::support::daemon::parse(&raw).map(|answer| answer.status)
-}
-
 fn random_u32() -> u32 {
     let mut bytes = [0u8; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();

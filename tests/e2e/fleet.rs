@@ -612,3 +612,150 @@ fn validate_schedule_and_remove_work_on_a_fleet() {
         .get(0);
     assert_eq!(secrets, 0);
 }
+
+/// Five daemons (their own directories, sockets and master keys) serving `mail` from one
+/// fleet, with askers on every one; returns them with their vaults.
+fn five_daemons(
+    fake: &FakeOAuth,
+    pg: &Postgres,
+) -> (Vec<TestVault>, Vec<crate::support::daemon::Daemon>) {
+    let mut vaults = vec![fleet_with_mail(fake, pg)];
+    for n in 1..5 {
+        let vault = TestVault::new(Some(fake));
+        let host = format!("host-{n}");
+        let (joining, fingerprint) = start_join(&vault, pg, &host);
+        fleet_run(
+            &vaults[0],
+            pg,
+            &["fleet", "admit", &host, "--fingerprint", &fingerprint],
+        )
+        .ok();
+        assert!(joining.wait_with_output().unwrap().status.success());
+        vaults.push(vault);
+    }
+    let daemons = vaults
+        .iter()
+        .enumerate()
+        .map(|(n, vault)| serve_fleet(vault, pg, n))
+        .collect();
+    (vaults, daemons)
+}
+
+fn host_name(n: usize) -> String {
+    if n == 0 {
+        "host-a".into()
+    } else {
+        format!("host-{n}")
+    }
+}
+
+fn serve_fleet(vault: &TestVault, pg: &Postgres, n: usize) -> crate::support::daemon::Daemon {
+    let mut command = fleet_command(vault, pg, &host_name(n), &["serve"]);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    crate::support::daemon::Daemon::spawn(command, vault)
+}
+
+/// Asks every socket for `mail` until `stop`; every 200 answer must be a token the provider
+/// issued. Returns how many tokens were served.
+fn ask_all(
+    fake: &FakeOAuth,
+    sockets: Vec<std::path::PathBuf>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let fake = fake.clone();
+    std::thread::spawn(move || {
+        let mut served = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for socket in &sockets {
+                // A daemon killed a moment ago does not answer.
+                let Some(answer) =
+                    crate::support::daemon::try_get(socket, "/v1/token/mail?min_valid=1")
+                else {
+                    continue;
+                };
+                if answer.status == 200 {
+                    let token = answer.json()["access_token"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned();
+                    assert!(fake.is_access_token(&token), "an invented token was served");
+                    served += 1;
+                }
+            }
+        }
+        served
+    })
+}
+
+#[test]
+fn five_daemons_killed_at_random_keep_one_linear_rotation_chain() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    // Rotating on every refresh, with Okta's default reuse leeway: a refresh token orphaned by
+    // a daemon killed while its request was in flight is accepted once more within 30 s.
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 1;
+        b.reuse_grace = Some(std::time::Duration::from_secs(30));
+    });
+    let (vaults, mut daemons) = five_daemons(&fake, &pg);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sockets = daemons.iter().map(|daemon| daemon.socket.clone()).collect();
+    let asker = ask_all(&fake, sockets, stop.clone());
+    for round in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let n = (round * 3 + 1) % daemons.len();
+        crate::support::daemon::signal(&daemons[n].child, rustix::process::Signal::KILL);
+        let _ = daemons[n].child.wait();
+        daemons[n] = serve_fleet(&vaults[n], &pg, n);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = asker.join().unwrap();
+    drop(daemons);
+    assert!(served > 20, "only {served} tokens served");
+    // One chain: the grant is alive and the fleet holds its newest refresh token (a kill during
+    // a commit's last moment leaves the one before it, which the grace still takes).
+    let (current, previous, alive) = fake.newest_grant().unwrap();
+    assert!(
+        alive,
+        "the grant died: a refresh token was presented outside the chain"
+    );
+    let stored = stored_refresh_token(&vaults[0], &pg);
+    assert!(
+        stored == current || Some(&stored) == previous.as_ref(),
+        "the fleet holds a refresh token that is neither the newest nor the one before"
+    );
+}
+
+#[test]
+fn negative_control_five_copies_of_one_vault_kill_the_grant() {
+    use crate::support::add_with_browser;
+    // The same checks against what users do without fleet mode: five hosts, each with its own
+    // copy of one vault (one refresh token), refreshing on their own.
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 1;
+    });
+    let original = TestVault::new(Some(&fake));
+    add_with_browser(&original, &fake, "mail").ok();
+    let copies: Vec<TestVault> = (0..5).map(|_| original.copy()).collect();
+    let daemons: Vec<_> = copies
+        .iter()
+        .map(|vault| crate::support::daemon::Daemon::start(vault, &[]))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sockets = daemons.iter().map(|daemon| daemon.socket.clone()).collect();
+    let asker = ask_all(&fake, sockets, stop.clone());
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    asker.join().unwrap();
+    drop(daemons);
+    let (_, _, alive) = fake.newest_grant().unwrap();
+    assert!(
+        !alive,
+        "five copies of one refresh token rotating on their own must kill the grant — else the fleet test's check could not fail"
+    );
+}

@@ -41,6 +41,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a commit whose connection broke is tried again (within the lease), and how often.
 const COMMIT_BUDGET: Duration = Duration::from_secs(20);
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
+/// How long a refresh waits for another host's lease before saying so (a refresh takes well
+/// under a second; a lease whose holder died runs out after `LEASE`).
+const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// How often a host waiting for another's lease looks again.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
@@ -778,9 +781,9 @@ impl super::RefreshStore for PgStore {
     }
 
     /// Takes the account's lease once it is free or expired (the database's clock decides),
-    /// waiting for another host's refresh meanwhile.
+    /// waiting up to `LEASE_WAIT` for another host's refresh.
     fn guard_refresh(&self, name: &str) -> Result<Lease, StoreError> {
-        let give_up = boottime() + LEASE + LEASE_POLL;
+        let give_up = boottime() + LEASE_WAIT;
         loop {
             let (owner, host) = (name.to_owned(), self.host.clone());
             let seconds = LEASE.as_secs_f64();
@@ -822,9 +825,9 @@ impl super::RefreshStore for PgStore {
                 });
             }
             if boottime() > give_up {
-                return Err(StoreError::Database(format!(
-                    "the refresh lease of account {name:?} stayed taken longer than a lease lasts"
-                )));
+                // A refresh takes a moment; longer, the holder may have died, and its lease
+                // runs out on its own. Callers get the cached token or a quick "try again".
+                return Err(StoreError::LeaseHeld(name.to_owned()));
             }
             std::thread::sleep(LEASE_POLL);
         }

@@ -86,6 +86,19 @@ impl Answer {
 }
 
 /// One request on a fresh connection.
+/// `get`, for a daemon that may be killed mid-request: `None` when it went away.
+pub fn try_get(socket: &Path, path: &str) -> Option<Answer> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    parse(&raw)
+}
+
 pub fn get(socket: &Path, path: &str) -> Answer {
     let mut stream = UnixStream::connect(socket).expect("connect to the daemon");
     stream

@@ -100,6 +100,23 @@ impl TestVault {
         vault
     }
 
+    /// Another machine holding a copy of this vault (the same master key, the directory copied
+    /// byte for byte): what users do when they copy a refresh token around.
+    pub fn copy(&self) -> TestVault {
+        let copy = TestVault {
+            master_key: self.master_key.clone(),
+            ..Self::uninitialized(self.fake.as_ref())
+        };
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.dir)
+            .arg(&copy.dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        copy
+    }
+
     pub fn uninitialized(fake: Option<&FakeOAuth>) -> TestVault {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("vault");
