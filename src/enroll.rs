@@ -11,7 +11,7 @@ use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, ClientAuth, OAuthError, TokenGrant, authcode, device, token};
 use crate::refresh::{self, AccessToken};
 use crate::secret::SecretString;
-use crate::store::{AnyStore, Store, StoreError};
+use crate::store::{AnyStore, StoreError};
 
 /// The credentials of a new account and how they are proven.
 pub enum NewCredentials {
@@ -278,7 +278,7 @@ async fn prove_service_account(
 /// refresh token; the account returns to `active`. A grant of another user than the one
 /// recorded is refused (and revoked where the provider allows) unless `allow_other_identity`.
 pub async fn login(
-    store: &mut Store,
+    store: &mut AnyStore,
     http: &reqwest::Client,
     name: &str,
     options: BrowserOptions,

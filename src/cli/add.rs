@@ -133,7 +133,7 @@ pub(super) fn run_add(context: &Context, args: AddArgs) -> Result<(), Error> {
 }
 
 pub(super) fn run_login(context: &Context, args: LoginArgs) -> Result<(), Error> {
-    let mut store = context.open()?;
+    let mut store = context.open_any()?;
     let http = token::http_client();
     let token = block_on(enroll::login(
         &mut store,

@@ -129,6 +129,29 @@ impl AnyStore {
         }
     }
 
+    pub fn set_identity(
+        &mut self,
+        account: &Account,
+        identity: Option<&crate::oauth::identity::Identity>,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.set_identity(account, identity),
+            AnyStore::Fleet(store) => store.set_identity(account, identity),
+        }
+    }
+
+    /// Replaces the account's grant with a new authorization's tokens (`vault login`).
+    pub fn replace_grant(
+        &mut self,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<Option<Transition>, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.replace_grant(account, update),
+            AnyStore::Fleet(store) => store.replace_grant(account, update),
+        }
+    }
+
     pub fn remove_account(&mut self, name: &str) -> Result<(), StoreError> {
         match self {
             AnyStore::Local(store) => store.remove_account(name),

@@ -489,7 +489,7 @@ fn a_provider_outage_makes_the_whole_fleet_back_off_once() {
 }
 
 #[test]
-fn a_dead_grant_is_alerted_once_by_the_whole_fleet() {
+fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
     use crate::support::daemon::Daemon;
     let pg = Postgres::start();
     let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
@@ -551,6 +551,31 @@ fn a_dead_grant_is_alerted_once_by_the_whole_fleet() {
         .collect();
     assert_eq!(hooks.len(), 1, "{hooks:?}");
     assert!(hooks[0]["id"].as_i64().is_some(), "{hooks:?}");
+
+    // `vault login` on one host brings the account back for all: one "recovered", and both
+    // daemons serve tokens again.
+    fleet_run(&first, &pg, &["login", "mail", "--timeout", "30"]).ok();
+    let recovered = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|line| line.as_str() == "mail|recovered")
+            .count()
+    };
+    assert!(
+        crate::support::eventually(std::time::Duration::from_secs(10), || {
+            recovered(&crate::support::alert_lines(&alerts)) == 1
+        }),
+        "{:?}",
+        crate::support::alert_lines(&alerts)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(recovered(&crate::support::alert_lines(&alerts)), 1);
+    for daemon in &daemons {
+        assert!(crate::support::eventually(
+            std::time::Duration::from_secs(10),
+            || daemon.get("/v1/token/mail?min_valid=1").status == 200
+        ));
+    }
 }
 
 #[test]

@@ -483,6 +483,36 @@ impl PgStore {
         })
     }
 
+    /// Records whose grant the account holds (a login by another, allowed, user), with its
+    /// settings signed anew.
+    pub fn set_identity(
+        &mut self,
+        account: &Account,
+        identity: Option<&crate::oauth::identity::Identity>,
+    ) -> Result<(), StoreError> {
+        let mut config = account.config.clone();
+        if let crate::account::Grant::RefreshToken { identity: held, .. } = &mut config.grant {
+            *held = identity.cloned();
+        }
+        let config_json = serde_json::to_string(&config)
+            .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))?;
+        let tag =
+            self.settings_key
+                .sign(&settings_message(account.id, &account.name, &config_json));
+        let (id, name, host) = (account.id, account.name.clone(), self.host.clone());
+        let shown = identity.map(|identity| identity.shown().to_owned());
+        self.db.run(move |client| {
+            let mut tx = client.transaction()?;
+            tx.execute(
+                "UPDATE accounts SET config = $2, config_mac = $3 WHERE id = $1",
+                &[&id, &config_json, &tag],
+            )?;
+            log_event(&mut tx, &host, &name, "identity", shown.as_deref())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Deletes account `name` with its secrets.
     pub fn remove_account(&mut self, name: &str) -> Result<(), StoreError> {
         let (name, host) = (name.to_owned(), self.host.clone());
@@ -839,6 +869,54 @@ impl super::RefreshStore for PgStore {
         account: &Account,
         update: &TokenUpdate<'_>,
     ) -> Result<Option<Transition>, StoreError> {
+        self.commit_tokens(Some(lease), account, update)
+    }
+
+    /// A passing failure also pauses the account for the whole fleet: exponential from 5 s
+    /// (capped at an hour), at least the provider's `Retry-After`.
+    fn commit_failure(
+        &mut self,
+        lease: &Lease,
+        account: &Account,
+        failure: &Failure<'_>,
+    ) -> Result<Option<Transition>, StoreError> {
+        let id = account.id;
+        let passing = failure.state == AccountState::Degraded;
+        let retry_after = failure.retry_after.unwrap_or(0) as f64;
+        let reason = Some(failure.reason);
+        self.fenced_commit(Some(lease), account, failure.state, reason, move |tx, _| {
+            if passing {
+                tx.execute(
+                    "UPDATE accounts SET failures = failures + 1,
+                         pause_until = clock_timestamp() + make_interval(secs =>
+                             GREATEST($2, LEAST(3600, 5 * power(2, LEAST(failures, 20)))))
+                     WHERE id = $1",
+                    &[&id, &retry_after],
+                )?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl PgStore {
+    /// Replaces the account's grant with a new authorization's tokens (`vault login`): it wins
+    /// over a refresh in flight on any host, whose commit then finds the generation moved.
+    pub fn replace_grant(
+        &mut self,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<Option<Transition>, StoreError> {
+        self.commit_tokens(None, account, update)
+    }
+
+    /// Records tokens: sealed, the account active, its failures and pause cleared.
+    fn commit_tokens(
+        &mut self,
+        lease: Option<&Lease>,
+        account: &Account,
+        update: &TokenUpdate<'_>,
+    ) -> Result<Option<Transition>, StoreError> {
         let mut sealed =
             vec![self.seal(account.id, SecretKind::AccessToken, update.access_token)?];
         if let Some(refresh) = update.new_refresh_token {
@@ -872,40 +950,13 @@ impl super::RefreshStore for PgStore {
         })
     }
 
-    /// A passing failure also pauses the account for the whole fleet: exponential from 5 s
-    /// (capped at an hour), at least the provider's `Retry-After`.
-    fn commit_failure(
-        &mut self,
-        lease: &Lease,
-        account: &Account,
-        failure: &Failure<'_>,
-    ) -> Result<Option<Transition>, StoreError> {
-        let id = account.id;
-        let passing = failure.state == AccountState::Degraded;
-        let retry_after = failure.retry_after.unwrap_or(0) as f64;
-        let reason = Some(failure.reason);
-        self.fenced_commit(lease, account, failure.state, reason, move |tx, _| {
-            if passing {
-                tx.execute(
-                    "UPDATE accounts SET failures = failures + 1,
-                         pause_until = clock_timestamp() + make_interval(secs =>
-                             GREATEST($2, LEAST(3600, 5 * power(2, LEAST(failures, 20)))))
-                     WHERE id = $1",
-                    &[&id, &retry_after],
-                )?;
-            }
-            Ok(())
-        })
-    }
-}
-
-impl PgStore {
     /// One transaction, applied only while the account's generation and lease are the ones
-    /// `lease` took: the generation advances, the lease is cleared and recorded as committed,
-    /// the state set (a change logged), and `apply` writes the rest.
+    /// `lease` took (with no lease: whatever was in flight): the generation advances, the lease
+    /// is cleared and recorded as committed, the state set (a change logged, its alert written),
+    /// and `apply` writes the rest.
     fn fenced_commit(
         &mut self,
-        lease: &Lease,
+        lease: Option<&Lease>,
         account: &Account,
         state: AccountState,
         reason: Option<&str>,
@@ -914,7 +965,8 @@ impl PgStore {
         + Sync
         + 'static,
     ) -> Result<Option<Transition>, StoreError> {
-        let (id, generation, lease_id) = (account.id, account.generation, lease.lease_id);
+        let (id, generation) = (account.id, account.generation);
+        let lease_id = lease.map(|lease| lease.lease_id);
         let (name, host) = (account.name.clone(), self.host.clone());
         let reason = reason.map(str::to_owned);
         let stated = reason.clone();
@@ -929,12 +981,18 @@ impl PgStore {
                 (name.clone(), host.clone(), reason.clone(), apply.clone());
             let attempt = self.db.run(move |client| {
                 let mut tx = client.transaction()?;
-                let fenced = tx.query_opt(
-                    "SELECT state, alerted FROM accounts
-                     WHERE id = $1 AND generation = $2 AND lease_id = $3
-                     FOR UPDATE",
-                    &[&id, &generation, &lease_id],
-                )?;
+                let fenced = match lease_id {
+                    Some(lease_id) => tx.query_opt(
+                        "SELECT state, alerted FROM accounts
+                         WHERE id = $1 AND generation = $2 AND lease_id = $3
+                         FOR UPDATE",
+                        &[&id, &generation, &lease_id],
+                    )?,
+                    None => tx.query_opt(
+                        "SELECT state, alerted FROM accounts WHERE id = $1 FOR UPDATE",
+                        &[&id],
+                    )?,
+                };
                 let Some(row) = fenced else {
                     let landed: bool = tx
                         .query_opt(
