@@ -11,7 +11,7 @@ use crate::account::{AccountConfig, SecretKind};
 use crate::crypto::{self, KEY_LEN, Key};
 use crate::error::Error;
 use crate::secret::{Secret, SecretString};
-use crate::store::{NewAccount, Store, StoreError, TokenUpdate};
+use crate::store::{AnyStore, NewAccount, RefreshStore, StoreError, TokenUpdate};
 
 const FORMAT: &str = "tokenvault-export";
 const ITERATIONS: u32 = 600_000;
@@ -129,8 +129,8 @@ fn derive(passphrase: &SecretString, salt: &[u8], iterations: u32) -> Result<Key
     Ok(Key::from_bytes(&bytes))
 }
 
-/// The archive's bytes for every account of `store`.
-pub fn export(store: &Store, passphrase: &SecretString) -> Result<(Vec<u8>, usize), Error> {
+/// Every account of `store` with its secrets, in memory.
+fn collect(store: &AnyStore) -> Result<Payload, Error> {
     let mut accounts = Vec::new();
     for account in store.accounts()? {
         let mut secrets = Vec::new();
@@ -152,8 +152,18 @@ pub fn export(store: &Store, passphrase: &SecretString) -> Result<(Vec<u8>, usiz
             secrets,
         });
     }
-    let count = accounts.len();
-    let payload = Payload { accounts };
+    Ok(Payload { accounts })
+}
+
+/// Copies every account of `from` into `to` (a vault moving into a fleet): all, or none.
+pub fn copy_accounts(from: &AnyStore, to: &mut AnyStore) -> Result<Vec<String>, Error> {
+    store_payload(to, &collect(from)?)
+}
+
+/// The archive's bytes for every account of `store`.
+pub fn export(store: &AnyStore, passphrase: &SecretString) -> Result<(Vec<u8>, usize), Error> {
+    let payload = collect(store)?;
+    let count = payload.accounts.len();
     let plain =
         Secret::new(serde_json::to_vec(&payload).map_err(|err| Error::Internal(err.to_string()))?);
     drop(payload);
@@ -176,7 +186,7 @@ pub fn export(store: &Store, passphrase: &SecretString) -> Result<(Vec<u8>, usiz
 
 /// Adds the archive's accounts to `store`: all of them, or none when a name is taken.
 pub fn import(
-    store: &mut Store,
+    store: &mut AnyStore,
     bytes: &[u8],
     passphrase: &SecretString,
 ) -> Result<Vec<String>, Error> {
@@ -199,7 +209,12 @@ pub fn import(
             )
         })?;
     let payload: Payload = serde_json::from_slice(plain.expose()).map_err(|_| damaged())?;
-    check_payload(&payload)?;
+    store_payload(store, &payload)
+}
+
+/// Adds `payload`'s accounts to `store`: all of them, or none when a name is taken.
+fn store_payload(store: &mut AnyStore, payload: &Payload) -> Result<Vec<String>, Error> {
+    check_payload(payload)?;
     let taken: Vec<&str> = payload
         .accounts
         .iter()
@@ -271,12 +286,13 @@ pub fn import(
 mod tests {
     use super::*;
     use crate::keys::KeySource;
+    use crate::store::Store;
 
-    fn scratch_store() -> (tempfile::TempDir, Store) {
+    fn scratch_store() -> (tempfile::TempDir, AnyStore) {
         let root = tempfile::tempdir().unwrap();
         let key = KeySource::File(root.path().join("master.key"));
         let store = Store::init(&root.path().join("vault"), key, None).unwrap();
-        (root, store)
+        (root, AnyStore::Local(store))
     }
 
     fn passphrase() -> SecretString {

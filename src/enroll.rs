@@ -108,7 +108,7 @@ pub async fn add_account(
         .map(|(kind, value)| (*kind, value))
         .collect();
     let update = refresh::token_update(&proven.grant, true);
-    store.insert_account(&crate::store::NewAccount {
+    store.insert_accounts(&[crate::store::NewAccount {
         name: &name,
         config: &proven.config,
         secrets: &secrets,
@@ -118,7 +118,7 @@ pub async fn add_account(
         client_secret_expires_at: None,
         key_created_at: None,
         rotate_every: None,
-    })?;
+    }])?;
     let expires_at = update.access_expires_at.unwrap_or_default();
     Ok(Added {
         account: store.account(&name)?,

@@ -22,7 +22,7 @@ pub(super) fn export(
 ) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let store = context.open()?;
+    let store = context.open_any()?;
     let passphrase = passphrase(passphrase_file, true)?;
     let (bytes, count) = crate::archive::export(&store, &passphrase)?;
     let mut out = std::fs::OpenOptions::new()
@@ -53,7 +53,7 @@ pub(super) fn import(
 ) -> Result<(), Error> {
     let bytes = std::fs::read(file)
         .map_err(|err| Error::Input(format!("cannot read {}: {err}", file.display())))?;
-    let mut store = context.open()?;
+    let mut store = context.open_any()?;
     let passphrase = passphrase(passphrase_file, false)?;
     let names = crate::archive::import(&mut store, &bytes, &passphrase)?;
     println!("Imported {} account(s): {}", names.len(), names.join(", "));

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use super::Context;
 use super::init::with_new_master_key;
 use crate::error::Error;
-use crate::store::{FleetDb, PgStore};
+use crate::store::{AnyStore, FleetDb, PgStore, Store};
 
 #[derive(Subcommand)]
 pub(super) enum FleetCommand {
@@ -19,6 +19,9 @@ pub(super) enum FleetCommand {
         /// Derive this host's master key from a passphrase (Argon2id)
         #[arg(long)]
         passphrase: bool,
+        /// Copy every account of this host's own vault into the fleet (all or none)
+        #[arg(long)]
+        import_local: bool,
     },
     /// Ask to join the fleet: shows a fingerprint to compare, and waits until an enrolled host
     /// admits this one (vault fleet admit HOST)
@@ -45,7 +48,10 @@ pub(super) enum FleetCommand {
 
 pub(super) fn run(context: &Context, command: FleetCommand) -> Result<(), Error> {
     match command {
-        FleetCommand::Init { passphrase } => init(context, passphrase),
+        FleetCommand::Init {
+            passphrase,
+            import_local,
+        } => init(context, passphrase, import_local),
         FleetCommand::Join {
             passphrase,
             timeout,
@@ -80,13 +86,27 @@ fn fleet_store(context: &Context) -> Result<PgStore, Error> {
 
 /// `vault fleet init`: the configured database becomes a fleet vault, with this host enrolled
 /// and the data key wrapped by this host's master key.
-fn init(context: &Context, passphrase: bool) -> Result<(), Error> {
+fn init(context: &Context, passphrase: bool, import_local: bool) -> Result<(), Error> {
     let fleet = configured(context)?;
+    // The local vault is opened first: a wrong key fails before the database is touched.
+    let local = import_local
+        .then(|| Store::open(&context.dir, &context.unlock()))
+        .transpose()?;
     let mut source = None;
-    with_new_master_key(context, passphrase, |key_source, passphrase| {
+    let store = with_new_master_key(context, passphrase, |key_source, passphrase| {
         source = Some(key_source.describe());
         PgStore::init(&fleet, &context.dir, key_source, passphrase)
     })?;
+    if let Some(local) = local {
+        let names =
+            crate::archive::copy_accounts(&AnyStore::Local(local), &mut AnyStore::Fleet(store))?;
+        println!(
+            "Copied {} account(s) from this host's vault into the fleet: {}. The local vault still holds them; once the fleet serves them, remove it ({}).",
+            names.len(),
+            names.join(", "),
+            Store::db_path(&context.dir).display()
+        );
+    }
     println!(
         "Created the fleet vault on {} with this host, {:?}, enrolled (master key: {}).\nNext: vault add-account NAME …  (every enrolled host with this database configured sees it)",
         fleet.shown(),

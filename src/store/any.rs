@@ -181,10 +181,11 @@ impl AnyStore {
         }
     }
 
-    pub fn insert_account(&mut self, new: &NewAccount<'_>) -> Result<(), StoreError> {
+    /// Stores new accounts: all of them, or none.
+    pub fn insert_accounts(&mut self, accounts: &[NewAccount<'_>]) -> Result<(), StoreError> {
         match self {
-            AnyStore::Local(store) => store.insert_accounts(std::slice::from_ref(new)),
-            AnyStore::Fleet(store) => store.insert_account(new),
+            AnyStore::Local(store) => store.insert_accounts(accounts),
+            AnyStore::Fleet(store) => store.insert_accounts(accounts),
         }
     }
 }

@@ -784,3 +784,50 @@ fn negative_control_five_copies_of_one_vault_kill_the_grant() {
         "five copies of one refresh token rotating on their own must kill the grant — else the fleet test's check could not fail"
     );
 }
+
+#[test]
+fn a_local_vault_moves_into_a_fleet_and_a_fleet_exports() {
+    use crate::support::{add_with_browser, write_private};
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let moved = fleet_run(&vault, &pg, &["fleet", "init", "--import-local"]);
+    assert!(
+        moved.ok().stdout.contains("Copied 1 account(s)"),
+        "{}",
+        moved.stdout
+    );
+    crate::support::token(&vault, &fake, &["mail", "--no-daemon"]);
+    let token = fleet_run(
+        &vault,
+        &pg,
+        &["token", "mail", "--no-daemon", "--min-valid", "7200"],
+    );
+    assert!(fake.is_access_token(token.ok().stdout.trim()));
+    // An archive of the fleet opens in a plain vault elsewhere.
+    let passphrase = vault.root.path().join("archive-passphrase");
+    write_private(&passphrase, "correct horse battery staple\n");
+    let archive = vault.root.path().join("fleet.tvx");
+    fleet_run(
+        &vault,
+        &pg,
+        &[
+            "export",
+            archive.to_str().unwrap(),
+            "--passphrase-file",
+            passphrase.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let elsewhere = TestVault::new(Some(&fake));
+    elsewhere
+        .run(&[
+            "import",
+            archive.to_str().unwrap(),
+            "--passphrase-file",
+            passphrase.to_str().unwrap(),
+        ])
+        .ok();
+    crate::support::token(&elsewhere, &fake, &["mail", "--no-daemon"]);
+}

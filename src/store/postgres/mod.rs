@@ -298,12 +298,20 @@ impl Db {
 }
 
 fn database_error(err: &postgres::Error) -> StoreError {
-    // The driver's message names the server's complaint, never a parameter's value. An error
-    // without a SQLSTATE is the connection's, not the statement's: worth trying again.
-    if err.code().is_none() {
-        StoreError::DatabaseLost(err.to_string())
+    // The driver's message names the server's complaint, never a parameter's value. A closed
+    // connection or an I/O failure is the connection's, not the statement's: worth trying
+    // again.
+    let lost = err.is_closed()
+        || std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>());
+    // A server error's message (its detail, which can quote values, is left out).
+    let text = err.as_db_error().map_or_else(
+        || err.to_string(),
+        |db| format!("{} ({})", db.message(), db.code().code()),
+    );
+    if lost {
+        StoreError::DatabaseLost(text)
     } else {
-        StoreError::Database(err.to_string())
+        StoreError::Database(text)
     }
 }
 
@@ -655,70 +663,61 @@ impl PgStore {
         })
     }
 
-    /// Stores a new account with its secrets and first tokens, in one transaction.
-    pub fn insert_account(&mut self, new: &NewAccount<'_>) -> Result<(), StoreError> {
-        let name = new.name.to_owned();
-        let config = serde_json::to_string(new.config)
-            .map_err(|err| StoreError::BadConfig(name.clone(), err.to_string()))?;
-        let id = self.db.run({
-            let (name, config) = (name.clone(), config.clone());
-            let (schedule, before) = (
-                new.validation_schedule.map(str::to_owned),
-                new.refresh_before.map(|seconds| seconds as i64),
-            );
-            let (secret_expiry, rotate_every) = (new.client_secret_expires_at, new.rotate_every);
-            move |client| {
-                let row = client.query_opt(
-                    "INSERT INTO accounts (name, config, state, created_at, validation_schedule,
-                         refresh_before, client_secret_expires_at, rotate_every)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (name) DO NOTHING RETURNING id",
-                    &[
-                        &name,
-                        &config,
-                        &AccountState::Active.as_str(),
-                        &now(),
-                        &schedule,
-                        &before,
-                        &secret_expiry,
-                        &rotate_every,
-                    ],
-                )?;
-                row.map(|row| row.get::<_, i64>(0))
-                    .ok_or(StoreError::AccountExists(name))
-            }
+    /// Stores new accounts with their secrets and first tokens in one transaction: all of
+    /// them, or none (a taken name, a failed write). Row ids are drawn first, as the seals bind
+    /// them.
+    pub fn insert_accounts(&mut self, accounts: &[NewAccount<'_>]) -> Result<(), StoreError> {
+        let count = i64::try_from(accounts.len()).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = self.db.run(move |client| {
+            Ok(client
+                .query(
+                    "SELECT nextval('accounts_id_seq') FROM generate_series(1, $1::bigint)",
+                    &[&count],
+                )?
+                .iter()
+                .map(|row| row.get(0))
+                .collect())
         })?;
-        // Sealed with the row id the database chose; if anything below fails, the row goes.
-        let sealed = self.seal_all(id, new.secrets, new.tokens);
-        let tag = self
-            .settings_key
-            .sign(&settings_message(id, &name, &config));
-        let (access_expires_at, refresh_expires_at) =
-            (new.tokens.access_expires_at, new.tokens.refresh_expires_at);
-        let kind = new.config.grant.kind().as_str();
+        let rows = accounts
+            .iter()
+            .zip(ids)
+            .map(|(new, id)| self.prepare_row(new, id))
+            .collect::<Result<Vec<_>, _>>()?;
         let (host, at) = (self.host.clone(), now());
         self.db.run(move |client| {
             let mut tx = client.transaction()?;
-            let sealed = match sealed {
-                Ok(sealed) => sealed,
-                Err(err) => {
-                    tx.execute("DELETE FROM accounts WHERE id = $1", &[&id])?;
-                    tx.commit()?;
-                    return Err(err);
-                }
-            };
-            for secret in &sealed {
-                secret.put(&mut tx, at)?;
+            for row in &rows {
+                row.insert(&mut tx, at)?;
+                log_event(&mut tx, &host, &row.name, "added", Some(row.kind))?;
             }
-            tx.execute(
-                "UPDATE accounts SET config_mac = $2, access_expires_at = $3, refresh_expires_at = $4,
-                     last_refresh_at = $5, last_validated_at = $5
-                 WHERE id = $1",
-                &[&id, &tag, &access_expires_at, &refresh_expires_at, &at],
-            )?;
-            log_event(&mut tx, &host, &name, "added", Some(kind))?;
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    /// One new account's row, settings tag and sealed secrets, for row `id`.
+    fn prepare_row(&self, new: &NewAccount<'_>, id: i64) -> Result<NewRow, StoreError> {
+        let config = serde_json::to_string(new.config)
+            .map_err(|err| StoreError::BadConfig(new.name.to_owned(), err.to_string()))?;
+        Ok(NewRow {
+            id,
+            name: new.name.to_owned(),
+            tag: self
+                .settings_key
+                .sign(&settings_message(id, new.name, &config)),
+            config,
+            kind: new.config.grant.kind().as_str(),
+            sealed: self.seal_all(id, new.secrets, new.tokens)?,
+            schedule: new.validation_schedule.map(str::to_owned),
+            refresh_before: new
+                .refresh_before
+                .map(|seconds| seconds.min(i64::MAX as u64) as i64),
+            client_secret_expires_at: new.client_secret_expires_at,
+            key_created_at: new.key_created_at,
+            rotate_every: new.rotate_every,
+            access_expires_at: new.tokens.access_expires_at,
+            refresh_expires_at: new.tokens.refresh_expires_at,
+            validated: new.tokens.validated,
         })
     }
 
@@ -1051,6 +1050,62 @@ impl PgStore {
             to: state,
             reason: stated,
         }))
+    }
+}
+
+/// A new account's row, sealed and signed, ready to write.
+struct NewRow {
+    id: i64,
+    name: String,
+    config: String,
+    tag: Vec<u8>,
+    kind: &'static str,
+    sealed: Vec<Sealed>,
+    schedule: Option<String>,
+    refresh_before: Option<i64>,
+    client_secret_expires_at: Option<i64>,
+    key_created_at: Option<i64>,
+    rotate_every: Option<i64>,
+    access_expires_at: Option<i64>,
+    refresh_expires_at: Option<i64>,
+    /// The first token was a proof (not an imported one).
+    validated: bool,
+}
+
+impl NewRow {
+    fn insert(&self, tx: &mut postgres::Transaction<'_>, at: i64) -> Result<(), StoreError> {
+        let inserted = tx.execute(
+            "INSERT INTO accounts (id, name, config, config_mac, state, created_at,
+                 validation_schedule, refresh_before, client_secret_expires_at, key_created_at,
+                 rotate_every, access_expires_at, refresh_expires_at, last_refresh_at,
+                 last_validated_at)
+             VALUES ($1, $2, $3, $4, $5, $6::bigint, $7, $8, $9, $10, $11, $12, $13,
+                 $6::bigint, CASE WHEN $14::boolean THEN $6::bigint END)
+             ON CONFLICT (name) DO NOTHING",
+            &[
+                &self.id,
+                &self.name,
+                &self.config,
+                &self.tag,
+                &AccountState::Active.as_str(),
+                &at,
+                &self.schedule,
+                &self.refresh_before,
+                &self.client_secret_expires_at,
+                &self.key_created_at,
+                &self.rotate_every,
+                &self.access_expires_at,
+                &self.refresh_expires_at,
+                &self.validated,
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::AccountExists(self.name.clone()));
+        }
+        for secret in &self.sealed {
+            secret.put(tx, at)?;
+        }
+        Ok(())
     }
 }
 
