@@ -831,3 +831,52 @@ fn a_local_vault_moves_into_a_fleet_and_a_fleet_exports() {
         .ok();
     crate::support::token(&elsewhere, &fake, &["mail", "--no-daemon"]);
 }
+
+#[test]
+fn with_the_database_down_the_daemon_serves_what_it_holds_and_refreshes_nothing() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = 6;
+    });
+    let vault = fleet_with_mail(&fake, &pg);
+    let daemon = serve_fleet(&vault, &pg, 0);
+    let first = daemon.get("/v1/token/mail?min_valid=1");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let held = first.json()["access_token"].as_str().unwrap().to_owned();
+
+    pg.stop_server();
+    let refreshes = fake.counters(|c| c.refresh_grants);
+    // The token the daemon holds is served while it is valid (as after any passing failure)…
+    let cached = daemon.get("/v1/token/mail?min_valid=1");
+    assert_eq!(cached.status, 200, "{}", cached.body);
+    assert_eq!(cached.json()["access_token"], held.as_str());
+    // …and once it has expired, a 503 naming the database; nothing was refreshed meanwhile,
+    // though the refresher found the token due.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let refused = daemon.get("/v1/token/mail?min_valid=1");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"],
+        "store_unavailable",
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        fake.counters(|c| c.refresh_grants),
+        refreshes,
+        "refreshed without the lease"
+    );
+
+    // Back up: served fresh without a restart.
+    pg.start_server();
+    assert!(crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        || {
+            let answer = daemon.get("/v1/token/mail?min_valid=1");
+            answer.status == 200 && answer.json()["access_token"] != held.as_str()
+        }
+    ));
+    assert!(fake.newest_grant().unwrap().2);
+}
