@@ -16,18 +16,23 @@
 //! - **The sealed store**: `store` (SQLite, split by concern: `accounts`, `sealing`, `commits`,
 //!   `events`, `schema`; secrets AES-256-GCM-sealed with AAD binding account, kind and key
 //!   version; settings HMAC-signed; every token or state commit fenced on the account's
-//!   `generation`). `store::RefreshStore` is the seam a second backend (PostgreSQL, fleet mode)
-//!   implements. `crypto`, `keys` (where the master key lives), `files` (the directory checks
+//!   `generation`). `store::RefreshStore` is the seam both backends implement: the embedded
+//!   SQLite vault and fleet mode's PostgreSQL store (`store::postgres`: the lease row, fenced
+//!   commits retried across a lost connection, host enrollment, the alert outbox), with
+//!   `store::AnyStore` choosing between them for the CLI and the daemon. `crypto`, `keys` (where the master key lives), `files` (the directory checks
 //!   every layer shares), `secret` (zeroized, unprintable).
 //! - **One refresh pipeline**, `refresh`, for the CLI and the daemon: `begin` (a stored token
 //!   good enough is read without any lock; otherwise the account's refresh guard is taken and
 //!   the account read again) → `PendingCall::send` (consumes the call: a rotating refresh token
 //!   is spent once, under the guard) → `Answered::settle` (commits, fenced, then releases the
 //!   guard) → `Settled` (the token or the error, and the `Transition` the commit made).
+//! - **`rotation`**: an account's own key rotated through its provider's API (Google IAM,
+//!   Microsoft Graph), each step recorded so a crash leaves one working key.
 //! - **`daemon`**, everything `vault serve` runs: `http` (the edge), `socket` (where and how the
 //!   socket is created), `tokens` (the core the edge and the duties ask), `table` (accounts,
 //!   grants, cached tokens), `flight` (single flight and backoff), `notify` (audit, events,
-//!   alerts), the duties `reloader`, `refresher`, `validator`, `deadline_watch`, and `alert`,
+//!   alerts), the duties `reloader`, `refresher`, `validator`, `deadline_watch`, `rotator`
+//!   (embedded vault) and `outbox` (a fleet's alerts), and `alert`,
 //!   `audit`, `events`, `metrics`. `timing` (refresh-ahead, backoff, validation firings) is the
 //!   pure maths both the daemon and `vault status` use.
 //!

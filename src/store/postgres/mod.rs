@@ -580,24 +580,39 @@ impl PgStore {
         })
     }
 
-    /// Shows `visit` every account's summary.
+    /// Shows `visit` every account's summary. The daemon reloads them whenever any host
+    /// commits: no settings are parsed or verified here (as in the embedded vault's).
     pub fn visit_summaries(
         &self,
         mut visit: impl FnMut(&SummaryRow<'_>),
     ) -> Result<(), StoreError> {
-        for account in self.accounts()? {
-            let scopes = serde_json::to_string(&account.config.scopes)
-                .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))?;
+        let rows = self.db.run(|client| {
+            Ok(client.query(
+                "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
+                        validation_schedule, refresh_before, (config::jsonb -> 'scopes')::text,
+                        last_error
+                 FROM accounts",
+                &[],
+            )?)
+        })?;
+        for row in &rows {
+            let name: &str = row.get(0);
+            let state: &str = row.get(1);
+            let state = AccountState::parse(state).ok_or_else(|| {
+                StoreError::BadConfig(name.to_owned(), format!("unknown state {state:?}"))
+            })?;
             visit(&SummaryRow {
-                name: &account.name,
-                state: account.state,
-                access_expires_at: account.access_expires_at,
-                last_refresh_at: account.last_refresh_at,
-                last_validated_at: account.last_validated_at,
-                validation_schedule: account.validation_schedule.as_deref(),
-                refresh_before: account.refresh_before,
-                scopes: Some(&scopes),
-                last_error: account.last_error.as_deref(),
+                name,
+                state,
+                access_expires_at: row.get(2),
+                last_refresh_at: row.get(3),
+                last_validated_at: row.get(4),
+                validation_schedule: row.get(5),
+                refresh_before: row
+                    .get::<_, Option<i64>>(6)
+                    .map(|seconds| seconds.max(0) as u64),
+                scopes: row.get(7),
+                last_error: row.get(8),
             });
         }
         Ok(())
