@@ -183,11 +183,7 @@ fn start_join(vault: &TestVault, pg: &Postgres, host: &str) -> (std::process::Ch
 #[test]
 fn a_second_host_with_its_own_master_key_joins_shares_the_lease_and_can_be_removed() {
     let pg = Postgres::start();
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| {
-        b.rotate = true;
-        b.access_lifetime = 0;
-    });
+    let fake = rotating_provider(0);
     let first = fleet_with_mail(&fake, &pg);
     // Host B: another machine's vault directory and another master key.
     let second = TestVault::new(Some(&fake));
@@ -307,6 +303,37 @@ fn the_fleet_database_is_reached_over_verified_tls() {
     );
 }
 
+/// A provider that rotates refresh tokens on every refresh (any reuse kills the grant), its
+/// access tokens living `lifetime` seconds.
+fn rotating_provider(lifetime: u64) -> FakeOAuth {
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| {
+        b.rotate = true;
+        b.access_lifetime = lifetime;
+    });
+    fake
+}
+
+/// The daemons of host-a (`first`) and host-b (`second`).
+fn serve_both(
+    first: &TestVault,
+    second: &TestVault,
+    pg: &Postgres,
+) -> [crate::support::daemon::Daemon; 2] {
+    [
+        serve_as(first, pg, "host-a"),
+        serve_as(second, pg, "host-b"),
+    ]
+}
+
+/// A fleet vault with account `mail` on host-a, and host-b enrolled with its own master key.
+fn two_hosts(fake: &FakeOAuth, pg: &Postgres) -> (TestVault, TestVault) {
+    let first = fleet_with_mail(fake, pg);
+    let second = TestVault::new(Some(fake));
+    enroll_second_host(&first, &second, pg);
+    (first, second)
+}
+
 /// Enrolls `second` as host-b of the fleet `first` (host-a) created.
 fn enroll_second_host(first: &TestVault, second: &TestVault, pg: &Postgres) {
     let (joining, fingerprint) = start_join(second, pg, "host-b");
@@ -321,24 +348,10 @@ fn enroll_second_host(first: &TestVault, second: &TestVault, pg: &Postgres) {
 
 #[test]
 fn two_daemons_on_one_fleet_refresh_ahead_once_per_expiry() {
-    use crate::support::daemon::Daemon;
     let pg = Postgres::start();
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| {
-        b.rotate = true;
-        b.access_lifetime = 10;
-    });
-    let first = fleet_with_mail(&fake, &pg);
-    let second = TestVault::new(Some(&fake));
-    enroll_second_host(&first, &second, &pg);
-    let serve = |vault: &TestVault, host: &str| {
-        let mut command = fleet_command(vault, &pg, host, &["serve"]);
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        Daemon::spawn(command, vault)
-    };
-    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    let fake = rotating_provider(10);
+    let (first, second) = two_hosts(&fake, &pg);
+    let daemons = serve_both(&first, &second, &pg);
     let before = fake.counters(|c| c.refresh_grants);
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(22) {
@@ -366,11 +379,7 @@ fn two_daemons_on_one_fleet_refresh_ahead_once_per_expiry() {
 #[test]
 fn a_commit_cut_off_by_a_database_restart_lands_when_it_is_back() {
     let pg = Postgres::start();
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| {
-        b.rotate = true;
-        b.access_lifetime = 0;
-    });
+    let fake = rotating_provider(0);
     let vault = fleet_with_mail(&fake, &pg);
     // The provider takes 3 s to answer; meanwhile the database crashes and recovers, cutting the
     // connection the lease was taken on. The rotated refresh token exists only in the process.
@@ -404,13 +413,10 @@ fn a_commit_cut_off_by_a_database_restart_lands_when_it_is_back() {
 
 #[test]
 fn two_daemons_on_one_fleet_validate_each_firing_once() {
-    use crate::support::daemon::Daemon;
     let pg = Postgres::start();
     let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
     fake.configure(|b| b.rotate = true);
-    let first = fleet_with_mail(&fake, &pg);
-    let second = TestVault::new(Some(&fake));
-    enroll_second_host(&first, &second, &pg);
+    let (first, second) = two_hosts(&fake, &pg);
     // Validation every 4 s; tokens live an hour, so every refresh is a validation.
     for vault in [&first, &second] {
         std::fs::write(
@@ -419,15 +425,8 @@ fn two_daemons_on_one_fleet_validate_each_firing_once() {
         )
         .unwrap();
     }
-    let serve = |vault: &TestVault, host: &str| {
-        let mut command = fleet_command(vault, &pg, host, &["serve"]);
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        Daemon::spawn(command, vault)
-    };
     let before = fake.counters(|c| c.refresh_grants);
-    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    let daemons = serve_both(&first, &second, &pg);
     std::thread::sleep(std::time::Duration::from_secs(14));
     drop(daemons);
     let validations = fake.counters(|c| c.refresh_grants) - before;
@@ -445,24 +444,10 @@ fn two_daemons_on_one_fleet_validate_each_firing_once() {
 
 #[test]
 fn a_provider_outage_makes_the_whole_fleet_back_off_once() {
-    use crate::support::daemon::Daemon;
     let pg = Postgres::start();
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| {
-        b.rotate = true;
-        b.access_lifetime = 0;
-    });
-    let first = fleet_with_mail(&fake, &pg);
-    let second = TestVault::new(Some(&fake));
-    enroll_second_host(&first, &second, &pg);
-    let serve = |vault: &TestVault, host: &str| {
-        let mut command = fleet_command(vault, &pg, host, &["serve"]);
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        Daemon::spawn(command, vault)
-    };
-    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    let fake = rotating_provider(0);
+    let (first, second) = two_hosts(&fake, &pg);
+    let daemons = serve_both(&first, &second, &pg);
     // Every ask needs a new token; the provider is down (bare 503s) for 9 s.
     let outage = std::time::Duration::from_secs(9);
     let requests = fake.counters(|c| c.token_requests);
@@ -488,18 +473,29 @@ fn a_provider_outage_makes_the_whole_fleet_back_off_once() {
     assert!(fake.newest_grant().unwrap().2);
 }
 
+/// Exactly one `line` ends up in the alert file, though both daemons look at the outbox every
+/// second (given time for a duplicate to show).
+fn assert_alerted_once(alerts: &std::path::PathBuf, line: &str) {
+    let count = || {
+        crate::support::alert_lines(alerts)
+            .iter()
+            .filter(|written| written.as_str() == line)
+            .count()
+    };
+    assert!(
+        crate::support::eventually(std::time::Duration::from_secs(10), || count() == 1),
+        "{:?}",
+        crate::support::alert_lines(alerts)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(count(), 1, "{:?}", crate::support::alert_lines(alerts));
+}
+
 #[test]
 fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
-    use crate::support::daemon::Daemon;
     let pg = Postgres::start();
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| {
-        b.rotate = true;
-        b.access_lifetime = 0;
-    });
-    let first = fleet_with_mail(&fake, &pg);
-    let second = TestVault::new(Some(&fake));
-    enroll_second_host(&first, &second, &pg);
+    let fake = rotating_provider(0);
+    let (first, second) = two_hosts(&fake, &pg);
     // Both hosts' alert commands append to one file, and both post to one webhook.
     let alerts = first.root.path().join("fleet-alerts.log");
     for vault in [&first, &second] {
@@ -513,14 +509,7 @@ fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
         )
         .unwrap();
     }
-    let serve = |vault: &TestVault, host: &str| {
-        let mut command = fleet_command(vault, &pg, host, &["serve"]);
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        Daemon::spawn(command, vault)
-    };
-    let daemons = [serve(&first, "host-a"), serve(&second, "host-b")];
+    let daemons = serve_both(&first, &second, &pg);
     fake.revoke_all();
     for _ in 0..5 {
         for daemon in &daemons {
@@ -528,22 +517,7 @@ fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
             assert_ne!(answer.status, 200, "{}", answer.body);
         }
     }
-    let dead = |lines: &[String]| {
-        lines
-            .iter()
-            .filter(|line| line.as_str() == "mail|reauth_required")
-            .count()
-    };
-    assert!(
-        crate::support::eventually(std::time::Duration::from_secs(10), || {
-            dead(&crate::support::alert_lines(&alerts)) == 1
-        }),
-        "{:?}",
-        crate::support::alert_lines(&alerts)
-    );
-    // Both daemons look at the outbox every second: give a duplicate time to show.
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(dead(&crate::support::alert_lines(&alerts)), 1);
+    assert_alerted_once(&alerts, "mail|reauth_required");
     let hooks: Vec<_> = fake
         .webhooks()
         .into_iter()
@@ -555,21 +529,7 @@ fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
     // `vault login` on one host brings the account back for all: one "recovered", and both
     // daemons serve tokens again.
     fleet_run(&first, &pg, &["login", "mail", "--timeout", "30"]).ok();
-    let recovered = |lines: &[String]| {
-        lines
-            .iter()
-            .filter(|line| line.as_str() == "mail|recovered")
-            .count()
-    };
-    assert!(
-        crate::support::eventually(std::time::Duration::from_secs(10), || {
-            recovered(&crate::support::alert_lines(&alerts)) == 1
-        }),
-        "{:?}",
-        crate::support::alert_lines(&alerts)
-    );
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(recovered(&crate::support::alert_lines(&alerts)), 1);
+    assert_alerted_once(&alerts, "mail|recovered");
     for daemon in &daemons {
         assert!(crate::support::eventually(
             std::time::Duration::from_secs(10),
@@ -675,7 +635,12 @@ fn host_name(n: usize) -> String {
 }
 
 fn serve_fleet(vault: &TestVault, pg: &Postgres, n: usize) -> crate::support::daemon::Daemon {
-    let mut command = fleet_command(vault, pg, &host_name(n), &["serve"]);
+    serve_as(vault, pg, &host_name(n))
+}
+
+/// `vault serve` of `vault` as `host` of the fleet, up and answering.
+fn serve_as(vault: &TestVault, pg: &Postgres, host: &str) -> crate::support::daemon::Daemon {
+    let mut command = fleet_command(vault, pg, host, &["serve"]);
     command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -759,11 +724,7 @@ fn negative_control_five_copies_of_one_vault_kill_the_grant() {
     use crate::support::add_with_browser;
     // The same checks against what users do without fleet mode: five hosts, each with its own
     // copy of one vault (one refresh token), refreshing on their own.
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| {
-        b.rotate = true;
-        b.access_lifetime = 1;
-    });
+    let fake = rotating_provider(1);
     let original = TestVault::new(Some(&fake));
     add_with_browser(&original, &fake, "mail").ok();
     let copies: Vec<TestVault> = (0..5).map(|_| original.copy()).collect();
@@ -835,11 +796,7 @@ fn a_local_vault_moves_into_a_fleet_and_a_fleet_exports() {
 #[test]
 fn with_the_database_down_the_daemon_serves_what_it_holds_and_refreshes_nothing() {
     let pg = Postgres::start();
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| {
-        b.rotate = true;
-        b.access_lifetime = 6;
-    });
+    let fake = rotating_provider(6);
     let vault = fleet_with_mail(&fake, &pg);
     let daemon = serve_fleet(&vault, &pg, 0);
     let first = daemon.get("/v1/token/mail?min_valid=1");
