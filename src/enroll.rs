@@ -148,11 +148,13 @@ async fn prove_oauth(
             Some(LoginMethod::Device),
         ),
         Flow::ImportRefreshToken(refresh_token) => {
+            // Nothing else holds this token in the vault yet: a lost answer may be retried.
             let outcome = token::refresh_token_grant(
                 http,
                 &endpoints.token_url,
                 Some(&client),
                 &refresh_token,
+                &|| true,
             )
             .await;
             let mut grant = outcome.into_result()?;

@@ -143,8 +143,9 @@ impl<G: RefreshGuard> PendingCall<G> {
     pub async fn send(self: Box<Self>, http: &reqwest::Client) -> Answered<G> {
         // A fleet lease taken long ago (a suspend, a stalled host) could pass to another host
         // while the request is out: then nothing is sent, and nothing is spent.
-        let (outcome, fell_back) = if self.guard.may_send() {
-            self.call.send(http).await
+        let guard = &self.guard;
+        let (outcome, fell_back) = if guard.may_send() {
+            self.call.send(http, &|| guard.may_send()).await
         } else {
             let reason = "the refresh lease ran short before the request left; nothing was sent";
             (
@@ -354,8 +355,12 @@ impl UpstreamCall {
     /// kept, sends it once more with that one. Safe to repeat: a server authenticates the client
     /// before it looks at the grant (RFC 6749 §5.2), so a refused client spent nothing.
     /// True with the outcome when the previous secret was used.
-    async fn send(mut self, http: &reqwest::Client) -> (Outcome, bool) {
-        let outcome = self.send_once(http).await;
+    async fn send(
+        mut self,
+        http: &reqwest::Client,
+        may_resend: &(dyn Fn() -> bool + Sync),
+    ) -> (Outcome, bool) {
+        let outcome = self.send_once(http, may_resend).await;
         let client_refused = matches!(
             &outcome,
             Outcome::Permanent(rejection) if rejection.kind == RejectionKind::InvalidClient
@@ -364,20 +369,32 @@ impl UpstreamCall {
         match (self.credential.client_mut(), previous) {
             (Some(client), Some(previous)) if client_refused => {
                 client.secret = Some(previous);
-                (self.send_once(http).await, true)
+                (self.send_once(http, may_resend).await, true)
             }
             _ => (outcome, false),
         }
     }
 
-    async fn send_once(&self, http: &reqwest::Client) -> Outcome {
+    /// `may_resend`: whether a request whose answer was lost may go once more (the guard
+    /// still covers it).
+    async fn send_once(
+        &self,
+        http: &reqwest::Client,
+        may_resend: &(dyn Fn() -> bool + Sync),
+    ) -> Outcome {
         match &self.credential {
             Credential::RefreshToken {
                 client,
                 refresh_token,
             } => {
-                token::refresh_token_grant(http, &self.token_url, client.as_ref(), refresh_token)
-                    .await
+                token::refresh_token_grant(
+                    http,
+                    &self.token_url,
+                    client.as_ref(),
+                    refresh_token,
+                    may_resend,
+                )
+                .await
             }
             Credential::ServiceAccount { key, subject } => {
                 match jwt_bearer_grant(http, key, &self.scopes, subject.as_deref()).await {

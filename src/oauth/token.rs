@@ -196,13 +196,19 @@ pub async fn refresh_token_grant(
     token_url: &str,
     client: Option<&Client>,
     refresh_token: &SecretString,
+    may_resend: &(dyn Fn() -> bool + Sync),
 ) -> Outcome {
     let params = [
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose().as_str()),
     ];
     match request(http, token_url, client, &params).await {
-        TokenAnswer::Lost(_) => request(http, token_url, client, &params).await.classify(),
+        // Only while the refresh guard still covers a request (a fleet's lease can run out
+        // while the first one waits, e.g. across a suspend): else another host may have
+        // spent the token since, and presenting it again would be a reuse.
+        TokenAnswer::Lost(_) if may_resend() => {
+            request(http, token_url, client, &params).await.classify()
+        }
         answer => answer.classify(),
     }
 }

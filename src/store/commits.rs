@@ -157,7 +157,7 @@ fn set_state(
 }
 
 /// What a refresh holds while it calls the provider.
-pub trait RefreshGuard {
+pub trait RefreshGuard: Sync {
     /// Whether the request may still be sent: a fleet lease must have room for the whole
     /// request before another host may take it over. A local lock never runs out.
     fn may_send(&self) -> bool {

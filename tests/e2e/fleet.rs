@@ -837,3 +837,55 @@ fn with_the_database_down_the_daemon_serves_what_it_holds_and_refreshes_nothing(
     ));
     assert!(fake.newest_grant().unwrap().2);
 }
+
+/// The window FLEET.md names: a host paused longer than its lease after its request left. With a
+/// provider whose reuse grace outlasts the lease (L < G), the fleet carries on: another host takes
+/// the lease once it runs out, the paused host's late commit is fenced out, and the grant lives.
+/// It also caught the paused host, on waking, resending its lost request with a token the fleet
+/// had long moved past (the resend now needs the lease to still cover it). About 80 s.
+#[test]
+fn a_daemon_paused_longer_than_its_lease_is_fenced_out() {
+    let pg = Postgres::start();
+    let fake = rotating_provider(0);
+    fake.configure(|b| b.reuse_grace = Some(std::time::Duration::from_secs(120)));
+    let (first, second) = two_hosts(&fake, &pg);
+    let daemons = serve_both(&first, &second, &pg);
+    // Make host-a take the lease and stop it while its refresh is out: the provider answers
+    // after a second, by when host-a is stopped.
+    fake.configure(|b| b.delay = Some(std::time::Duration::from_secs(1)));
+    let requests = fake.counters(|c| c.token_requests);
+    let socket = daemons[0].socket.clone();
+    let asking = std::thread::spawn(move || {
+        crate::support::daemon::try_get(&socket, "/v1/token/mail?min_valid=1")
+    });
+    assert!(crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        || fake.counters(|c| c.token_requests) > requests
+    ));
+    crate::support::daemon::signal(&daemons[0].child, rustix::process::Signal::STOP);
+    fake.configure(|b| b.delay = None);
+    // host-b gets a quick "try again" while host-a's lease lasts, then takes over.
+    let paused_at = std::time::Instant::now();
+    let mut served_by_b = false;
+    while paused_at.elapsed() < std::time::Duration::from_secs(70) {
+        let answer = daemons[1].get("/v1/token/mail?min_valid=1");
+        assert_ne!(answer.status, 409, "{}", answer.body);
+        served_by_b |= answer.status == 200 && paused_at.elapsed().as_secs() > 55;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(served_by_b, "host-b never took over the lease");
+    crate::support::daemon::signal(&daemons[0].child, rustix::process::Signal::CONT);
+    let _ = asking.join();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // host-a's late answer did not overwrite what host-b committed after it.
+    let (current, previous, alive) = fake.newest_grant().unwrap();
+    assert!(alive, "the grant died");
+    let stored = stored_refresh_token(&first, &pg);
+    assert!(stored == current || Some(&stored) == previous.as_ref());
+    for daemon in &daemons {
+        assert!(crate::support::eventually(
+            std::time::Duration::from_secs(10),
+            || daemon.get("/v1/token/mail?min_valid=1").status == 200
+        ));
+    }
+}
