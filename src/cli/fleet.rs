@@ -193,7 +193,12 @@ fn status(context: &Context) -> Result<(), Error> {
     let status = store.fleet_status(fleet.shown())?;
     println!("fleet database  {} (reachable)", status.database);
     println!("this host       {}", store.host());
-    println!("hosts           {}", status.hosts.join(", "));
+    for (host, seen) in &status.hosts {
+        match seen {
+            Some(seconds) => println!("host            {host}: daemon seen {seconds:.0} s ago"),
+            None => println!("host            {host}: no daemon seen"),
+        }
+    }
     for (host, fingerprint) in &status.waiting {
         println!("waiting to join {host} (fingerprint {fingerprint}): vault fleet admit {host}");
     }

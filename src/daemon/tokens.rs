@@ -288,6 +288,23 @@ impl Tokens {
         }
     }
 
+    /// Tells the fleet this host's daemon is alive (logged when the database cannot be told).
+    pub async fn heartbeat(&self) {
+        let store = self.store.clone();
+        let told = blocking(move || {
+            let store = store.lock().map_err(|_| poisoned())?;
+            Ok(store.fleet().ok_or_else(not_in_fleet)?.heartbeat()?)
+        })
+        .await;
+        if let Err(err) = told {
+            crate::log::emit(
+                crate::log::Level::Warning,
+                "cannot reach the fleet database",
+                &[("error", &err.to_string())],
+            );
+        }
+    }
+
     /// A fleet's alert outbox: writes the alerts for accounts degraded longer than
     /// `degraded_after`, then delivers what no host is delivering through this daemon's sinks.
     pub async fn deliver_outbox(&self, degraded_after: u64) {

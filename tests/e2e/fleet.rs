@@ -364,6 +364,14 @@ fn two_daemons_on_one_fleet_refresh_ahead_once_per_expiry() {
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
     let refreshes = fake.counters(|c| c.refresh_grants) - before;
+    let status = fleet_run(&first, &pg, &["fleet", "status"]);
+    for host in ["host-a", "host-b"] {
+        assert!(
+            status.ok().stdout.contains(&format!("{host}: daemon seen")),
+            "{}",
+            status.stdout
+        );
+    }
     // Each token lives 10 s and is refreshed ahead a few seconds before it expires: one host
     // makes 2–4 refreshes in 22 s. Two hosts refreshing on their own would make twice that; in a
     // fleet, the host that comes second finds the new token in the database.

@@ -24,7 +24,9 @@ const ADMISSION_POLL: Duration = Duration::from_millis(300);
 /// What `vault fleet status` shows.
 pub struct FleetStatus {
     pub database: String,
-    pub hosts: Vec<String>,
+    /// Each enrolled host, and how many seconds ago its daemon last said it was alive (`None`:
+    /// no daemon seen).
+    pub hosts: Vec<(String, Option<f64>)>,
     /// Hosts waiting to be admitted, with their key's fingerprint.
     pub waiting: Vec<(String, String)>,
     /// Accounts whose lease is held now: (account, holder, seconds left).
@@ -162,6 +164,18 @@ impl PgStore {
         Ok(())
     }
 
+    /// Records that this host's daemon is alive (`vault fleet status` shows when it last was).
+    pub fn heartbeat(&self) -> Result<(), StoreError> {
+        let host = self.host.clone();
+        self.db.run(move |client| {
+            client.execute(
+                "UPDATE hosts SET heartbeat_at = clock_timestamp() WHERE host = $1",
+                &[&host],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Removes host `host` from the fleet: its wrapped data key is deleted.
     pub fn remove_host(&self, host: &str) -> Result<(), StoreError> {
         if host == self.host {
@@ -188,9 +202,13 @@ impl PgStore {
         let database = database.to_owned();
         self.db.run(move |client| {
             let hosts = client
-                .query("SELECT host FROM hosts ORDER BY host", &[])?
+                .query(
+                    "SELECT host, EXTRACT(EPOCH FROM clock_timestamp() - heartbeat_at)::float8
+                     FROM hosts ORDER BY host",
+                    &[],
+                )?
                 .iter()
-                .map(|row| row.get(0))
+                .map(|row| (row.get(0), row.get(1)))
                 .collect();
             let waiting = client
                 .query(
