@@ -289,12 +289,25 @@ impl Context {
         })
     }
 
+    fn config_may_name_a_fleet(&self) -> bool {
+        std::fs::read_to_string(self.dir.join(crate::config::CONFIG_FILE))
+            .map_or(true, |text| text.contains("fleet"))
+    }
+
     /// The fleet's database when this host's vault is a fleet's: `VAULT_DATABASE_URL`, else
     /// config.toml's `[fleet] database` (whose password may only come from `password_file`:
     /// config.toml may be readable by others).
     fn fleet(&self) -> Result<Option<FleetDb>, Error> {
-        let config =
-            crate::config::Config::load(&self.dir).map_err(|err| Error::Input(err.to_string()))?;
+        let config = match crate::config::Config::load(&self.dir) {
+            Ok(config) => config,
+            // A broken config.toml that names no fleet keeps the commands of this host's own
+            // vault working, as before fleet mode; one that may name a fleet is an error, never
+            // a silent fall-back to the local vault.
+            Err(err) if self.config_may_name_a_fleet() => {
+                return Err(Error::Input(err.to_string()));
+            }
+            Err(_) => crate::config::Config::default(),
+        };
         let from_env = std::env::var("VAULT_DATABASE_URL")
             .ok()
             .filter(|url| !url.is_empty());

@@ -126,12 +126,7 @@ impl Store {
         account: &Account,
         identity: Option<&crate::oauth::identity::Identity>,
     ) -> Result<(), StoreError> {
-        let mut config = account.config.clone();
-        if let Grant::RefreshToken { identity: held, .. } = &mut config.grant {
-            *held = identity.cloned();
-        }
-        let config_json = serde_json::to_string(&config)
-            .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))?;
+        let config_json = settings_with_identity(account, identity)?;
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE accounts SET config = ?2 WHERE id = ?1",
@@ -423,6 +418,20 @@ const fn same(a: &[u8], b: &[u8]) -> bool {
         i += 1;
     }
     true
+}
+
+/// The settings JSON of `account` recording `identity` as whose grant it holds (a login by
+/// another, allowed, user): what both backends store and sign anew.
+pub(super) fn settings_with_identity(
+    account: &Account,
+    identity: Option<&crate::oauth::identity::Identity>,
+) -> Result<String, StoreError> {
+    let mut config = account.config.clone();
+    if let Grant::RefreshToken { identity: held, .. } = &mut config.grant {
+        *held = identity.cloned();
+    }
+    serde_json::to_string(&config)
+        .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))
 }
 
 /// An account's settings and state as stored, used only when their tag vouches for them (the

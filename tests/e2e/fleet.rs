@@ -897,3 +897,19 @@ fn a_daemon_paused_longer_than_its_lease_is_fenced_out() {
         ));
     }
 }
+
+#[test]
+fn a_broken_config_keeps_the_local_vault_working_unless_it_may_name_a_fleet() {
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    crate::support::add_with_browser(&vault, &fake, "mail").ok();
+    let config = vault.dir.join("config.toml");
+    std::fs::write(&config, "[alert\ncommand = broken").unwrap();
+    // As before fleet mode: the account's state is still shown, tokens still handed out.
+    vault.run(&["status"]).ok();
+    crate::support::token(&vault, &fake, &["mail", "--no-daemon"]);
+    // A broken file that may name a fleet is never read as "no fleet": that would be the wrong
+    // vault.
+    std::fs::write(&config, "[fleet\ndatabase = broken").unwrap();
+    vault.run(&["status"]).fails_with(1, "config.toml");
+}

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::accounts::vouched_settings;
+use super::accounts::{settings_with_identity, vouched_settings};
 use super::commits::{Failure, TokenUpdate};
 use super::sealing::{secret_aad, settings_message, wrap_aad};
 use super::{NewAccount, StoreError, SummaryRow, now};
@@ -498,12 +498,7 @@ impl PgStore {
         account: &Account,
         identity: Option<&crate::oauth::identity::Identity>,
     ) -> Result<(), StoreError> {
-        let mut config = account.config.clone();
-        if let crate::account::Grant::RefreshToken { identity: held, .. } = &mut config.grant {
-            *held = identity.cloned();
-        }
-        let config_json = serde_json::to_string(&config)
-            .map_err(|err| StoreError::BadConfig(account.name.clone(), err.to_string()))?;
+        let config_json = settings_with_identity(account, identity)?;
         let tag =
             self.settings_key
                 .sign(&settings_message(account.id, &account.name, &config_json));
