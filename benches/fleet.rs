@@ -22,7 +22,7 @@ use tokenvault::keys::{KeySource, Unlock};
 use tokenvault::oauth::ClientAuth;
 use tokenvault::oauth::provider::Endpoints;
 use tokenvault::secret::SecretString;
-use tokenvault::store::{AnyStore, FleetDb, NewAccount, PgStore, Store, TokenUpdate};
+use tokenvault::store::{AnyStore, FleetDb, JoinCode, NewAccount, PgStore, Store, TokenUpdate};
 
 use support::{load, rss_kib, spawn, wait_for};
 
@@ -141,7 +141,7 @@ fn enroll(work: &Path, url: &str) -> Vec<Host> {
     )
     .unwrap();
     for host in &hosts[1..] {
-        let (tell, fingerprint) = std::sync::mpsc::channel();
+        let (tell, code) = std::sync::mpsc::channel();
         let (db, dir, key) = (
             fleet(url, &host.name),
             host.dir.clone(),
@@ -154,12 +154,12 @@ fn enroll(work: &Path, url: &str) -> Vec<Host> {
                 KeySource::File(key),
                 None,
                 Duration::from_secs(60),
-                |shown| tell.send(shown.to_owned()).unwrap(),
+                |code| tell.send(code.shown()).unwrap(),
             )
             .map(drop)
         });
-        let shown = fingerprint.recv().unwrap();
-        first.admit(&host.name, |seen| seen == shown).unwrap();
+        let code = JoinCode::parse(&code.recv().unwrap()).unwrap();
+        first.admit(&host.name, &code).unwrap();
         joining.join().unwrap().unwrap();
     }
     hosts

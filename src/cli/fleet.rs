@@ -7,9 +7,11 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::Context;
+use super::add::read_stdin_secret;
 use super::init::with_new_master_key;
 use crate::error::Error;
-use crate::store::{AnyStore, FleetDb, PgStore, Store};
+use crate::secret::SecretString;
+use crate::store::{AnyStore, FleetDb, JoinCode, PgStore, Store};
 
 #[derive(Subcommand)]
 pub(super) enum FleetCommand {
@@ -23,8 +25,8 @@ pub(super) enum FleetCommand {
         #[arg(long)]
         import_local: bool,
     },
-    /// Ask to join the fleet: shows a fingerprint to compare, and waits until an enrolled host
-    /// admits this one (vault fleet admit HOST)
+    /// Ask to join the fleet: shows a one-time join code, and waits until an enrolled host
+    /// admits this one with it (vault fleet admit HOST)
     Join {
         /// Derive this host's master key from a passphrase (Argon2id)
         #[arg(long)]
@@ -33,13 +35,9 @@ pub(super) enum FleetCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
-    /// Admit a host waiting in `vault fleet join`, once its fingerprint matches
-    Admit {
-        host: String,
-        /// The fingerprint the joining host shows (asked for on a terminal when not given)
-        #[arg(long)]
-        fingerprint: Option<String>,
-    },
+    /// Admit a host waiting in `vault fleet join`: type the join code it shows (asked on a
+    /// terminal, else read from standard input; never an argument, as argv is public)
+    Admit { host: String },
     /// Remove a host from the fleet (its copy of the data key is deleted)
     Remove { host: String },
     /// The fleet's hosts, the hosts waiting to join, and the refresh leases held now
@@ -56,7 +54,7 @@ pub(super) fn run(context: &Context, command: FleetCommand) -> Result<(), Error>
             passphrase,
             timeout,
         } => join(context, passphrase, Duration::from_secs(timeout)),
-        FleetCommand::Admit { host, fingerprint } => admit(context, &host, fingerprint),
+        FleetCommand::Admit { host } => admit(context, &host),
         FleetCommand::Remove { host } => {
             fleet_store(context)?.remove_host(&host)?;
             println!(
@@ -120,20 +118,13 @@ fn join(context: &Context, passphrase: bool, wait: Duration) -> Result<(), Error
     let fleet = configured(context)?;
     let host = fleet.host.clone();
     with_new_master_key(context, passphrase, |key_source, passphrase| {
-        PgStore::join(
-            &fleet,
-            &context.dir,
-            key_source,
-            passphrase,
-            wait,
-            |fingerprint| {
-                println!("Fingerprint of this host's request: {fingerprint}");
-                println!(
-                    "On an enrolled host, run: vault fleet admit {host}\nand check that it shows the same fingerprint. Waiting up to {} s…",
-                    wait.as_secs()
-                );
-            },
-        )
+        PgStore::join(&fleet, &context.dir, key_source, passphrase, wait, |code| {
+            println!("Join code (one-time, secret): {}", code.shown().expose());
+            println!(
+                "On an enrolled host, run: vault fleet admit {host}\nand type this code there. Waiting up to {} s…",
+                wait.as_secs()
+            );
+        })
     })?;
     println!(
         "Host {host:?} joined the fleet; the data key is wrapped by this host's own master key."
@@ -141,50 +132,25 @@ fn join(context: &Context, passphrase: bool, wait: Duration) -> Result<(), Error
     Ok(())
 }
 
-fn admit(context: &Context, host: &str, given: Option<String>) -> Result<(), Error> {
+fn admit(context: &Context, host: &str) -> Result<(), Error> {
     let store = fleet_store(context)?;
-    let mut refusal = None;
-    store
-        .admit(host, |fingerprint| match &given {
-            Some(given) => same_fingerprint(given, fingerprint),
-            None => confirmed_at_terminal(host, fingerprint).unwrap_or_else(|err| {
-                refusal = Some(err);
-                false
-            }),
-        })
-        .map_err(|err| refusal.take().unwrap_or(err.into()))?;
+    let typed = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("Join code vault fleet join shows on {host}: "))
+            .map(SecretString::from)
+            .map_err(|err| Error::Input(format!("cannot read the join code: {err}")))?
+    } else {
+        read_stdin_secret("join code")?
+    };
+    let code = JoinCode::parse(&typed).ok_or_else(|| {
+        Error::Input(format!(
+            "a join code is 32 hexadecimal digits, as vault fleet join shows it on {host} (dashes and spaces do not matter)"
+        ))
+    })?;
+    store.admit(host, &code)?;
     println!(
-        "Admitted host {host:?}: the data key was sealed to the key it published. It finishes joining on its own."
+        "Admitted host {host:?}: the data key was sealed to the key it published and the join code. It finishes joining on its own."
     );
     Ok(())
-}
-
-/// Fingerprints compared as people copy them: spaces and letter case do not matter.
-fn same_fingerprint(a: &str, b: &str) -> bool {
-    let plain = |text: &str| {
-        text.chars()
-            .filter(|c| !c.is_whitespace())
-            .map(|c| c.to_ascii_lowercase())
-            .collect::<String>()
-    };
-    !plain(a).is_empty() && plain(a) == plain(b)
-}
-
-fn confirmed_at_terminal(host: &str, fingerprint: &str) -> Result<bool, Error> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Input(format!(
-            "compare the fingerprint first: vault fleet admit {host} --fingerprint \"{fingerprint}\" (with what vault fleet join shows on {host})"
-        )));
-    }
-    println!("Host {host:?} asks to join with the fingerprint\n  {fingerprint}");
-    print!("Does {host} show exactly this fingerprint? [y/N] ");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .map_err(|err| Error::Input(format!("cannot read the answer: {err}")))?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 fn status(context: &Context) -> Result<(), Error> {
@@ -199,8 +165,10 @@ fn status(context: &Context) -> Result<(), Error> {
             None => println!("host            {host}: no daemon seen"),
         }
     }
-    for (host, fingerprint) in &status.waiting {
-        println!("waiting to join {host} (fingerprint {fingerprint}): vault fleet admit {host}");
+    for (host, waited) in &status.waiting {
+        println!(
+            "waiting to join {host} (asked {waited:.0} s ago): vault fleet admit {host}, with the code it shows"
+        );
     }
     if status.leases.is_empty() {
         println!("leases          none held");
@@ -209,16 +177,4 @@ fn status(context: &Context) -> Result<(), Error> {
         println!("lease           {account}: held by {holder}, {left:.0} s left");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fingerprints_compare_without_spaces_or_case() {
-        assert!(same_fingerprint("ab12 CD34", "ab12cd34"));
-        assert!(!same_fingerprint("ab12 cd35", "ab12 cd34"));
-        assert!(!same_fingerprint("", ""));
-    }
 }

@@ -92,12 +92,11 @@ impl AnyStore {
         }
     }
 
-    /// Who besides the owner may fetch tokens; a fleet has no grants yet (`vault grant` is
-    /// not in fleet mode), so only the owner.
+    /// Who besides the owner may fetch tokens on this host.
     pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {
         match self {
             AnyStore::Local(store) => store.grants(),
-            AnyStore::Fleet(_) => Ok(Vec::new()),
+            AnyStore::Fleet(store) => store.grants(),
         }
     }
 

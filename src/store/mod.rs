@@ -25,7 +25,7 @@ pub use any::{AnyGuard, AnyStore};
 pub use client_secrets::SecretRotation;
 pub use commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE, Purpose};
-pub use postgres::{FleetDb, FleetStatus, Lease, PgStore};
+pub use postgres::{FleetDb, FleetStatus, JoinCode, Lease, NamedGrant, PgStore};
 pub use rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep};
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -130,15 +130,15 @@ pub enum StoreError {
     #[error("host {0:?} is not waiting to join. Run on it: vault fleet join")]
     NoJoinRequest(String),
     #[error(
-        "the key host {0:?} published is not the one whose fingerprint was confirmed; nothing was sent. Compare the fingerprint vault fleet join shows on that host, and admit again"
+        "the join code does not match host {0:?}'s request (mistyped, from another join, or the request was changed in the database); nothing was sent. Type the code vault fleet join shows on that host now"
     )]
-    FingerprintMismatch(String),
+    JoinCodeMismatch(String),
     #[error(
         "host {0:?} was not admitted in time; nothing was stored. Run vault fleet join again, and vault fleet admit {0} on an enrolled host meanwhile"
     )]
     JoinTimedOut(String),
     #[error(
-        "the admission for host {0:?} does not open with this host's one-time key; run vault fleet join again"
+        "the admission for host {0:?} does not open with this join's code and one-time key: it was not made with the code shown here (someone with write access to the database may have answered instead); nothing was stored. Run vault fleet join again and admit it with the new code"
     )]
     AdmissionUnreadable(String),
     #[error("host {0:?} is this host; remove it from another enrolled host")]

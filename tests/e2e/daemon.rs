@@ -300,23 +300,7 @@ fn callers_of_another_uid_need_a_grant() {
         & 0o777;
     assert_eq!(socket_mode, 0o660);
 
-    let as_nobody = |path: &str| -> (u16, serde_json::Value) {
-        use std::os::unix::process::CommandExt;
-        let output = std::process::Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
-            .arg(&daemon.socket)
-            .arg(format!("http://localhost{path}"))
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (
-            code.parse().unwrap_or(0),
-            serde_json::from_str(body).unwrap_or_default(),
-        )
-    };
+    let as_nobody = |path: &str| crate::support::daemon::get_as_nobody(&daemon.socket, path);
     let (status, refused) = as_nobody("/v1/token/shared");
     assert_eq!(status, 403, "{refused}");
     let (status, unknown) = as_nobody("/v1/token/no-such-account");

@@ -126,8 +126,7 @@ fn fleet_mode_refuses_what_it_cannot_do_yet_and_unknown_hosts() {
     let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = fleet_with_mail(&fake, &pg);
     // A command fleet mode does not run yet never falls back to a local vault.
-    fleet_run(&vault, &pg, &["grant", "mail", "--uid", "nobody"])
-        .fails_with(1, "does not work on a fleet vault yet");
+    fleet_run(&vault, &pg, &["rotate", "mail"]).fails_with(1, "does not work on a fleet vault yet");
     // The database down: a clear error with its own exit code, and nothing refreshed; back up,
     // the same command works without anything restarted.
     pg.stop_server();
@@ -163,21 +162,31 @@ fn fleet_mode_refuses_what_it_cannot_do_yet_and_unknown_hosts() {
 }
 
 /// `vault fleet join` on `host` of `vault` (its own master key), spawned: returns the process
-/// and the fingerprint it shows.
+/// and the join code it shows.
 fn start_join(vault: &TestVault, pg: &Postgres, host: &str) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut command = fleet_command(vault, pg, host, &["fleet", "join", "--timeout", "60"]);
-    command.stdout(std::process::Stdio::piped());
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = command.spawn().unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    let fingerprint = first
-        .strip_prefix("Fingerprint of this host's request: ")
+    let code = first
+        .strip_prefix("Join code (one-time, secret): ")
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
     // Keep reading so the joining process never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, fingerprint)
+    (child, code)
+}
+
+/// `vault fleet admit host` on host-a of `vault`, typing `code`.
+fn admit(vault: &TestVault, pg: &Postgres, host: &str, code: &str) -> Run {
+    vault.run_command(
+        fleet_command(vault, pg, "host-a", &["fleet", "admit", host]),
+        Some(code),
+    )
 }
 
 #[test]
@@ -188,36 +197,27 @@ fn a_second_host_with_its_own_master_key_joins_shares_the_lease_and_can_be_remov
     // Host B: another machine's vault directory and another master key.
     let second = TestVault::new(Some(&fake));
 
-    // A wrong fingerprint admits nothing; the right one does.
-    let (joining, fingerprint) = start_join(&second, &pg, "host-b");
-    fleet_run(
+    // A wrong join code admits nothing; the right one does (typed in upper case, with spaces).
+    let (joining, code) = start_join(&second, &pg, "host-b");
+    admit(
         &first,
         &pg,
-        &[
-            "fleet",
-            "admit",
-            "host-b",
-            "--fingerprint",
-            "0000 1111 2222 3333",
-        ],
+        "host-b",
+        "0000-1111-2222-3333-4444-5555-6666-7777",
     )
-    .fails_with(1, "not the one whose fingerprint was confirmed");
+    .fails_with(1, "the join code does not match host \"host-b\"'s request");
+    admit(&first, &pg, "host-b", "12345").fails_with(1, "a join code is 32 hexadecimal digits");
     let status = fleet_run(&first, &pg, &["fleet", "status"]);
     assert!(
         status.ok().stdout.contains("waiting to join host-b"),
         "{}",
         status.stdout
     );
-    fleet_run(
+    admit(
         &first,
         &pg,
-        &[
-            "fleet",
-            "admit",
-            "host-b",
-            "--fingerprint",
-            &fingerprint.to_uppercase(),
-        ],
+        "host-b",
+        &code.replace('-', " ").to_uppercase(),
     )
     .ok();
     let joined = joining.wait_with_output().unwrap();
@@ -261,6 +261,134 @@ fn a_second_host_with_its_own_master_key_joins_shares_the_lease_and_can_be_remov
     second
         .run_command(after, None)
         .fails_with(1, "\"host-b\" is not enrolled");
+}
+
+/// An attacker with write access to the database while a host joins: swapping the joining
+/// host's key gets no admission, and answering in the admitter's place — their own one-time key,
+/// a data key of their own, sealed exactly as an admitter without the join code would — gets
+/// nothing stored on the joining host.
+#[test]
+fn a_database_writer_can_neither_swap_the_joining_key_nor_answer_the_join() {
+    let pg = Postgres::start();
+    let fake = rotating_provider(0);
+    let first = fleet_with_mail(&fake, &pg);
+    let second = TestVault::new(Some(&fake));
+    let mut db = pg.client();
+    let vault_id: String = db
+        .query_one("SELECT value FROM fleet_meta WHERE key = 'vault_id'", &[])
+        .unwrap()
+        .get(0);
+
+    let (mut joining, code) = start_join(&second, &pg, "host-b");
+    let attacker = X25519Key::generate();
+    db.execute(
+        "UPDATE joins SET public_key = $1 WHERE host = 'host-b'",
+        &[&attacker.public],
+    )
+    .unwrap();
+    admit(&first, &pg, "host-b", &code).fails_with(1, "does not match host \"host-b\"'s request");
+    let sealed: Option<Vec<u8>> = db
+        .query_one(
+            "SELECT sealed_data_key FROM joins WHERE host = 'host-b'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(sealed.is_none(), "nothing was sealed to the swapped key");
+    joining.kill().unwrap();
+    joining.wait().unwrap();
+
+    let key_before = std::fs::read(second.key_file()).ok();
+    let (joining, _code) = start_join(&second, &pg, "host-b");
+    let joiner_key: Vec<u8> = db
+        .query_one("SELECT public_key FROM joins WHERE host = 'host-b'", &[])
+        .unwrap()
+        .get(0);
+    let attacker = X25519Key::generate();
+    let attacker_public = attacker.public.clone();
+    let forged = attacker.seal_without_code(&vault_id, &joiner_key, &[0x42; 32]);
+    db.execute(
+        "UPDATE joins SET admitted_by = 'host-a', admitter_key = $1, key_version = 1,
+             sealed_data_key = $2 WHERE host = 'host-b'",
+        &[&attacker_public, &forged],
+    )
+    .unwrap();
+    let joined = joining.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&joined.stderr);
+    assert!(!joined.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("it was not made with the code shown here"),
+        "{stderr}"
+    );
+    let enrolled: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM hosts WHERE host = 'host-b')
+                  + (SELECT count(*) FROM joins WHERE host = 'host-b')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(enrolled, 0, "no host row, no request left");
+    assert_eq!(
+        std::fs::read(second.key_file()).ok(),
+        key_before,
+        "the master key file is as it was"
+    );
+}
+
+/// The attacker's one-time X25519 key.
+struct X25519Key {
+    private: ring::agreement::EphemeralPrivateKey,
+    public: Vec<u8>,
+}
+
+impl X25519Key {
+    fn generate() -> X25519Key {
+        let rng = ring::rand::SystemRandom::new();
+        let private =
+            ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &rng).unwrap();
+        let public = private.compute_public_key().unwrap().as_ref().to_vec();
+        X25519Key { private, public }
+    }
+
+    /// `data_key` sealed to the joining host as the admission did before join codes: a key from
+    /// the X25519 agreement and the public transcript alone, which anyone can compute.
+    fn seal_without_code(self, vault_id: &str, joiner_key: &[u8], data_key: &[u8; 32]) -> Vec<u8> {
+        use ring::{aead, agreement, hkdf};
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let transcript = format!(
+            "tokenvault fleet admission|vault={vault_id}|host=host-b|joiner={}|admitter={}",
+            hex(joiner_key),
+            hex(&self.public)
+        );
+        let mut key = [0u8; 32];
+        agreement::agree_ephemeral(
+            self.private,
+            &agreement::UnparsedPublicKey::new(&agreement::X25519, joiner_key),
+            |shared| {
+                hkdf::Salt::new(hkdf::HKDF_SHA256, b"tokenvault fleet admission")
+                    .extract(shared)
+                    .expand(&[transcript.as_bytes()], hkdf::HKDF_SHA256)
+                    .unwrap()
+                    .fill(&mut key)
+                    .unwrap()
+            },
+        )
+        .unwrap();
+        let sealing =
+            aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &key).unwrap());
+        let nonce = [9u8; 12];
+        let mut blob = data_key.to_vec();
+        let aad = format!("tokenvault fleet admission|vault={vault_id}|host=host-b|key=1");
+        sealing
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad.as_bytes()),
+                &mut blob,
+            )
+            .unwrap();
+        [nonce.as_slice(), &blob].concat()
+    }
 }
 
 #[test]
@@ -334,15 +462,69 @@ fn two_hosts(fake: &FakeOAuth, pg: &Postgres) -> (TestVault, TestVault) {
     (first, second)
 }
 
+/// Uids differ between hosts, so a fleet grants by name, on every host or on one, and each
+/// host's daemon resolves the name itself; a grant made on one host reaches a running daemon on
+/// another without a restart.
+#[test]
+fn fleet_grants_name_a_user_for_every_host_or_one() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as nobody");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let pg = Postgres::start();
+    let fake = rotating_provider(0);
+    let (first, second) = two_hosts(&fake, &pg);
+    let daemons = [(&first, "host-a"), (&second, "host-b")].map(|(vault, host)| {
+        std::fs::set_permissions(vault.root.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        serve_with(vault, &pg, host, &["--socket-group", "nogroup"])
+    });
+    let [on_a, on_b] = daemons.each_ref().map(|daemon| {
+        let socket = daemon.socket.clone();
+        move || crate::support::daemon::get_as_nobody(&socket, "/v1/token/mail").0
+    });
+    assert_eq!((on_a(), on_b()), (403, 403));
+
+    // A uid is stored as this host's name for it; narrowed to host-b, it grants nothing on A.
+    let granted = fleet_run(
+        &first,
+        &pg,
+        &["grant", "mail", "--uid", "65534", "--host", "host-b"],
+    );
+    assert!(
+        granted
+            .ok()
+            .stdout
+            .contains("user \"nobody\" on host host-b may now fetch"),
+        "{}",
+        granted.stdout
+    );
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(2500));
+    settle();
+    assert_eq!((on_a(), on_b()), (403, 200));
+    fleet_run(&first, &pg, &["grant", "mail", "--uid", "nobody"]).ok();
+    settle();
+    assert_eq!((on_a(), on_b()), (200, 200));
+    fleet_run(&first, &pg, &["revoke-grant", "mail", "--uid", "nobody"]).ok();
+    settle();
+    assert_eq!((on_a(), on_b()), (403, 200), "the host-b grant stays");
+
+    fleet_run(&first, &pg, &["grant", "mail", "--uid", "4242424"])
+        .fails_with(1, "no user \"4242424\" on this host");
+    fleet_run(
+        &first,
+        &pg,
+        &["grant", "mail", "--uid", "nobody", "--host", "host-z"],
+    )
+    .fails_with(1, "\"host-z\" is not enrolled");
+    fleet_run(&first, &pg, &["grant", "nothing", "--uid", "nobody"]).fails_with(1, "nothing");
+}
+
 /// Enrolls `second` as host-b of the fleet `first` (host-a) created.
 fn enroll_second_host(first: &TestVault, second: &TestVault, pg: &Postgres) {
-    let (joining, fingerprint) = start_join(second, pg, "host-b");
-    fleet_run(
-        first,
-        pg,
-        &["fleet", "admit", "host-b", "--fingerprint", &fingerprint],
-    )
-    .ok();
+    let (joining, code) = start_join(second, pg, "host-b");
+    admit(first, pg, "host-b", &code).ok();
     assert!(joining.wait_with_output().unwrap().status.success());
 }
 
@@ -616,13 +798,8 @@ fn five_daemons(
     for n in 1..5 {
         let vault = TestVault::new(Some(fake));
         let host = format!("host-{n}");
-        let (joining, fingerprint) = start_join(&vault, pg, &host);
-        fleet_run(
-            &vaults[0],
-            pg,
-            &["fleet", "admit", &host, "--fingerprint", &fingerprint],
-        )
-        .ok();
+        let (joining, code) = start_join(&vault, pg, &host);
+        admit(&vaults[0], pg, &host, &code).ok();
         assert!(joining.wait_with_output().unwrap().status.success());
         vaults.push(vault);
     }
@@ -648,7 +825,16 @@ fn serve_fleet(vault: &TestVault, pg: &Postgres, n: usize) -> crate::support::da
 
 /// `vault serve` of `vault` as `host` of the fleet, up and answering.
 fn serve_as(vault: &TestVault, pg: &Postgres, host: &str) -> crate::support::daemon::Daemon {
-    let mut command = fleet_command(vault, pg, host, &["serve"]);
+    serve_with(vault, pg, host, &[])
+}
+
+fn serve_with(
+    vault: &TestVault,
+    pg: &Postgres,
+    host: &str,
+    extra: &[&str],
+) -> crate::support::daemon::Daemon {
+    let mut command = fleet_command(vault, pg, host, &[&["serve"], extra].concat());
     command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

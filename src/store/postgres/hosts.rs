@@ -1,22 +1,94 @@
 //! Enrolling hosts in a fleet. Each host keeps the data key wrapped by its own master key, so no
-//! shared key file is copied from host to host, and one host can be removed. A joining host
-//! publishes a one-time X25519 public key and waits; an enrolled host, once a person has
-//! compared the key's fingerprint on both screens, seals the data key to it (X25519 agreement,
-//! HKDF-SHA256, AES-256-GCM). Only the joining host's one-time private key — in its memory only —
-//! opens that; it then wraps the data key with its own master key, and the request row goes.
+//! shared key file is copied from host to host, and one host can be removed.
+//!
+//! The database is not trusted to carry the admission honestly, so a person carries one secret
+//! across: the joining host shows a one-time *join code* (128 random bits, never written
+//! anywhere) and publishes a one-time X25519 public key tagged with it (HMAC-SHA256). The person
+//! types the code into `vault fleet admit` on an enrolled host, which checks the tag — a key swapped
+//! in the database fails it — and seals the data key with a key derived from the X25519 agreement
+//! *and* the code (HKDF-SHA256, AES-256-GCM). A database writer who answers in the admitter's
+//! place knows no code, so the joining host cannot open their answer and stores nothing. Only the
+//! joining host's one-time private key — in its memory only — opens a genuine admission; it then
+//! wraps the data key with its own master key, and the request row goes. (Without a PAKE in ring,
+//! the code must be long: a short one could be guessed offline from the published tag.)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::hkdf;
-use ring::rand::SystemRandom;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{Db, FleetDb, PgStore, exact_key, fleet_meta, host_wrap_aad, log_event};
 use crate::crypto::{KEY_LEN, Key};
 use crate::keys::{KeySource, PassphraseFile};
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretString};
 use crate::store::StoreError;
+
+/// How many random bytes a join code carries.
+const JOIN_CODE_LEN: usize = 16;
+
+/// The one-time secret a person carries from the joining host to the admitting one.
+pub struct JoinCode(Secret<[u8; JOIN_CODE_LEN]>);
+
+impl JoinCode {
+    fn generate(rng: &SystemRandom) -> Result<JoinCode, StoreError> {
+        let mut raw = Secret::new([0u8; JOIN_CODE_LEN]);
+        rng.fill(raw.expose_mut()).map_err(crypto_failed)?;
+        Ok(JoinCode(raw))
+    }
+
+    /// The code as people read and type it: hexadecimal in dash-separated groups of four.
+    pub fn shown(&self) -> SecretString {
+        let groups: Vec<String> = self.0.expose().chunks(2).map(crate::store::hex).collect();
+        SecretString::from(groups.join("-"))
+    }
+
+    /// Reads a typed code; spaces, dashes and letter case do not matter.
+    pub fn parse(typed: &SecretString) -> Option<JoinCode> {
+        let digits: SecretString = typed
+            .expose()
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect::<String>()
+            .into();
+        let digits = digits.expose().as_bytes();
+        if digits.len() != 2 * JOIN_CODE_LEN {
+            return None;
+        }
+        let mut raw = Secret::new([0u8; JOIN_CODE_LEN]);
+        for (byte, pair) in raw.expose_mut().iter_mut().zip(digits.chunks(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(JoinCode(raw))
+    }
+
+    /// The tag a joining host publishes with its key: only someone with the code makes it.
+    fn tag(&self, vault_id: &str, host: &str, public: &[u8]) -> hmac::Tag {
+        hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, self.0.expose()),
+            request_text(vault_id, host, public).as_bytes(),
+        )
+    }
+
+    fn verify(&self, vault_id: &str, host: &str, public: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(
+            &hmac::Key::new(hmac::HMAC_SHA256, self.0.expose()),
+            request_text(vault_id, host, public).as_bytes(),
+            tag,
+        )
+        .is_ok()
+    }
+}
+
+fn request_text(vault_id: &str, host: &str, public: &[u8]) -> String {
+    format!(
+        "tokenvault fleet join request|vault={vault_id}|host={host}|key={}",
+        crate::store::hex(public)
+    )
+}
 
 /// How often a joining host looks whether it was admitted.
 const ADMISSION_POLL: Duration = Duration::from_millis(300);
@@ -27,23 +99,24 @@ pub struct FleetStatus {
     /// Each enrolled host, and how many seconds ago its daemon last said it was alive (`None`:
     /// no daemon seen).
     pub hosts: Vec<(String, Option<f64>)>,
-    /// Hosts waiting to be admitted, with their key's fingerprint.
-    pub waiting: Vec<(String, String)>,
+    /// Hosts waiting to be admitted, and for how many seconds they have.
+    pub waiting: Vec<(String, f64)>,
     /// Accounts whose lease is held now: (account, holder, seconds left).
     pub leases: Vec<(String, String, f64)>,
 }
 
 impl PgStore {
-    /// Joins the fleet as `fleet.host`: publishes a one-time public key, tells its fingerprint
-    /// to `announce`, waits up to `wait` for an enrolled host to admit it, then keeps the data
-    /// key wrapped by this host's master key at `key_source`.
+    /// Joins the fleet as `fleet.host`: publishes a one-time public key, tells the join code to
+    /// `announce`, waits up to `wait` for an enrolled host to admit it, then keeps the data key
+    /// wrapped by this host's master key at `key_source`. An admission not made with the code
+    /// opens to nothing, and nothing is stored.
     pub fn join(
         fleet: &FleetDb,
         dir: &Path,
         key_source: KeySource,
         passphrase: PassphraseFile<'_>,
         wait: Duration,
-        announce: impl FnOnce(&str),
+        announce: impl FnOnce(&JoinCode),
     ) -> Result<PgStore, StoreError> {
         let host = fleet.host.clone();
         crate::store::create_private_dir(dir)?;
@@ -56,32 +129,37 @@ impl PgStore {
             .map_err(crypto_failed)?
             .as_ref()
             .to_vec();
-        request_admission(&db, &host, &public)?;
-        announce(&fingerprint(&public));
-        let Some(Admission {
-            admitter_key,
-            sealed,
-        }) = wait_for_admission(&db, &host, &public, wait)?
-        else {
-            let (owner, key) = (host.clone(), public.clone());
-            db.run(move |client| {
-                client.execute(
-                    "DELETE FROM joins WHERE host = $1 AND public_key = $2",
-                    &[&owner, &key],
-                )?;
-                Ok(())
-            })?;
-            return Err(StoreError::JoinTimedOut(host));
+        let code = JoinCode::generate(&rng)?;
+        let tag = code.tag(&vault_id, &host, &public);
+        request_admission(&db, &host, &public, tag.as_ref())?;
+        announce(&code);
+        let admission = wait_for_admission(&db, &host, &public, wait)?;
+        let raw = admission
+            .ok_or_else(|| StoreError::JoinTimedOut(host.clone()))
+            .and_then(
+                |Admission {
+                     admitter_key,
+                     sealed,
+                 }| {
+                    let transport = agree(
+                        private,
+                        &admitter_key,
+                        &transcript(&vault_id, &host, &public, &admitter_key),
+                        &code,
+                    )?;
+                    let opened = transport
+                        .open(&sealed, admission_aad(&vault_id, &host, version).as_bytes())
+                        .map_err(|_| StoreError::AdmissionUnreadable(host.clone()))?;
+                    exact_key(opened.expose())
+                },
+            );
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(err) => {
+                withdraw_request(&db, &host, &public)?;
+                return Err(err);
+            }
         };
-        let transport = agree(
-            private,
-            &admitter_key,
-            &transcript(&vault_id, &host, &public, &admitter_key),
-        )?;
-        let opened = transport
-            .open(&sealed, admission_aad(&vault_id, &host, version).as_bytes())
-            .map_err(|_| StoreError::AdmissionUnreadable(host.clone()))?;
-        let raw = exact_key(opened.expose())?;
         let master = key_source.load_or_create(&vault_id, version, passphrase)?;
         let wrapped = Key::from_bytes(&master).seal(
             raw.expose(),
@@ -108,23 +186,25 @@ impl PgStore {
         ))
     }
 
-    /// Admits host `host`, which waits in `vault fleet join`, once `confirm` accepts the
-    /// fingerprint of the key it published: the data key is sealed to that key.
-    pub fn admit(&self, host: &str, confirm: impl FnOnce(&str) -> bool) -> Result<(), StoreError> {
+    /// Admits host `host`, which waits in `vault fleet join` showing `code`: once the key it
+    /// published carries the code's tag, the data key is sealed to that key and the code.
+    pub fn admit(&self, host: &str, code: &JoinCode) -> Result<(), StoreError> {
         let owner = host.to_owned();
-        let public = self
+        let (public, tag) = self
             .db
             .run(move |client| {
                 Ok(client
                     .query_opt(
-                        "SELECT public_key FROM joins WHERE host = $1 AND sealed_data_key IS NULL",
+                        "SELECT public_key, request_tag FROM joins
+                         WHERE host = $1 AND sealed_data_key IS NULL",
                         &[&owner],
                     )?
-                    .map(|row| row.get::<_, Vec<u8>>(0)))
+                    .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Option<Vec<u8>>>(1))))
             })?
             .ok_or_else(|| StoreError::NoJoinRequest(host.to_owned()))?;
-        if !confirm(&fingerprint(&public)) {
-            return Err(StoreError::FingerprintMismatch(host.to_owned()));
+        let tagged = tag.is_some_and(|tag| code.verify(&self.vault_id, host, &public, &tag));
+        if !tagged {
+            return Err(StoreError::JoinCodeMismatch(host.to_owned()));
         }
         let rng = SystemRandom::new();
         let private = EphemeralPrivateKey::generate(&X25519, &rng).map_err(crypto_failed)?;
@@ -137,6 +217,7 @@ impl PgStore {
             private,
             &public,
             &transcript(&self.vault_id, host, &public, &admitter_key),
+            code,
         )?;
         let sealed = transport.seal(
             self.raw_data_key.expose(),
@@ -158,8 +239,8 @@ impl PgStore {
             Ok(admitted)
         })?;
         if !admitted {
-            // The request changed since its fingerprint was shown (a new `join`).
-            return Err(StoreError::FingerprintMismatch(host.to_owned()));
+            // The request changed since its tag was checked (a new `join`).
+            return Err(StoreError::JoinCodeMismatch(host.to_owned()));
         }
         Ok(())
     }
@@ -212,11 +293,12 @@ impl PgStore {
                 .collect();
             let waiting = client
                 .query(
-                    "SELECT host, public_key FROM joins WHERE sealed_data_key IS NULL ORDER BY host",
+                    "SELECT host, EXTRACT(EPOCH FROM clock_timestamp() - requested_at)::float8
+                     FROM joins WHERE sealed_data_key IS NULL ORDER BY host",
                     &[],
                 )?
                 .iter()
-                .map(|row| (row.get(0), fingerprint(&row.get::<_, Vec<u8>>(1))))
+                .map(|row| (row.get(0), row.get(1)))
                 .collect();
             let leases = client
                 .query(
@@ -238,8 +320,8 @@ impl PgStore {
     }
 }
 
-fn request_admission(db: &Db, host: &str, public: &[u8]) -> Result<(), StoreError> {
-    let (owner, key) = (host.to_owned(), public.to_vec());
+fn request_admission(db: &Db, host: &str, public: &[u8], tag: &[u8]) -> Result<(), StoreError> {
+    let (owner, key, tag) = (host.to_owned(), public.to_vec(), tag.to_vec());
     db.run(move |client| {
         let enrolled: bool = client
             .query_one(
@@ -251,10 +333,23 @@ fn request_admission(db: &Db, host: &str, public: &[u8]) -> Result<(), StoreErro
             return Err(StoreError::HostExists(owner));
         }
         client.execute(
-            "INSERT INTO joins (host, public_key) VALUES ($1, $2)
+            "INSERT INTO joins (host, public_key, request_tag) VALUES ($1, $2, $3)
              ON CONFLICT (host) DO UPDATE SET public_key = excluded.public_key,
-                 requested_at = clock_timestamp(), admitted_by = NULL, admitter_key = NULL,
-                 key_version = NULL, sealed_data_key = NULL",
+                 request_tag = excluded.request_tag, requested_at = clock_timestamp(),
+                 admitted_by = NULL, admitter_key = NULL, key_version = NULL,
+                 sealed_data_key = NULL",
+            &[&owner, &key, &tag],
+        )?;
+        Ok(())
+    })
+}
+
+/// Deletes this process's own request (a later `join` may have replaced it: that one stays).
+fn withdraw_request(db: &Db, host: &str, public: &[u8]) -> Result<(), StoreError> {
+    let (owner, key) = (host.to_owned(), public.to_vec());
+    db.run(move |client| {
+        client.execute(
+            "DELETE FROM joins WHERE host = $1 AND public_key = $2",
             &[&owner, &key],
         )?;
         Ok(())
@@ -299,16 +394,17 @@ fn wait_for_admission(
 }
 
 /// The transport key both sides derive: X25519 between one side's one-time private key and the
-/// other's public key, through HKDF bound to the admission's `transcript`.
+/// other's public key, with the join code, through HKDF bound to the admission's `transcript`.
 fn agree(
     private: EphemeralPrivateKey,
     peer_key: &[u8],
     transcript: &str,
+    code: &JoinCode,
 ) -> Result<Key, StoreError> {
     agreement::agree_ephemeral(
         private,
         &UnparsedPublicKey::new(&X25519, peer_key),
-        |shared| transport_key(shared, transcript),
+        |shared| transport_key(shared, code, transcript),
     )
     .map_err(crypto_failed)?
 }
@@ -322,8 +418,17 @@ fn transcript(vault_id: &str, host: &str, joiner_key: &[u8], admitter_key: &[u8]
     )
 }
 
-fn transport_key(shared: &[u8], transcript: &str) -> Result<Key, StoreError> {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"tokenvault fleet admission").extract(shared);
+fn transport_key(shared: &[u8], code: &JoinCode, transcript: &str) -> Result<Key, StoreError> {
+    let mut input = Secret::new([0u8; 32 + JOIN_CODE_LEN]);
+    let (agreed, carried) = input.expose_mut().split_at_mut(32);
+    agreed.copy_from_slice(
+        shared
+            .get(..32)
+            .ok_or_else(|| crypto_failed(ring::error::Unspecified))?,
+    );
+    carried.copy_from_slice(code.0.expose());
+    let prk =
+        hkdf::Salt::new(hkdf::HKDF_SHA256, b"tokenvault fleet admission").extract(input.expose());
     let info = [transcript.as_bytes()];
     let okm = prk
         .expand(&info, hkdf::HKDF_SHA256)
@@ -338,16 +443,37 @@ fn admission_aad(vault_id: &str, host: &str, version: i64) -> String {
     format!("tokenvault fleet admission|vault={vault_id}|host={host}|key={version}")
 }
 
-/// A public key's fingerprint as people compare it: SHA-256, the first 16 bytes in groups.
-pub fn fingerprint(public: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, public);
-    digest.as_ref()[..16]
-        .chunks(2)
-        .map(crate::store::hex)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn crypto_failed(_: ring::error::Unspecified) -> StoreError {
     StoreError::Database("the host key exchange failed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_code_reads_back_as_shown_whatever_the_spacing_or_case() {
+        let code = JoinCode::generate(&SystemRandom::new()).unwrap();
+        let shown = code.shown();
+        let typed = SecretString::from(shown.expose().replace('-', " ").to_uppercase());
+        let read = JoinCode::parse(&typed).unwrap();
+        assert_eq!(read.0.expose(), code.0.expose());
+        for wrong in ["", "12345", &"g".repeat(32), &"a".repeat(34)] {
+            assert!(JoinCode::parse(&SecretString::from(wrong.to_owned())).is_none());
+        }
+    }
+
+    #[test]
+    fn a_request_tag_holds_only_for_its_code_host_and_key() {
+        let rng = SystemRandom::new();
+        let (code, other) = (
+            JoinCode::generate(&rng).unwrap(),
+            JoinCode::generate(&rng).unwrap(),
+        );
+        let tag = code.tag("v1", "host-b", b"key");
+        assert!(code.verify("v1", "host-b", b"key", tag.as_ref()));
+        assert!(!other.verify("v1", "host-b", b"key", tag.as_ref()));
+        assert!(!code.verify("v1", "host-c", b"key", tag.as_ref()));
+        assert!(!code.verify("v1", "host-b", b"kez", tag.as_ref()));
+    }
 }

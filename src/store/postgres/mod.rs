@@ -12,10 +12,12 @@
 //! `postgres` (the blocking client) runs on a thread of its own, so the store answers the
 //! synchronous `RefreshStore` seam from inside the CLI's or the daemon's async runtime.
 
+mod grants;
 mod hosts;
 mod outbox;
 
-pub use hosts::FleetStatus;
+pub use grants::NamedGrant;
+pub use hosts::{FleetStatus, JoinCode};
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -54,6 +56,8 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/003_validation_firings.sql"),
     include_str!("../../../schema/postgres/004_fleet_backoff.sql"),
     include_str!("../../../schema/postgres/005_alert_outbox.sql"),
+    include_str!("../../../schema/postgres/006_join_codes.sql"),
+    include_str!("../../../schema/postgres/007_grants.sql"),
 ];
 
 /// A job for the database thread.
@@ -481,10 +485,13 @@ impl PgStore {
     pub fn data_version(&self) -> Result<i64, StoreError> {
         self.db.run(|client| {
             // Every committed insert or update leaves a row version with a newer xmin; a
-            // removal changes the count.
+            // removal changes the count. Grants count too: the daemon serves by them.
             Ok(client
                 .query_one(
-                    "SELECT COALESCE(max(xmin::text::bigint), 0) * 1000003 + count(*) FROM accounts",
+                    "SELECT (SELECT COALESCE(max(xmin::text::bigint), 0) * 1000003 + count(*)
+                             FROM accounts)
+                          + (SELECT COALESCE(max(xmin::text::bigint), 0) * 1009 + count(*)
+                             FROM grants)",
                     &[],
                 )?
                 .get(0))

@@ -87,6 +87,26 @@ impl Answer {
 
 /// One request on a fresh connection.
 /// `get`, for a daemon that may be killed mid-request: `None` when it went away.
+/// GET `path` from `socket` as user `nobody` (curl run as uid and gid 65534): the status and the
+/// JSON body (null when there is none).
+pub fn get_as_nobody(socket: &Path, path: &str) -> (u16, serde_json::Value) {
+    use std::os::unix::process::CommandExt;
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://localhost{path}"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
+
 pub fn try_get(socket: &Path, path: &str) -> Option<Answer> {
     let mut stream = UnixStream::connect(socket).ok()?;
     write!(

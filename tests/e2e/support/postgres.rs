@@ -176,15 +176,20 @@ impl Postgres {
         );
     }
 
-    /// Forces everything written so far into the data files (for the leak scan).
-    pub fn checkpoint(&self) {
+    /// A superuser connection over the cluster's Unix socket: what an attacker with write access
+    /// to the database has.
+    pub fn client(&self) -> postgres::Client {
         let socket = format!(
             "host={} port={} user=vault dbname=postgres",
             self.root.path().display(),
             self.port
         );
-        let mut client = postgres::Client::connect(&socket, postgres::NoTls).unwrap();
-        client.batch_execute("CHECKPOINT").unwrap();
+        postgres::Client::connect(&socket, postgres::NoTls).unwrap()
+    }
+
+    /// Forces everything written so far into the data files (for the leak scan).
+    pub fn checkpoint(&self) {
+        self.client().batch_execute("CHECKPOINT").unwrap();
     }
 
     /// Every file of the cluster's data directory, as bytes.
