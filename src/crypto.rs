@@ -70,6 +70,7 @@ impl Key {
 }
 
 /// HMAC-SHA256 that vouches for the plaintext settings deciding where secrets are sent.
+#[derive(Clone)]
 pub struct MacKey(ring::hmac::Key);
 
 impl MacKey {

@@ -510,6 +510,22 @@ fn fleet_grants_name_a_user_for_every_host_or_one() {
     settle();
     assert_eq!((on_a(), on_b()), (403, 200), "the host-b grant stays");
 
+    // A database writer copies the host-b grant for every host: the row's MAC does not cover
+    // that, so it grants nothing anywhere; the genuine one still does.
+    pg.client()
+        .execute(
+            "INSERT INTO grants (account_id, kind, name, host, mac)
+             SELECT account_id, kind, name, '', mac FROM grants WHERE host = 'host-b'",
+            &[],
+        )
+        .unwrap();
+    settle();
+    assert_eq!(
+        (on_a(), on_b()),
+        (403, 200),
+        "a forged grant row grants nothing"
+    );
+
     fleet_run(&first, &pg, &["grant", "mail", "--uid", "4242424"])
         .fails_with(1, "no user \"4242424\" on this host");
     fleet_run(

@@ -1,5 +1,7 @@
 //! Grants on a fleet: a user or group *name* (uids differ between hosts), on every host or on
 //! one. Each host resolves the names with its own user and group databases when it loads them.
+//! Each row is signed with the key settings are signed with, so writing the database is not
+//! enough to grant anyone anything.
 
 use super::{PgStore, log_event};
 use crate::account::Principal;
@@ -37,6 +39,7 @@ impl PgStore {
         let (account, kind, name) = (account.to_owned(), grant.kind, grant.name.to_owned());
         let host = grant.host.unwrap_or_default().to_owned();
         let (detail, me) = (grant.detail(), self.host.clone());
+        let key = self.settings_key.clone();
         self.db.run(move |client| {
             let mut tx = client.transaction()?;
             if !host.is_empty() {
@@ -54,20 +57,23 @@ impl PgStore {
                 .query_opt("SELECT id FROM accounts WHERE name = $1", &[&account])?
                 .ok_or_else(|| StoreError::NoSuchAccount(account.clone()))?
                 .get(0);
-            let (sql, event) = if allowed {
-                (
-                    "INSERT INTO grants (account_id, kind, name, host) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT DO NOTHING",
-                    "granted",
-                )
+            let changed = if allowed {
+                let mac = key.sign(&grant_message(id, kind, &name, &host));
+                tx.execute(
+                    "INSERT INTO grants (account_id, kind, name, host, mac)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (account_id, kind, name, host) DO UPDATE SET mac = excluded.mac
+                     WHERE grants.mac <> excluded.mac",
+                    &[&id, &kind, &name, &host, &mac],
+                )? == 1
             } else {
-                (
+                tx.execute(
                     "DELETE FROM grants
                      WHERE account_id = $1 AND kind = $2 AND name = $3 AND host = $4",
-                    "grant_revoked",
-                )
+                    &[&id, &kind, &name, &host],
+                )? == 1
             };
-            let changed = tx.execute(sql, &[&id, &kind, &name, &host])? == 1;
+            let event = if allowed { "granted" } else { "grant_revoked" };
             if changed {
                 log_event(&mut tx, &me, &account, event, Some(&detail))?;
             }
@@ -77,33 +83,66 @@ impl PgStore {
     }
 
     /// The grants that apply on this host, as (account name, principal): names this host does
-    /// not know grant nothing here.
+    /// not know, and rows not signed with the data key, grant nothing here.
     pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {
         let me = self.host.clone();
-        let rows: Vec<(String, String, String)> = self.db.run(move |client| {
+        let rows: Vec<GrantRow> = self.db.run(move |client| {
             Ok(client
                 .query(
-                    "SELECT a.name, g.kind, g.name FROM grants g JOIN accounts a
-                         ON a.id = g.account_id
+                    "SELECT a.name, g.account_id, g.kind, g.name, g.host, g.mac FROM grants g
+                         JOIN accounts a ON a.id = g.account_id
                      WHERE g.host IN ('', $1) ORDER BY a.name",
                     &[&me],
                 )?
                 .iter()
-                .map(|row| (row.get(0), row.get(1), row.get(2)))
+                .map(|row| GrantRow {
+                    account: row.get(0),
+                    account_id: row.get(1),
+                    kind: row.get(2),
+                    name: row.get(3),
+                    host: row.get(4),
+                    mac: row.get(5),
+                })
                 .collect())
         })?;
         let (uids, gids) = (users::uids_by_name(), users::gids_by_name());
         Ok(rows
             .into_iter()
-            .filter_map(|(account, kind, name)| {
-                let ids = if kind == Principal::Uid(0).kind() {
-                    &uids
-                } else {
-                    &gids
-                };
-                let principal = Principal::from_parts(&kind, *ids.get(&name)?)?;
-                Some((account, principal))
+            .filter(|row| {
+                let message = grant_message(row.account_id, &row.kind, &row.name, &row.host);
+                self.settings_key.verify(&message, &row.mac)
             })
+            .filter_map(
+                |GrantRow {
+                     account,
+                     kind,
+                     name,
+                     ..
+                 }| {
+                    let ids = if kind == Principal::Uid(0).kind() {
+                        &uids
+                    } else {
+                        &gids
+                    };
+                    let principal = Principal::from_parts(&kind, *ids.get(&name)?)?;
+                    Some((account, principal))
+                },
+            )
             .collect())
     }
+}
+
+struct GrantRow {
+    account: String,
+    account_id: i64,
+    kind: String,
+    name: String,
+    host: String,
+    mac: Vec<u8>,
+}
+
+/// What a grant's MAC covers: the account's id (a row moved to another account fails) and the
+/// grant itself.
+fn grant_message(account_id: i64, kind: &str, name: &str, host: &str) -> Vec<u8> {
+    format!("tokenvault fleet grant\0{account_id}\0{kind}\0{name}\0{host}").into_bytes()
 }
