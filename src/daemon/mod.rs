@@ -78,7 +78,7 @@ pub struct ServeOptions {
 /// Serves until `shutdown` completes, then answers what is in flight and removes the socket.
 /// `ready` is told the socket and the number of accounts once the socket accepts.
 pub async fn serve(
-    store: AnyStore,
+    mut store: AnyStore,
     options: ServeOptions,
     ready: impl FnOnce(&Path, usize),
     shutdown: impl std::future::Future<Output = ()>,
@@ -108,6 +108,9 @@ pub async fn serve(
     };
     // Deadline alerts and key rotation read the embedded vault only: not run on a fleet yet.
     let local_duties = store.local().is_some();
+    if let AnyStore::Fleet(fleet) = &mut store {
+        fleet.listen();
+    }
     let tokens = Arc::new(Tokens::load(
         store, audit, alerts, metrics, settings, owner_uid,
     )?);

@@ -69,6 +69,12 @@ impl Tokens {
         &self.table
     }
 
+    /// The fleet's changes as this daemon hears them (none for the embedded vault, whose
+    /// changes are polled).
+    pub fn change_feed(&self) -> Option<crate::store::ChangeFeed> {
+        self.store.lock().ok()?.fleet()?.change_feed()
+    }
+
     /// The account `peer` asks for (see `AccountTable::lookup`).
     pub fn lookup(&self, peer: Peer, name: &str) -> Lookup {
         self.table.lookup(peer, name)

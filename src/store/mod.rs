@@ -25,7 +25,7 @@ pub use any::{AnyGuard, AnyStore};
 pub use client_secrets::SecretRotation;
 pub use commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE, Purpose};
-pub use postgres::{FleetDb, FleetStatus, JoinCode, Lease, NamedGrant, PgStore};
+pub use postgres::{ChangeFeed, FleetDb, FleetStatus, Heard, JoinCode, Lease, NamedGrant, PgStore};
 pub use rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep};
 
 use std::os::unix::fs::OpenOptionsExt;

@@ -582,6 +582,68 @@ fn two_daemons_on_one_fleet_refresh_ahead_once_per_expiry() {
     assert_eq!(stored_refresh_token(&first, &pg), current);
 }
 
+/// A daemon hears the fleet's changes (LISTEN/NOTIFY): what another host commits reaches it at
+/// once, not at its next half-minute look. With its listening connection cut, it polls until the
+/// connection is made again.
+#[test]
+fn a_fleet_daemon_hears_changes_and_polls_while_it_cannot() {
+    let pg = Postgres::start();
+    let fake = rotating_provider(0);
+    let (first, second) = two_hosts(&fake, &pg);
+    let on_b = serve_as(&second, &pg, "host-b");
+    let listeners = || -> i64 {
+        pg.client()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokenvault-listen'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !done() {
+            // Far below the 30 s a listening daemon waits before looking on its own.
+            assert!(started.elapsed().as_secs() < 10, "{what}: not within 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    until("the daemon listens", &|| listeners() == 1);
+    // Let the first looks (at start, and when hearing began) pass.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let serves = |name: &str| {
+        on_b.get("/v1/accounts").json()["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|account| account["name"] == name)
+    };
+    let args = browser_add_args(&first, &fake, "cal", &["--timeout", "30"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fleet_run(&first, &pg, &args).ok();
+    until("an account added on host-a is served by host-b", &|| {
+        serves("cal")
+    });
+
+    let cut: i64 = pg
+        .client()
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'tokenvault-listen'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1);
+    fleet_run(&first, &pg, &["remove", "cal"]).ok();
+    until("a removal reaches host-b without its listener", &|| {
+        !serves("cal")
+    });
+    until("the listening connection is made again", &|| {
+        listeners() == 1
+    });
+}
+
 #[test]
 fn a_commit_cut_off_by_a_database_restart_lands_when_it_is_back() {
     let pg = Postgres::start();

@@ -14,13 +14,15 @@
 
 mod grants;
 mod hosts;
+mod listen;
 mod outbox;
 
 pub use grants::NamedGrant;
 pub use hosts::{FleetStatus, JoinCode};
+pub use listen::{ChangeFeed, Heard};
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use super::accounts::{settings_with_identity, vouched_settings};
@@ -46,8 +48,10 @@ const COMMIT_RETRY: Duration = Duration::from_millis(500);
 /// How long a refresh waits for another host's lease before saying so (a refresh takes well
 /// under a second; a lease whose holder died runs out after `LEASE`).
 const LEASE_WAIT: Duration = Duration::from_secs(2);
-/// How often a host waiting for another's lease looks again.
+/// How often a host waiting for another's lease looks again, when it does not hear changes.
 const LEASE_POLL: Duration = Duration::from_millis(100);
+/// How long a host that hears changes waits for one before looking anyway.
+const LEASE_HEARD_WAIT: Duration = Duration::from_millis(500);
 
 /// The fleet schema's migrations, in order; the database records how many it has applied.
 const SCHEMA: &[&str] = &[
@@ -58,6 +62,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/005_alert_outbox.sql"),
     include_str!("../../../schema/postgres/006_join_codes.sql"),
     include_str!("../../../schema/postgres/007_grants.sql"),
+    include_str!("../../../schema/postgres/008_notify.sql"),
 ];
 
 /// A job for the database thread.
@@ -261,6 +266,8 @@ impl Connection {
 #[derive(Clone)]
 struct Db {
     jobs: mpsc::Sender<Job>,
+    /// How to make another connection (the listening one).
+    address: Arc<(postgres::Config, tokio_postgres_rustls::MakeRustlsConnect)>,
 }
 
 impl Db {
@@ -276,7 +283,17 @@ impl Db {
                 job(&mut connection);
             }
         });
-        Db { jobs }
+        Db {
+            jobs,
+            address: Arc::new((fleet.config.clone(), fleet.tls.clone())),
+        }
+    }
+
+    /// Starts hearing the fleet's changes on a connection of its own.
+    fn listen(&self) -> Arc<listen::Changes> {
+        let (mut config, tls) = (*self.address).clone();
+        config.application_name(listen::APPLICATION_NAME);
+        listen::Changes::listen(move || config.connect(tls.clone()))
     }
 
     /// Runs `work` on the database thread and waits for its result.
@@ -336,6 +353,8 @@ pub struct PgStore {
     /// Kept to seal it to a host being admitted.
     raw_data_key: Secret<[u8; KEY_LEN]>,
     key_version: i64,
+    /// The fleet's changes, heard on a connection of their own (daemons only).
+    changes: Option<Arc<listen::Changes>>,
 }
 
 impl PgStore {
@@ -407,7 +426,21 @@ impl PgStore {
             settings_key: MacKey::derive(&raw),
             raw_data_key: raw,
             key_version,
+            changes: None,
         }
+    }
+
+    /// Hears the fleet's changes from now on (a daemon does: waits for other hosts' refreshes
+    /// end when they commit, and its duties wake on changes instead of polling).
+    pub fn listen(&mut self) {
+        if self.changes.is_none() {
+            self.changes = Some(self.db.listen());
+        }
+    }
+
+    /// The fleet's changes as this host hears them, once `listen` was called.
+    pub fn change_feed(&self) -> Option<ChangeFeed> {
+        self.changes.as_ref().map(|changes| changes.feed())
     }
 
     /// Opens the fleet vault at `url` as `host`, with the master key `unlock` names or the one
@@ -831,6 +864,7 @@ impl super::RefreshStore for PgStore {
     fn guard_refresh(&self, name: &str) -> Result<Lease, StoreError> {
         let give_up = boottime() + LEASE_WAIT;
         loop {
+            let seen = self.changes.as_ref().map(|changes| changes.now());
             let (owner, host) = (name.to_owned(), self.host.clone());
             let seconds = LEASE.as_secs_f64();
             let taken = self.db.run(move |client| {
@@ -875,7 +909,14 @@ impl super::RefreshStore for PgStore {
                 // runs out on its own. Callers get the cached token or a quick "try again".
                 return Err(StoreError::LeaseHeld(name.to_owned()));
             }
-            std::thread::sleep(LEASE_POLL);
+            // The holder's commit (or failure) notifies; without a listening connection, poll.
+            let heard = match (&self.changes, seen) {
+                (Some(changes), Some(seen)) => changes.wait_for_data(seen, LEASE_HEARD_WAIT),
+                _ => false,
+            };
+            if !heard {
+                std::thread::sleep(LEASE_POLL);
+            }
         }
     }
 
