@@ -150,6 +150,8 @@ pub struct Counters {
     /// Requests refused `invalid_client` (an unknown client, or a secret it does not hold).
     pub client_rejections: u32,
     pub slow_downs: u32,
+    /// Rotated refresh tokens accepted once more within `reuse_grace`.
+    pub grace_reuses: u32,
     /// Gaps between consecutive device polls.
     pub device_poll_gaps: Vec<Duration>,
 }
@@ -165,8 +167,8 @@ struct Inner {
     devices: HashMap<String, DeviceCode>,
     /// Every credential the server knows or issued, for leak scans.
     issued_secrets: Vec<String>,
-    /// access token → the scope it was issued for
-    access_tokens: HashMap<String, String>,
+    /// access token → the scope it was issued for, and when it expires
+    access_tokens: HashMap<String, (String, Instant)>,
     webhooks: Vec<Value>,
     /// The service account's keys it accepts assertions from (RSAPublicKey, DER).
     sa_public_keys: Vec<Vec<u8>>,
@@ -293,9 +295,20 @@ impl DevProvider {
         self.lock().access_tokens.contains_key(token)
     }
 
+    /// Whether this server issued `token` and it has not expired.
+    pub fn is_live_access_token(&self, token: &str) -> bool {
+        self.lock()
+            .access_tokens
+            .get(token)
+            .is_some_and(|(_, expires)| Instant::now() < *expires)
+    }
+
     /// The scope an access token this server issued was granted.
     pub fn access_token_scope(&self, token: &str) -> Option<String> {
-        self.lock().access_tokens.get(token).cloned()
+        self.lock()
+            .access_tokens
+            .get(token)
+            .map(|(scope, _)| scope.clone())
     }
 
     /// Revokes every grant, as a user removing the app's access would.
@@ -566,7 +579,10 @@ fn authenticate(
 
 fn issue_access(inner: &mut Inner, scope: &str, refresh: Option<String>) -> Response {
     let access = random("at-");
-    inner.access_tokens.insert(access.clone(), scope.to_owned());
+    let expires = Instant::now() + Duration::from_secs(inner.behaviour.access_lifetime);
+    inner
+        .access_tokens
+        .insert(access.clone(), (scope.to_owned(), expires));
     let mut body = json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -721,6 +737,7 @@ fn refresh(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
                 .is_some_and(|(at, grace)| at.elapsed() < grace);
         if within_grace && grant.alive {
             // A retry after a lost answer: the current refresh token again.
+            inner.counters.grace_reuses += 1;
             let (scope, current) = (grant.scope.clone(), grant.current_refresh.clone());
             return issue_access(inner, &scope, Some(current));
         }

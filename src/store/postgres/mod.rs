@@ -42,8 +42,10 @@ pub const LEASE: Duration = Duration::from_secs(60);
 const REQUEST_BUDGET: Duration = Duration::from_secs(35);
 /// How long connecting to the database may take, unless the address says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a commit whose connection broke is tried again (within the lease), and how often.
-const COMMIT_BUDGET: Duration = Duration::from_secs(20);
+/// How long a commit whose connection broke is tried again, and how often. It may outlast the
+/// lease: the commit is fenced on the lease id, so it lands only if no host took the lease
+/// since — as when the database was down for everyone — and then saves the rotated token.
+const COMMIT_BUDGET: Duration = Duration::from_secs(120);
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
 /// How long a refresh waits for another host's lease before saying so (a refresh takes well
 /// under a second; a lease whose holder died runs out after `LEASE`).
