@@ -5,6 +5,7 @@
 //! rather than on a timer; while the listening connection is down, those fall back to polling,
 //! and it is made again.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -31,9 +32,34 @@ pub struct Heard {
 /// The fleet's changes as this host hears them, for threads (a condition variable) and for
 /// async tasks (a watch channel).
 pub(super) struct Changes {
-    heard: Mutex<Heard>,
+    heard: Mutex<Hearing>,
     moved: Condvar,
     feed: watch::Sender<Heard>,
+}
+
+/// What the listening thread has taken in.
+#[derive(Default)]
+struct Hearing {
+    heard: Heard,
+    /// Changes heard per account id (what a host waiting for one account's refresh waits on).
+    accounts: HashMap<i64, u64>,
+}
+
+/// One notification's meaning.
+enum News {
+    Account(i64),
+    Data,
+    Alerts,
+}
+
+impl News {
+    fn of(payload: &str) -> News {
+        match payload.strip_prefix("account:").map(str::parse) {
+            Some(Ok(id)) => News::Account(id),
+            _ if payload == "alerts" => News::Alerts,
+            _ => News::Data,
+        }
+    }
 }
 
 impl Changes {
@@ -43,7 +69,7 @@ impl Changes {
         connect: impl Fn() -> Result<postgres::Client, postgres::Error> + Send + 'static,
     ) -> Arc<Changes> {
         let changes = Arc::new(Changes {
-            heard: Mutex::new(Heard::default()),
+            heard: Mutex::new(Hearing::default()),
             moved: Condvar::new(),
             feed: watch::Sender::new(Heard::default()),
         });
@@ -52,22 +78,26 @@ impl Changes {
         changes
     }
 
-    pub(super) fn now(&self) -> Heard {
-        self.heard.lock().map(|heard| *heard).unwrap_or_default()
+    /// How many changes of account `id` were heard so far.
+    pub(super) fn account_changes(&self, id: i64) -> u64 {
+        self.heard
+            .lock()
+            .map(|hearing| hearing.accounts.get(&id).copied().unwrap_or_default())
+            .unwrap_or_default()
     }
 
-    /// Waits up to `wait` for a data change after `seen`; false when nothing is heard (the
-    /// caller then polls).
-    pub(super) fn wait_for_data(&self, seen: Heard, wait: Duration) -> bool {
-        let Ok(heard) = self.heard.lock() else {
+    /// Waits up to `wait` for account `id` to change after `seen` changes; false when nothing
+    /// is heard (the caller then polls).
+    pub(super) fn wait_for_account(&self, id: i64, seen: u64, wait: Duration) -> bool {
+        let Ok(hearing) = self.heard.lock() else {
             return false;
         };
-        if !heard.listening {
+        if !hearing.heard.listening {
             return false;
         }
-        let _ = self
-            .moved
-            .wait_timeout_while(heard, wait, |now| now.listening && now.data == seen.data);
+        let _ = self.moved.wait_timeout_while(hearing, wait, |now| {
+            now.heard.listening && now.accounts.get(&id).copied().unwrap_or_default() == seen
+        });
         true
     }
 
@@ -77,10 +107,10 @@ impl Changes {
         ChangeFeed { heard, seen }
     }
 
-    fn update(&self, change: impl Fn(&mut Heard)) {
-        if let Ok(mut heard) = self.heard.lock() {
-            change(&mut heard);
-            self.feed.send_replace(*heard);
+    fn update(&self, change: impl FnOnce(&mut Hearing)) {
+        if let Ok(mut hearing) = self.heard.lock() {
+            change(&mut hearing);
+            self.feed.send_replace(hearing.heard);
         }
         self.moved.notify_all();
     }
@@ -97,13 +127,13 @@ fn keep_listening(
         });
         if let Ok(mut client) = listening {
             // Anything may have changed while nobody listened: everyone looks once.
-            let heard = update(changes, |heard| {
-                heard.listening = true;
-                heard.data += 1;
-                heard.alerts += 1;
+            let heard = update(changes, |hearing| {
+                hearing.heard.listening = true;
+                hearing.heard.data += 1;
+                hearing.heard.alerts += 1;
             });
             while heard && hear(&mut client, changes) {}
-            if !update(changes, |heard| heard.listening = false) {
+            if !update(changes, |hearing| hearing.heard.listening = false) {
                 return;
             }
         }
@@ -115,11 +145,10 @@ fn keep_listening(
 /// connection is gone or nobody is interested any more.
 fn hear(client: &mut postgres::Client, changes: &Weak<Changes>) -> bool {
     use postgres::fallible_iterator::FallibleIterator;
-    let (mut data, mut alerts) = (0u64, 0u64);
+    let mut news = Vec::new();
     {
-        let mut count = |notification: postgres::Notification| match notification.payload() {
-            "alerts" => alerts += 1,
-            _ => data += 1,
+        let mut count = |notification: postgres::Notification| {
+            news.push(News::of(notification.payload()));
         };
         let mut notifications = client.notifications();
         let first = notifications.timeout_iter(ALIVE_CHECK).next();
@@ -131,16 +160,24 @@ fn hear(client: &mut postgres::Client, changes: &Weak<Changes>) -> bool {
             }
         }
     }
-    if data + alerts > 0 {
-        return update(changes, |heard| {
-            heard.data += data;
-            heard.alerts += alerts;
+    if !news.is_empty() {
+        return update(changes, |hearing| {
+            for item in news {
+                match item {
+                    News::Account(id) => {
+                        *hearing.accounts.entry(id).or_default() += 1;
+                        hearing.heard.data += 1;
+                    }
+                    News::Data => hearing.heard.data += 1,
+                    News::Alerts => hearing.heard.alerts += 1,
+                }
+            }
         });
     }
     !client.is_closed() && client.is_valid(ALIVE_CHECK).is_ok() && changes.strong_count() > 0
 }
 
-fn update(changes: &Weak<Changes>, change: impl Fn(&mut Heard)) -> bool {
+fn update(changes: &Weak<Changes>, change: impl FnOnce(&mut Hearing)) -> bool {
     match changes.upgrade() {
         Some(changes) => {
             changes.update(change);

@@ -865,8 +865,13 @@ impl super::RefreshStore for PgStore {
     /// waiting up to `LEASE_WAIT` for another host's refresh.
     fn guard_refresh(&self, name: &str) -> Result<Lease, StoreError> {
         let give_up = boottime() + LEASE_WAIT;
+        let mut known_id = None;
         loop {
-            let seen = self.changes.as_ref().map(|changes| changes.now());
+            // What was heard of the account before looking: a commit after the look wakes the
+            // wait below. (The first look learns the account's id.)
+            let heard_before = known_id
+                .zip(self.changes.as_ref())
+                .map(|(id, changes)| changes.account_changes(id));
             let (owner, host) = (name.to_owned(), self.host.clone());
             let seconds = LEASE.as_secs_f64();
             let taken = self.db.run(move |client| {
@@ -890,15 +895,15 @@ impl super::RefreshStore for PgStore {
             }
             // Paused for the fleet, held by another host, or no such account.
             let owner = name.to_owned();
-            let paused_for = self.db.run(move |client| {
+            let (account_id, paused_for) = self.db.run(move |client| {
                 let row = client
                     .query_opt(
-                        "SELECT EXTRACT(EPOCH FROM pause_until - clock_timestamp())::float8
+                        "SELECT id, EXTRACT(EPOCH FROM pause_until - clock_timestamp())::float8
                          FROM accounts WHERE name = $1",
                         &[&owner],
                     )?
                     .ok_or(StoreError::NoSuchAccount(owner))?;
-                Ok(row.get::<_, Option<f64>>(0))
+                Ok((row.get::<_, i64>(0), row.get::<_, Option<f64>>(1)))
             })?;
             if let Some(seconds) = paused_for.filter(|seconds| *seconds > 0.0) {
                 return Err(StoreError::Paused {
@@ -912,10 +917,11 @@ impl super::RefreshStore for PgStore {
                 return Err(StoreError::LeaseHeld(name.to_owned()));
             }
             // The holder's commit (or failure) notifies; without a listening connection, poll.
-            let heard = match (&self.changes, seen) {
-                (Some(changes), Some(seen)) => changes.wait_for_data(seen, LEASE_HEARD_WAIT),
-                _ => false,
-            };
+            known_id = Some(account_id);
+            let heard = self.changes.as_ref().is_some_and(|changes| {
+                let seen = heard_before.unwrap_or_else(|| changes.account_changes(account_id));
+                changes.wait_for_account(account_id, seen, LEASE_HEARD_WAIT)
+            });
             if !heard {
                 std::thread::sleep(LEASE_POLL);
             }
