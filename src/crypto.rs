@@ -95,6 +95,22 @@ impl MacKey {
     }
 }
 
+/// An AES-256-GCM key from HKDF-SHA256: `secret` (the input keying material, e.g. a
+/// Diffie-Hellman agreement) extracted with `salt` and expanded for `info`, which binds the key
+/// to what it is for.
+pub fn derive_key(salt: &[u8], secret: &[u8], info: &str) -> Result<Key, CryptoError> {
+    use ring::hkdf;
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(secret);
+    let pieces = [info.as_bytes()];
+    let okm = prk
+        .expand(&pieces, hkdf::HKDF_SHA256)
+        .map_err(|_| CryptoError::Random)?;
+    let mut raw = Secret::new([0u8; KEY_LEN]);
+    okm.fill(raw.expose_mut())
+        .map_err(|_| CryptoError::Random)?;
+    Ok(Key::from_bytes(&raw))
+}
+
 /// `N` bytes from the system CSPRNG.
 pub fn random_bytes<const N: usize>() -> Result<Secret<[u8; N]>, CryptoError> {
     let mut bytes = [0u8; N];

@@ -58,7 +58,7 @@ pub(super) fn run(context: &Context, command: FleetCommand) -> Result<(), Error>
         FleetCommand::Remove { host } => {
             fleet_store(context)?.remove_host(&host)?;
             println!(
-                "Removed host {host:?} from the fleet: its copy of the data key is deleted. It may have kept the data key itself; rotating the fleet's data key (vault rekey) is not in fleet mode yet."
+                "Removed host {host:?} from the fleet: its copy of the data key is deleted. It may have kept the data key itself: run vault rekey now, so that nothing sealed from here on opens with it (and revoke its database login)."
             );
             Ok(())
         }

@@ -435,12 +435,13 @@ impl Tokens {
     /// Picks up accounts, grants and logins changed by other processes, if the vault changed.
     pub async fn reload_if_changed(self: &Arc<Self>) {
         let tokens = self.clone();
-        let _ = blocking(move || {
-            let version = tokens
-                .store
-                .lock()
-                .map_err(|_| poisoned())?
-                .data_version()?;
+        let looked = blocking(move || {
+            let version = {
+                let mut store = tokens.store.lock().map_err(|_| poisoned())?;
+                // A rekey by another host moves every account: take the new key first.
+                store.follow_rekey()?;
+                store.data_version()?
+            };
             let mut known = tokens.data_version.lock().map_err(|_| poisoned())?;
             if *known != version {
                 *known = version;
@@ -450,6 +451,13 @@ impl Tokens {
             Ok(())
         })
         .await;
+        if let Err(err) = looked {
+            crate::log::emit(
+                crate::log::Level::Warning,
+                "cannot look for changes in the vault",
+                &[("error", &err.to_string())],
+            );
+        }
     }
 
     fn reload_now(&self) -> Result<(), Error> {

@@ -68,6 +68,15 @@ impl AnyStore {
         }
     }
 
+    /// Takes the data key another host's rekey delivered, if there was one since (a fleet's
+    /// daemon; the embedded vault is rekeyed by its own user only).
+    pub fn follow_rekey(&mut self) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Local(_) => Ok(false),
+            AnyStore::Fleet(store) => store.follow_rekey(),
+        }
+    }
+
     /// A number that changes with every committed change of the accounts.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         match self {

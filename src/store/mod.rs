@@ -143,6 +143,18 @@ pub enum StoreError {
     AdmissionUnreadable(String),
     #[error("host {0:?} is this host; remove it from another enrolled host")]
     RemovingSelf(String),
+    #[error(
+        "the fleet's data key changed while this ran (another host rekeyed it); nothing was written. Run the command again"
+    )]
+    KeyChanged,
+    #[error(
+        "host(s) {0} have no host key this fleet vouches for (they have not opened the fleet since this version, or a key was changed in the database); nothing was changed. Run any vault command on each (e.g. vault list), or remove them (vault fleet remove HOST), then rekey"
+    )]
+    HostKeysUnvouched(String),
+    #[error(
+        "host {0:?} holds no copy of the fleet's current data key: it was removed, or the fleet was rekeyed twice while it was away, or the key delivered to it does not check out. Enroll it again: vault fleet join (on it), vault fleet admit {0} (on an enrolled host)"
+    )]
+    NotDelivered(String),
 }
 
 pub struct Store {

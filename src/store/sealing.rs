@@ -229,7 +229,7 @@ pub(super) fn secret_aad(account_id: i64, kind: SecretKind, key_version: i64) ->
     secret_aad_text(account_id, kind.as_str(), key_version)
 }
 
-fn secret_aad_text(account_id: i64, kind: &str, key_version: i64) -> String {
+pub(super) fn secret_aad_text(account_id: i64, kind: &str, key_version: i64) -> String {
     format!("tokenvault secret|account={account_id}|kind={kind}|key={key_version}")
 }
 

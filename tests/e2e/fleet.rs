@@ -336,6 +336,138 @@ fn a_database_writer_can_neither_swap_the_joining_key_nor_answer_the_join() {
     );
 }
 
+/// `vault fleet remove` then `vault rekey`: a new data key for the whole fleet, delivered to the
+/// hosts still enrolled (a running daemon takes it by itself), while the removed host — even with
+/// its old rows put back by a database writer — opens nothing sealed since. A host key swapped in
+/// the database stops the rekey before anything changes.
+#[test]
+fn a_fleet_rekey_reaches_the_enrolled_hosts_and_shuts_out_a_removed_one() {
+    let pg = Postgres::start();
+    let fake = rotating_provider(3);
+    let (first, second) = two_hosts(&fake, &pg);
+    let third = TestVault::new(Some(&fake));
+    let (joining, code) = start_join(&third, &pg, "host-c");
+    admit(&first, &pg, "host-c", &code).ok();
+    assert!(joining.wait_with_output().unwrap().status.success());
+    let on_b = serve_as(&second, &pg, "host-b");
+    assert_eq!(on_b.get("/v1/token/mail").status, 200);
+    let mut db = pg.client();
+    let key_version = |db: &mut postgres::Client| -> String {
+        db.query_one(
+            "SELECT value FROM fleet_meta WHERE key = 'key_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+
+    let genuine: Vec<u8> = db
+        .query_one("SELECT public_key FROM hosts WHERE host = 'host-b'", &[])
+        .unwrap()
+        .get(0);
+    db.execute(
+        "UPDATE hosts SET public_key = $1 WHERE host = 'host-b'",
+        &[&X25519Key::generate().public],
+    )
+    .unwrap();
+    let new_key = first.root.path().join("fleet-a.key");
+    let new_key = new_key.to_str().unwrap();
+    fleet_run(&first, &pg, &["rekey", "--new-key-file", new_key])
+        .fails_with(1, "host(s) host-b have no host key this fleet vouches for");
+    assert_eq!(key_version(&mut db), "1", "nothing changed");
+    db.execute(
+        "UPDATE hosts SET public_key = $1 WHERE host = 'host-b'",
+        &[&genuine],
+    )
+    .unwrap();
+
+    // host-c leaves; a database writer keeps its rows, to put them back later.
+    let kept = db
+        .query_one(
+            "SELECT h.key_source, h.master_version, k.wrapped FROM hosts h
+             JOIN host_keys k USING (host) WHERE host = 'host-c'",
+            &[],
+        )
+        .unwrap();
+    fleet_run(&first, &pg, &["fleet", "remove", "host-c"]).ok();
+    let refreshes = fake.counters(|c| c.refresh_grants);
+    let rekeyed = fleet_run(&first, &pg, &["rekey", "--new-key-file", new_key]);
+    assert!(
+        rekeyed.ok().stdout.contains("Delivered to host-b"),
+        "{}",
+        rekeyed.stdout
+    );
+    assert_eq!(key_version(&mut db), "2");
+    let left: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM secrets WHERE key_version <> 2)
+                  + (SELECT count(*) FROM host_keys WHERE host = 'host-a' AND key_version <> 2)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "everything is under the new key");
+
+    // host-a opens with its new master key, and no longer with the old one.
+    let mut with_new_key = fleet_command(
+        &first,
+        &pg,
+        "host-a",
+        &["--key-file", new_key, "token", "mail", "--no-daemon"],
+    );
+    with_new_key.env_remove("VAULT_MASTER_KEY");
+    let token = first.run_command(with_new_key, None);
+    assert!(fake.is_access_token(token.ok().stdout.trim()));
+    fleet_run(&first, &pg, &["token", "mail", "--no-daemon"]).fails_with(6, "does not open");
+
+    // host-b's daemon took the new key by itself: it goes on refreshing 3-second tokens.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let answer = on_b.get("/v1/token/mail?min_valid=1");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(fake.is_live_access_token(answer.json()["access_token"].as_str().unwrap()));
+    assert!(fake.counters(|c| c.refresh_grants) > refreshes + 1);
+    let b_versions: Vec<i64> = db
+        .query(
+            "SELECT key_version FROM host_keys WHERE host = 'host-b'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(b_versions, [2], "host-b keeps only the new key");
+    let (_, _, alive) = fake.newest_grant().unwrap();
+    assert!(alive);
+
+    // host-c's rows put back: it holds no copy of the new key; told the fleet is still on the
+    // old one, it opens nothing sealed since.
+    db.execute(
+        "INSERT INTO hosts (host, key_source, master_version) VALUES ('host-c', $1, $2)",
+        &[&kept.get::<_, String>(0), &kept.get::<_, i64>(1)],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO host_keys (host, key_version, wrapped) VALUES ('host-c', 1, $1)",
+        &[&kept.get::<_, Vec<u8>>(2)],
+    )
+    .unwrap();
+    let as_c = || {
+        third.run_command(
+            fleet_command(&third, &pg, "host-c", &["token", "mail", "--no-daemon"]),
+            None,
+        )
+    };
+    as_c().fails_with(1, "holds no copy of the fleet's current data key");
+    db.execute(
+        "UPDATE fleet_meta SET value = '1' WHERE key = 'key_version'",
+        &[],
+    )
+    .unwrap();
+    let run = as_c();
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(!fake.is_access_token(run.stdout.trim()));
+}
+
 /// The attacker's one-time X25519 key.
 struct X25519Key {
     private: ring::agreement::EphemeralPrivateKey,

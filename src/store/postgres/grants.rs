@@ -39,9 +39,10 @@ impl PgStore {
         let (account, kind, name) = (account.to_owned(), grant.kind, grant.name.to_owned());
         let host = grant.host.unwrap_or_default().to_owned();
         let (detail, me) = (grant.detail(), self.host.clone());
-        let key = self.settings_key.clone();
+        let (key, version) = (self.settings_key.clone(), self.key_version);
         self.db.run(move |client| {
             let mut tx = client.transaction()?;
+            super::still_key_version(&mut tx, version)?;
             if !host.is_empty() {
                 let enrolled: bool = tx
                     .query_one(
@@ -143,6 +144,6 @@ struct GrantRow {
 
 /// What a grant's MAC covers: the account's id (a row moved to another account fails) and the
 /// grant itself.
-fn grant_message(account_id: i64, kind: &str, name: &str, host: &str) -> Vec<u8> {
+pub(super) fn grant_message(account_id: i64, kind: &str, name: &str, host: &str) -> Vec<u8> {
     format!("tokenvault fleet grant\0{account_id}\0{kind}\0{name}\0{host}").into_bytes()
 }

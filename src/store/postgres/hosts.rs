@@ -16,12 +16,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
-use ring::hkdf;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{Db, FleetDb, PgStore, exact_key, fleet_meta, host_wrap_aad, log_event};
-use crate::crypto::{KEY_LEN, Key};
+use crate::crypto::{self, Key};
 use crate::keys::{KeySource, PassphraseFile};
 use crate::secret::{Secret, SecretString};
 use crate::store::StoreError;
@@ -169,8 +168,8 @@ impl PgStore {
         db.run(move |client| {
             let mut tx = client.transaction()?;
             tx.execute(
-                "INSERT INTO hosts (host, key_source) VALUES ($1, $2)",
-                &[&owner, &record],
+                "INSERT INTO hosts (host, key_source, master_version) VALUES ($1, $2, $3)",
+                &[&owner, &record, &version],
             )?;
             tx.execute(
                 "INSERT INTO host_keys (host, key_version, wrapped) VALUES ($1, $2, $3)",
@@ -181,9 +180,9 @@ impl PgStore {
             tx.commit()?;
             Ok(())
         })?;
-        Ok(PgStore::with_data_key(
-            db, dir, &host, vault_id, version, raw,
-        ))
+        let store = PgStore::with_data_key(db, dir, &host, vault_id, (version, raw), &master);
+        store.ensure_host_key(&super::rekey::host_record(&store.db, &host)?)?;
+        Ok(store)
     }
 
     /// Admits host `host`, which waits in `vault fleet join` showing `code`: once the key it
@@ -427,15 +426,11 @@ fn transport_key(shared: &[u8], code: &JoinCode, transcript: &str) -> Result<Key
             .ok_or_else(|| crypto_failed(ring::error::Unspecified))?,
     );
     carried.copy_from_slice(code.0.expose());
-    let prk =
-        hkdf::Salt::new(hkdf::HKDF_SHA256, b"tokenvault fleet admission").extract(input.expose());
-    let info = [transcript.as_bytes()];
-    let okm = prk
-        .expand(&info, hkdf::HKDF_SHA256)
-        .map_err(crypto_failed)?;
-    let mut raw = Secret::new([0u8; KEY_LEN]);
-    okm.fill(raw.expose_mut()).map_err(crypto_failed)?;
-    Ok(Key::from_bytes(&raw))
+    Ok(crypto::derive_key(
+        b"tokenvault fleet admission",
+        input.expose(),
+        transcript,
+    )?)
 }
 
 /// The sealed data key's AAD: the fleet, the host it is for and the key version.

@@ -16,6 +16,7 @@ mod grants;
 mod hosts;
 mod listen;
 mod outbox;
+mod rekey;
 
 pub use grants::NamedGrant;
 pub use hosts::{FleetStatus, JoinCode};
@@ -65,6 +66,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/006_join_codes.sql"),
     include_str!("../../../schema/postgres/007_grants.sql"),
     include_str!("../../../schema/postgres/008_notify.sql"),
+    include_str!("../../../schema/postgres/009_fleet_rekey.sql"),
 ];
 
 /// A job for the database thread.
@@ -355,6 +357,8 @@ pub struct PgStore {
     /// Kept to seal it to a host being admitted.
     raw_data_key: Secret<[u8; KEY_LEN]>,
     key_version: i64,
+    /// This host's master key: it wraps the data key a rekey delivers, and this host's own key.
+    master: Secret<[u8; KEY_LEN]>,
     /// The fleet's changes, heard on a connection of their own (daemons only).
     changes: Option<Arc<listen::Changes>>,
 }
@@ -398,7 +402,7 @@ impl PgStore {
                 &[&id, &SCHEMA.len().to_string()],
             )?;
             tx.execute(
-                "INSERT INTO hosts (host, key_source) VALUES ($1, $2)",
+                "INSERT INTO hosts (host, key_source, master_version) VALUES ($1, $2, 1)",
                 &[&owner, &record],
             )?;
             tx.execute(
@@ -408,7 +412,9 @@ impl PgStore {
             tx.commit()?;
             Ok(())
         })?;
-        Ok(PgStore::with_data_key(db, dir, host, vault_id, 1, data_key))
+        let store = PgStore::with_data_key(db, dir, host, vault_id, (1, data_key), &master);
+        store.ensure_host_key(&rekey::host_record(&store.db, host)?)?;
+        Ok(store)
     }
 
     fn with_data_key(
@@ -416,8 +422,8 @@ impl PgStore {
         dir: &Path,
         host: &str,
         vault_id: String,
-        key_version: i64,
-        raw: Secret<[u8; KEY_LEN]>,
+        (key_version, raw): (i64, Secret<[u8; KEY_LEN]>),
+        master: &Secret<[u8; KEY_LEN]>,
     ) -> PgStore {
         PgStore {
             db,
@@ -428,8 +434,17 @@ impl PgStore {
             settings_key: MacKey::derive(&raw),
             raw_data_key: raw,
             key_version,
+            master: master.clone(),
             changes: None,
         }
+    }
+
+    /// Uses data key `raw` of `version` from now on (after a rekey, this host's or another's).
+    fn adopt_data_key(&mut self, version: i64, raw: Secret<[u8; KEY_LEN]>) {
+        self.data_key = Key::from_bytes(&raw);
+        self.settings_key = MacKey::derive(&raw);
+        self.raw_data_key = raw;
+        self.key_version = version;
     }
 
     /// Hears the fleet's changes from now on (a daemon does: waits for other hosts' refreshes
@@ -451,37 +466,47 @@ impl PgStore {
         let host = fleet.host.as_str();
         let db = Db::start(fleet);
         let (vault_id, key_version) = fleet_meta(&db)?;
+        let record = rekey::host_record(&db, host)?;
         let owner = host.to_owned();
-        let (recorded, wrapped) = db.run(move |client| {
+        let (held_version, wrapped) = db.run(move |client| {
             let row = client
                 .query_opt(
-                    "SELECT h.key_source, k.wrapped FROM hosts h JOIN host_keys k ON k.host = h.host
-                     WHERE h.host = $1 AND k.key_version = $2",
-                    &[&owner, &key_version],
+                    "SELECT key_version, wrapped FROM host_keys WHERE host = $1
+                     ORDER BY key_version DESC LIMIT 1",
+                    &[&owner],
                 )?
-                .ok_or_else(|| StoreError::UnknownHost(owner.clone()))?;
-            Ok((row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)))
+                .ok_or_else(|| StoreError::NotDelivered(owner.clone()))?;
+            Ok((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)))
         })?;
         let key_source = match &unlock.source {
             Some(source) => source.clone(),
-            None => KeySource::from_record(&recorded)?,
+            None => KeySource::from_record(&record.key_source)?,
         };
-        let master = key_source.load(&vault_id, key_version, unlock.passphrase_file.as_deref())?;
+        let master = key_source.load(
+            &vault_id,
+            record.master_version,
+            unlock.passphrase_file.as_deref(),
+        )?;
         let opened = Key::from_bytes(&master)
             .open(
                 &wrapped,
-                host_wrap_aad(&vault_id, key_version, host).as_bytes(),
+                host_wrap_aad(&vault_id, held_version, host).as_bytes(),
             )
             .map_err(|_| StoreError::WrongMasterKey(key_source.describe()))?;
-        let raw = exact_key(opened.expose())?;
-        Ok(PgStore::with_data_key(
-            db,
-            dir,
-            host,
-            vault_id,
-            key_version,
-            raw,
-        ))
+        let mut raw = exact_key(opened.expose())?;
+        if held_version != key_version {
+            // Another host rekeyed the fleet since this one last opened it.
+            let holder = rekey::Holder {
+                vault_id: &vault_id,
+                host,
+                master: &master,
+                record: &record,
+            };
+            raw = rekey::take_delivery(&db, &holder, held_version, &raw, key_version)?;
+        }
+        let store = PgStore::with_data_key(db, dir, host, vault_id, (key_version, raw), &master);
+        store.ensure_host_key(&record)?;
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -546,8 +571,10 @@ impl PgStore {
                 .sign(&settings_message(account.id, &account.name, &config_json));
         let (id, name, host) = (account.id, account.name.clone(), self.host.clone());
         let shown = identity.map(|identity| identity.shown().to_owned());
+        let version = self.key_version;
         self.db.run(move |client| {
             let mut tx = client.transaction()?;
+            still_key_version(&mut tx, version)?;
             tx.execute(
                 "UPDATE accounts SET config = $2, config_mac = $3 WHERE id = $1",
                 &[&id, &config_json, &tag],
@@ -689,6 +716,10 @@ impl PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
+        if row.get::<_, i64>(0) > self.key_version {
+            // Another host rekeyed the fleet meanwhile: this process's key is the old one.
+            return Err(StoreError::KeyChanged);
+        }
         let tampered = || StoreError::SecretTampered {
             account: account.name.clone(),
             kind: kind.as_str(),
@@ -735,9 +766,10 @@ impl PgStore {
             .zip(ids)
             .map(|(new, id)| self.prepare_row(new, id))
             .collect::<Result<Vec<_>, _>>()?;
-        let (host, at) = (self.host.clone(), now());
+        let (host, at, version) = (self.host.clone(), now(), self.key_version);
         self.db.run(move |client| {
             let mut tx = client.transaction()?;
+            still_key_version(&mut tx, version)?;
             for row in &rows {
                 row.insert(&mut tx, at)?;
                 log_event(&mut tx, &host, &row.name, "added", Some(row.kind))?;
@@ -1185,6 +1217,7 @@ struct Sealed {
 
 impl Sealed {
     fn put(&self, tx: &mut postgres::Transaction<'_>, at: i64) -> Result<(), StoreError> {
+        still_key_version(tx, self.version)?;
         tx.execute(
             "INSERT INTO secrets (account_id, kind, key_version, sealed, updated_at)
              VALUES ($1, $2, $3, $4, $5)
@@ -1201,6 +1234,21 @@ impl Sealed {
         )?;
         Ok(())
     }
+}
+
+/// Refuses a write made with data key `version` once the fleet moved on to another (a rekey
+/// committed meanwhile), and keeps the version from moving until the transaction ends.
+fn still_key_version(tx: &mut postgres::Transaction<'_>, version: i64) -> Result<(), StoreError> {
+    let current: String = tx
+        .query_one(
+            "SELECT value FROM fleet_meta WHERE key = 'key_version' FOR SHARE",
+            &[],
+        )?
+        .get(0);
+    if current != version.to_string() {
+        return Err(StoreError::KeyChanged);
+    }
+    Ok(())
 }
 
 fn log_event(
