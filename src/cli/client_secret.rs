@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::oauth::token::http_client;
 use crate::refresh;
 use crate::secret::SecretString;
-use crate::store::{SecretRotation, Store, StoreError};
+use crate::store::{AnyStore, SecretRotation, StoreError};
 
 #[derive(Args)]
 pub(super) struct SetClientSecretArgs {
@@ -41,7 +41,7 @@ pub(super) struct SetClientSecretArgs {
 }
 
 pub(super) fn run(context: &Context, args: SetClientSecretArgs) -> Result<(), Error> {
-    let mut store = context.open()?;
+    let mut store = context.open_any()?;
     if args.retire_old {
         return retire(&mut store, &args.name);
     }
@@ -73,7 +73,7 @@ pub(super) fn run(context: &Context, args: SetClientSecretArgs) -> Result<(), Er
 }
 
 /// Ends a rotation, only once the newest secret has worked alone.
-fn retire(store: &mut Store, name: &str) -> Result<(), Error> {
+fn retire(store: &mut AnyStore, name: &str) -> Result<(), Error> {
     // Without a rotation under way there is nothing to retire, and nothing to spend a refresh on.
     let account = store.account(name)?;
     if !store.has_secret(&account, SecretKind::PreviousClientSecret)? {
@@ -88,7 +88,7 @@ fn retire(store: &mut Store, name: &str) -> Result<(), Error> {
 }
 
 /// A live refresh; an error unless the newest client secret, not the previous one, got it.
-fn prove_newest(store: &mut Store, name: &str) -> Result<(), Error> {
+fn prove_newest(store: &mut AnyStore, name: &str) -> Result<(), Error> {
     let settled = block_on(refresh::prove(store, &http_client(), name))??;
     settled.issued?;
     if settled.fell_back {

@@ -351,7 +351,7 @@ impl Context {
 }
 
 /// What a command fleet mode does not run yet says.
-const NOT_IN_FLEET_MODE: &str = "this command does not work on a fleet vault yet; in fleet mode tokenvault runs the fleet commands, add-account, login, token, exec, git-credential, list, status, validate, schedule, grant, revoke-grant, remove, rekey and serve so far (unset VAULT_DATABASE_URL / [fleet] database to use this host's own vault)";
+const NOT_IN_FLEET_MODE: &str = "this command does not work on a fleet vault yet; in fleet mode tokenvault runs the fleet commands, add-account, login, token, exec, git-credential, list, status, validate, schedule, grant, revoke-grant, set-client-secret, remove, rekey and serve so far (unset VAULT_DATABASE_URL / [fleet] database to use this host's own vault)";
 
 /// Whether a PostgreSQL address names a password (URL or key=value form).
 fn carries_password(url: &str) -> bool {

@@ -4,7 +4,9 @@
 use super::commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 use std::path::Path;
 
-use super::{AccountLock, Lease, NewAccount, PgStore, Store, StoreError, SummaryRow};
+use super::{
+    AccountLock, Lease, NewAccount, PgStore, SecretRotation, Store, StoreError, SummaryRow,
+};
 use crate::account::{Account, AccountSummary, Principal, SecretKind, Transition};
 use crate::secret::SecretString;
 
@@ -134,6 +136,36 @@ impl AnyStore {
         match self {
             AnyStore::Local(store) => store.has_secret(account, kind),
             AnyStore::Fleet(store) => store.has_secret(account, kind),
+        }
+    }
+
+    pub fn set_client_secret(
+        &mut self,
+        name: &str,
+        new: &SecretString,
+        expires_at: Option<i64>,
+    ) -> Result<SecretRotation, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.set_client_secret(name, new, expires_at),
+            AnyStore::Fleet(store) => store.set_client_secret(name, new, expires_at),
+        }
+    }
+
+    pub fn set_client_secret_expiry(
+        &mut self,
+        name: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.set_client_secret_expiry(name, expires_at),
+            AnyStore::Fleet(store) => store.set_client_secret_expiry(name, expires_at),
+        }
+    }
+
+    pub fn retire_previous_client_secret(&mut self, name: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.retire_previous_client_secret(name),
+            AnyStore::Fleet(store) => store.retire_previous_client_secret(name),
         }
     }
 

@@ -669,6 +669,68 @@ fn fleet_grants_name_a_user_for_every_host_or_one() {
     fleet_run(&first, &pg, &["grant", "nothing", "--uid", "nobody"]).fails_with(1, "nothing");
 }
 
+/// `vault set-client-secret` on a fleet: set on one host, used by every host; retired once the
+/// newest works alone; its expiry recorded fleet-wide.
+#[test]
+fn a_client_secret_rotates_across_the_fleet() {
+    use crate::support::write_private;
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (first, second) = two_hosts(&fake, &pg);
+    let on_b =
+        |args: &[&str]| second.run_command(fleet_command(&second, &pg, "host-b", args), None);
+    let accepts = |secrets: &[&str]| {
+        let secrets = secrets.iter().map(|secret| secret.to_string()).collect();
+        fake.configure(|b| b.client_secrets = secrets);
+    };
+    accepts(&[fake_oauth::CLIENT_SECRET, "cs-NEW-secret-1"]);
+    let file = first.root.path().join("new-secret");
+    write_private(&file, "cs-NEW-secret-1\n");
+    let set = fleet_run(
+        &first,
+        &pg,
+        &[
+            "set-client-secret",
+            "mail",
+            "--client-secret-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(set.ok().stdout.contains("works"), "{}", set.stdout);
+
+    // The old secret deleted at the provider: host-b already uses the new one.
+    accepts(&["cs-NEW-secret-1"]);
+    let refused = fake.counters(|c| c.client_rejections);
+    on_b(&["validate", "mail"]).ok();
+    fleet_run(&first, &pg, &["set-client-secret", "mail", "--retire-old"]).ok();
+    on_b(&["set-client-secret", "mail", "--retire-old"]).fails_with(1, "no previous client secret");
+    assert_eq!(fake.counters(|c| c.client_rejections), refused);
+
+    on_b(&[
+        "set-client-secret",
+        "mail",
+        "--current",
+        "--expires",
+        "2999-01-01",
+    ])
+    .ok();
+    let details = fleet_run(&first, &pg, &["status", "mail"]);
+    assert!(
+        details.ok().stdout.contains("secret expires   2999-01-01"),
+        "{}",
+        details.stdout
+    );
+    pg.checkpoint();
+    for (path, bytes) in pg.data_files() {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("cs-NEW-secret-1") && !text.contains(fake_oauth::CLIENT_SECRET),
+            "a client secret in plaintext in {}",
+            path.display()
+        );
+    }
+}
+
 /// Enrolls `second` as host-b of the fleet `first` (host-a) created.
 fn enroll_second_host(first: &TestVault, second: &TestVault, pg: &Postgres) {
     let (joining, code) = start_join(second, pg, "host-b");

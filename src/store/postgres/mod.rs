@@ -12,6 +12,7 @@
 //! `postgres` (the blocking client) runs on a thread of its own, so the store answers the
 //! synchronous `RefreshStore` seam from inside the CLI's or the daemon's async runtime.
 
+mod client_secrets;
 mod grants;
 mod hosts;
 mod listen;
