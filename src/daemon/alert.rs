@@ -201,10 +201,22 @@ fn on_change(watch: &mut Watch, change: &Transition) -> Option<Alert> {
 
 /// The alert ahead of a credential's own deadline, naming what helps.
 fn deadline_near(deadline: Deadline, account: String, at: i64) -> Alert {
+    let (event, reason) = deadline_alert(deadline, &account, at);
+    Alert {
+        id: None,
+        reason,
+        account,
+        event,
+        at: now_unix(),
+    }
+}
+
+/// What the alert ahead of `deadline` (at `at`) of `account` says.
+pub fn deadline_alert(deadline: Deadline, account: &str, at: i64) -> (AlertEvent, String) {
     let left = humantime::format_duration(Duration::from_secs(
         at.saturating_sub(now_unix()).max(0) as u64,
     ));
-    let (event, reason) = match deadline {
+    match deadline {
         Deadline::RefreshToken => (
             AlertEvent::Expiring,
             format!(
@@ -217,13 +229,6 @@ fn deadline_near(deadline: Deadline, account: String, at: i64) -> Alert {
                 "its client secret expires in {left}. Create a new secret for the app at the provider, then: vault set-client-secret {account} --expires DATE"
             ),
         ),
-    };
-    Alert {
-        id: None,
-        reason,
-        account,
-        event,
-        at: now_unix(),
     }
 }
 

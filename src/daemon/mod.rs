@@ -106,7 +106,7 @@ pub async fn serve(
         refresh_before: config.refresh.before_seconds,
         max_backoff: config.refresh.max_backoff_seconds,
     };
-    // Deadline alerts and key rotation read the embedded vault only: not run on a fleet yet.
+    // Key rotation works on the embedded vault only: not run on a fleet yet.
     let local_duties = store.local().is_some();
     if let AnyStore::Fleet(fleet) = &mut store {
         fleet.listen();
@@ -122,15 +122,14 @@ pub async fn serve(
         tokio::spawn(refresher::run(tokens.clone(), settings.refresh_before)),
         tokio::spawn(validator::run(tokens.clone(), config.validation.schedule)),
     ];
-    if !local_duties {
-        duties.push(tokio::spawn(outbox::run(tokens.clone(), degraded_after)));
-    }
+    duties.push(tokio::spawn(deadline_watch::run(
+        tokens.clone(),
+        expiring_before,
+    )));
     if local_duties {
-        duties.push(tokio::spawn(deadline_watch::run(
-            tokens.clone(),
-            expiring_before,
-        )));
         duties.push(tokio::spawn(rotator::run(tokens.clone())));
+    } else {
+        duties.push(tokio::spawn(outbox::run(tokens.clone(), degraded_after)));
     }
     edge.serve(&tokens, shutdown).await;
     for duty in duties {

@@ -205,7 +205,14 @@ impl Tokens {
         let until = now_unix().saturating_add(i64::try_from(before).unwrap_or(i64::MAX));
         let due = blocking(move || {
             let mut store = store.lock().map_err(|_| poisoned())?;
-            Ok(local_mut(&mut store)?.take_deadlines(deadline, until)?)
+            Ok(match &mut *store {
+                AnyStore::Local(store) => store.take_deadlines(deadline, until)?,
+                // Once per fleet, through the outbox (the outbox duty delivers it).
+                AnyStore::Fleet(store) => {
+                    store.alert_deadlines(deadline, until, crate::daemon::alert::deadline_alert)?;
+                    Vec::new()
+                }
+            })
         })
         .await;
         match due {

@@ -954,13 +954,44 @@ fn assert_alerted_once(alerts: &std::path::PathBuf, line: &str) {
 }
 
 #[test]
-fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
+fn a_deadline_is_alerted_once_by_the_whole_fleet() {
     let pg = Postgres::start();
     let fake = rotating_provider(0);
     let (first, second) = two_hosts(&fake, &pg);
-    // Both hosts' alert commands append to one file, and both post to one webhook.
+    let alerts = alert_both_to_one_file(&first, &second, &fake);
+    // A client secret that expires in a week: within the two weeks' warning.
+    let in_a_week = (chrono::Utc::now() + chrono::Duration::days(7))
+        .format("%Y-%m-%d")
+        .to_string();
+    fleet_run(
+        &first,
+        &pg,
+        &[
+            "set-client-secret",
+            "mail",
+            "--current",
+            "--expires",
+            &in_a_week,
+        ],
+    )
+    .ok();
+    let daemons = serve_both(&first, &second, &pg);
+    assert_alerted_once(&alerts, "mail|client_secret_expiring");
+    // Restarted, the daemons do not say it again.
+    drop(daemons);
+    let _daemons = serve_both(&first, &second, &pg);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_alerted_once(&alerts, "mail|client_secret_expiring");
+}
+
+/// Both hosts' alert commands append to one file, and both post to the provider's webhook.
+fn alert_both_to_one_file(
+    first: &TestVault,
+    second: &TestVault,
+    fake: &FakeOAuth,
+) -> std::path::PathBuf {
     let alerts = first.root.path().join("fleet-alerts.log");
-    for vault in [&first, &second] {
+    for vault in [first, second] {
         std::fs::write(
             vault.dir.join("config.toml"),
             format!(
@@ -971,6 +1002,15 @@ fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
         )
         .unwrap();
     }
+    alerts
+}
+
+#[test]
+fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
+    let pg = Postgres::start();
+    let fake = rotating_provider(0);
+    let (first, second) = two_hosts(&fake, &pg);
+    let alerts = alert_both_to_one_file(&first, &second, &fake);
     let daemons = serve_both(&first, &second, &pg);
     fake.revoke_all();
     for _ in 0..5 {

@@ -68,6 +68,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/007_grants.sql"),
     include_str!("../../../schema/postgres/008_notify.sql"),
     include_str!("../../../schema/postgres/009_fleet_rekey.sql"),
+    include_str!("../../../schema/postgres/010_deadline_alerts.sql"),
 ];
 
 /// A job for the database thread.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{PgStore, now};
-use crate::account::AccountState;
+use crate::account::{AccountState, Deadline};
 use crate::daemon::alert::AlertEvent;
 use crate::store::StoreError;
 
@@ -72,6 +72,44 @@ fn insert(
 }
 
 impl PgStore {
+    /// Writes one alert, through the outbox, for each account whose `deadline` falls before
+    /// `until` and was not alerted yet, with the words `alert` gives it (account, date); any
+    /// host may run it, one insert wins. Returns how many were written.
+    pub fn alert_deadlines(
+        &self,
+        deadline: Deadline,
+        until: i64,
+        alert: fn(Deadline, &str, i64) -> (AlertEvent, String),
+    ) -> Result<usize, StoreError> {
+        let (column, skipped) = match deadline {
+            Deadline::RefreshToken => ("refresh_expires_at", AccountState::ReauthRequired.as_str()),
+            Deadline::ClientSecret => ("client_secret_expires_at", ""),
+        };
+        self.db.run(move |client| {
+            let mut tx = client.transaction()?;
+            // The column is one of two fixed names, never input.
+            let due = tx.query(
+                &format!(
+                    "WITH due AS (
+                         INSERT INTO deadline_alerts (account_id, deadline, at)
+                         SELECT id, $1, {column} FROM accounts
+                         WHERE {column} > $2 AND {column} <= $3 AND state <> $4
+                         ON CONFLICT DO NOTHING
+                         RETURNING account_id, at)
+                     SELECT a.name, due.at FROM due JOIN accounts a ON a.id = due.account_id"
+                ),
+                &[&deadline.as_str(), &now(), &until, &skipped],
+            )?;
+            for row in &due {
+                let (account, at): (String, i64) = (row.get(0), row.get(1));
+                let (event, reason) = alert(deadline, &account, at);
+                insert(&mut tx, &account, event, &reason)?;
+            }
+            tx.commit()?;
+            Ok(due.len())
+        })
+    }
+
     /// Writes one `degraded` alert for each account degraded longer than `threshold` and not
     /// alerted yet; any host may run it, the row lock lets one win.
     pub fn alert_long_degraded(&self, threshold: u64) -> Result<(), StoreError> {
