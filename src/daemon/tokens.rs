@@ -123,6 +123,29 @@ impl Tokens {
         });
     }
 
+    /// Runs the validations another host claimed and did not finish (it died, or its proof
+    /// failed), once their claim ran out.
+    pub async fn rerun_abandoned_validations(self: &Arc<Self>) {
+        let store = self.store.clone();
+        let names = blocking(move || {
+            let store = store.lock().map_err(|_| poisoned())?;
+            Ok(store.claim_abandoned_validations()?)
+        })
+        .await;
+        match names {
+            Ok(names) => self.table.for_each(|slot| {
+                if names.iter().any(|name| name == slot.name()) {
+                    self.spawn_background(slot, Need::Proof);
+                }
+            }),
+            Err(err) => crate::log::emit(
+                crate::log::Level::Warning,
+                "cannot look for abandoned validations",
+                &[("error", &err.to_string())],
+            ),
+        }
+    }
+
     /// One run of the refresh pipeline: begin (under the account's refresh guard, on a blocking
     /// thread), send, settle (likewise). The state the store committed is mirrored and
     /// announced; the token is cached.

@@ -103,6 +103,14 @@ impl AnyStore {
         }
     }
 
+    /// The validations this process takes over from a host whose claim ran out (a fleet's).
+    pub fn claim_abandoned_validations(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            AnyStore::Local(_) => Ok(Vec::new()),
+            AnyStore::Fleet(store) => store.claim_abandoned_validations(),
+        }
+    }
+
     /// Who besides the owner may fetch tokens on this host.
     pub fn grants(&self) -> Result<Vec<(String, Principal)>, StoreError> {
         match self {

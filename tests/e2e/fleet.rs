@@ -904,6 +904,42 @@ fn two_daemons_on_one_fleet_validate_each_firing_once() {
     );
 }
 
+/// A validation firing claimed by a host that died before proving it is run by another host once
+/// the claim runs out, not left until the next firing.
+#[test]
+fn a_validation_a_dead_host_claimed_is_run_by_another() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (first, second) = two_hosts(&fake, &pg);
+    let _on_b = serve_as(&second, &pg, "host-b");
+    let firing = chrono::Utc::now().timestamp() - 10;
+    // What host-a left behind when it died: the firing claimed, the claim run out, no proof.
+    pg.client()
+        .execute(
+            "UPDATE accounts SET validated_firing = $1::bigint, last_validated_at = $1::bigint - 3600,
+                 validation_claim_until = clock_timestamp() - interval '1 second'
+             WHERE name = 'mail'",
+            &[&firing],
+        )
+        .unwrap();
+    let before = fake.counters(|c| c.refresh_grants);
+    let validated = || -> i64 {
+        pg.client()
+            .query_one(
+                "SELECT last_validated_at FROM accounts WHERE name = 'mail'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(
+        crate::support::eventually(std::time::Duration::from_secs(30), || validated() >= firing),
+        "host-b did not take over the validation"
+    );
+    assert_eq!(fake.counters(|c| c.refresh_grants), before + 1, "one proof");
+    drop(first);
+}
+
 #[test]
 fn a_provider_outage_makes_the_whole_fleet_back_off_once() {
     let pg = Postgres::start();

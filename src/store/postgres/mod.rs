@@ -54,6 +54,8 @@ const COMMIT_RETRY: Duration = Duration::from_millis(500);
 const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// How often a host waiting for another's lease looks again, when it does not hear changes.
 const LEASE_POLL: Duration = Duration::from_millis(100);
+/// How long a host that claimed a validation firing has to prove it before another may.
+const VALIDATION_CLAIM: Duration = Duration::from_secs(120);
 /// How long a host that hears changes waits for one before looking anyway.
 const LEASE_HEARD_WAIT: Duration = Duration::from_millis(500);
 
@@ -69,6 +71,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/008_notify.sql"),
     include_str!("../../../schema/postgres/009_fleet_rekey.sql"),
     include_str!("../../../schema/postgres/010_deadline_alerts.sql"),
+    include_str!("../../../schema/postgres/011_validation_claims.sql"),
 ];
 
 /// A job for the database thread.
@@ -636,13 +639,40 @@ impl PgStore {
     /// Takes the validation of account `name` at firing `firing` for this host; false when
     /// another host took it (every host computes the same firing).
     pub fn claim_validation(&self, name: &str, firing: i64) -> Result<bool, StoreError> {
-        let name = name.to_owned();
+        let (name, seconds) = (name.to_owned(), VALIDATION_CLAIM.as_secs_f64());
         self.db.run(move |client| {
             Ok(client.execute(
-                "UPDATE accounts SET validated_firing = $2
+                "UPDATE accounts SET validated_firing = $2,
+                     validation_claim_until = clock_timestamp() + make_interval(secs => $3)
                  WHERE name = $1 AND COALESCE(validated_firing, 0) < $2",
-                &[&name, &firing],
+                &[&name, &firing, &seconds],
             )? == 1)
+        })
+    }
+
+    /// Takes over the validations whose claim ran out before they were done (the claiming
+    /// host died, or its proof failed): returns the accounts this host now validates.
+    pub fn claim_abandoned_validations(&self) -> Result<Vec<String>, StoreError> {
+        let seconds = VALIDATION_CLAIM.as_secs_f64();
+        let states = [
+            AccountState::Active.as_str(),
+            AccountState::Degraded.as_str(),
+        ];
+        self.db.run(move |client| {
+            Ok(client
+                .query(
+                    "UPDATE accounts SET
+                         validation_claim_until = clock_timestamp() + make_interval(secs => $1)
+                     WHERE validated_firing IS NOT NULL
+                         AND COALESCE(last_validated_at, 0) < validated_firing
+                         AND validation_claim_until < clock_timestamp()
+                         AND state = ANY($2)
+                     RETURNING name",
+                    &[&seconds, &states.as_slice()],
+                )?
+                .iter()
+                .map(|row| row.get(0))
+                .collect())
         })
     }
 
