@@ -8,6 +8,7 @@ pub(super) fn doctor(context: &Context) -> Result<(), Error> {
         vault_dir: &context.dir,
         socket: &context.socket,
         unlock: context.unlock(),
+        fleet: context.fleet().map_err(|err| err.to_string()),
     };
     let findings = block_on(crate::doctor::examine(&places))?;
     for finding in &findings {

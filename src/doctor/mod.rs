@@ -1,6 +1,7 @@
 //! `vault doctor`: what is wrong with this installation, each finding with the command that fixes
 //! it. It only looks; it changes nothing.
 
+mod fleet;
 mod outside;
 
 use std::os::unix::fs::MetadataExt;
@@ -9,7 +10,7 @@ use std::path::Path;
 use crate::account::AccountState;
 use crate::config::{CONFIG_FILE, Config};
 use crate::keys::KeySource;
-use crate::store::{DB_FILE, Store};
+use crate::store::{AnyStore, DB_FILE, FleetDb, Store};
 
 /// One check's result.
 pub struct Finding {
@@ -40,6 +41,9 @@ pub struct Places<'a> {
     pub vault_dir: &'a Path,
     pub socket: &'a Path,
     pub unlock: crate::keys::Unlock,
+    /// The fleet this host belongs to, if config.toml or the environment names one (or why
+    /// that cannot be read).
+    pub fleet: Result<Option<FleetDb>, String>,
 }
 
 /// Every check, in the order a user would fix things.
@@ -49,7 +53,40 @@ pub async fn examine(places: &Places<'_>) -> Vec<Finding> {
     findings.extend(vault_files(places.vault_dir, me));
     findings.extend(old_lock_files(places.vault_dir));
     findings.push(config(places.vault_dir));
-    let store = match Store::open(places.vault_dir, &places.unlock) {
+    let store = match &places.fleet {
+        Err(err) => {
+            findings.push(problem(
+                format!("the fleet settings: {err}"),
+                format!("edit {}", places.vault_dir.join(CONFIG_FILE).display()),
+            ));
+            None
+        }
+        Ok(Some(db)) => {
+            let (found, store) = fleet::examine(db, places);
+            findings.extend(found);
+            store.map(AnyStore::Fleet)
+        }
+        Ok(None) => local_vault(places, &mut findings).map(AnyStore::Local),
+    };
+    let http = crate::oauth::token::http_client();
+    if let Some(store) = &store {
+        findings.push(daemon(places.socket, store));
+        if let Some(local) = store.local() {
+            findings.extend(orphaned_keyring_entries(local));
+            findings.extend(orphaned_key_file(local));
+        }
+        findings.extend(accounts(store));
+        if let Ok(accounts) = store.accounts() {
+            findings.extend(outside::provider_clocks(&http, &accounts).await);
+        }
+    }
+    findings.extend(outside::alert_sinks(&http, places.vault_dir).await);
+    findings
+}
+
+/// This host's own vault, opened with its master key.
+fn local_vault(places: &Places<'_>, findings: &mut Vec<Finding>) -> Option<Store> {
+    match Store::open(places.vault_dir, &places.unlock) {
         Ok(store) => {
             findings.push(fine(format!(
                 "the master key ({}) opens the vault",
@@ -64,19 +101,7 @@ pub async fn examine(places: &Places<'_>) -> Vec<Finding> {
             ));
             None
         }
-    };
-    let http = crate::oauth::token::http_client();
-    if let Some(store) = &store {
-        findings.push(daemon(places.socket, store));
-        findings.extend(orphaned_keyring_entries(store));
-        findings.extend(orphaned_key_file(store));
-        findings.extend(accounts(store));
-        if let Ok(accounts) = store.accounts() {
-            findings.extend(outside::provider_clocks(&http, &accounts).await);
-        }
     }
-    findings.extend(outside::alert_sinks(&http, places.vault_dir).await);
-    findings
 }
 
 fn vault_dir(dir: &Path, me: u32) -> Finding {
@@ -159,7 +184,7 @@ fn config(dir: &Path) -> Finding {
 }
 
 /// Whether a daemon answers on the socket, is trusted, and serves this vault.
-fn daemon(socket: &Path, store: &Store) -> Finding {
+fn daemon(socket: &Path, store: &AnyStore) -> Finding {
     let shown = socket.display();
     let Ok(ours) = store.vault_id() else {
         return problem("the vault has no id", "restore vault.db from a backup");
@@ -235,7 +260,7 @@ fn orphaned_key_file(store: &Store) -> Option<Finding> {
 }
 
 /// Accounts that need a person.
-fn accounts(store: &Store) -> Vec<Finding> {
+fn accounts(store: &AnyStore) -> Vec<Finding> {
     let Ok(accounts) = store.summaries() else {
         return vec![problem(
             "the accounts cannot be read",

@@ -731,6 +731,48 @@ fn a_client_secret_rotates_across_the_fleet() {
     }
 }
 
+/// `vault doctor` on a fleet host looks at the fleet: its database opens as this host, the
+/// notifications arrive, the clocks agree, every host's key is vouched for.
+#[test]
+fn doctor_examines_the_fleet_on_a_fleet_host() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let (first, _second) = two_hosts(&fake, &pg);
+    let healthy = fleet_run(&first, &pg, &["doctor"]);
+    for line in [
+        "opens as host host-a",
+        "notifications reach this host",
+        "of the database's",
+        "every enrolled host has a key the fleet vouches for",
+        "1 account(s), none waiting for you",
+    ] {
+        assert!(healthy.stdout.contains(line), "{line}: {}", healthy.stdout);
+    }
+    healthy.ok();
+    // A host key tampered with in the database: a rekey would stop there, and doctor says so.
+    pg.client()
+        .execute(
+            "UPDATE hosts SET public_key_mac = NULL WHERE host = 'host-b'",
+            &[],
+        )
+        .unwrap();
+    let tampered = fleet_run(&first, &pg, &["doctor"]);
+    tampered.fails_with(1, "1 problem(s) found");
+    assert!(
+        tampered.stdout.contains("host(s) host-b have no key"),
+        "{}",
+        tampered.stdout
+    );
+    // A host that is not enrolled: the fleet does not open, and doctor names the fix.
+    let stranger = fleet_command(&first, &pg, "host-z", &["doctor"]);
+    let run = first.run_command(stranger, None);
+    assert!(
+        run.stdout.contains("\"host-z\" is not enrolled"),
+        "{}",
+        run.stdout
+    );
+}
+
 /// Enrolls `second` as host-b of the fleet `first` (host-a) created.
 fn enroll_second_host(first: &TestVault, second: &TestVault, pg: &Postgres) {
     let (joining, code) = start_join(second, pg, "host-b");

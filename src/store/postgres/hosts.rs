@@ -278,6 +278,36 @@ impl PgStore {
         Ok(())
     }
 
+    /// Whether a notification sent through the database reaches a listening connection within
+    /// a few seconds (a pooler in transaction mode swallows them; then hosts only poll).
+    pub fn notifications_arrive(&self) -> Result<bool, StoreError> {
+        let wait = Duration::from_secs(5);
+        let changes = self.db.listen();
+        if !changes.wait_until(wait, |heard| heard.listening) {
+            return Ok(false);
+        }
+        let before = changes.now().data;
+        self.db.run(|client| {
+            client.execute("SELECT pg_notify('tokenvault', 'data')", &[])?;
+            Ok(())
+        })?;
+        Ok(changes.wait_until(wait, |heard| heard.data > before))
+    }
+
+    /// How far this host's clock is ahead of the database's, in seconds (leases run on the
+    /// database's clock; validation firings and deadlines on each host's).
+    pub fn clock_offset(&self) -> Result<f64, StoreError> {
+        let database: f64 = self.db.run(|client| {
+            Ok(client
+                .query_one("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8", &[])?
+                .get(0))
+        })?;
+        let here = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        Ok(here - database)
+    }
+
     pub fn fleet_status(&self, database: &str) -> Result<FleetStatus, StoreError> {
         let database = database.to_owned();
         self.db.run(move |client| {

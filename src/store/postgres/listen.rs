@@ -78,6 +78,14 @@ impl Changes {
         changes
     }
 
+    /// What was heard so far.
+    pub(super) fn now(&self) -> Heard {
+        self.heard
+            .lock()
+            .map(|hearing| hearing.heard)
+            .unwrap_or_default()
+    }
+
     /// How many changes of account `id` were heard so far.
     pub(super) fn account_changes(&self, id: i64) -> u64 {
         self.heard
@@ -99,6 +107,16 @@ impl Changes {
             now.heard.listening && now.accounts.get(&id).copied().unwrap_or_default() == seen
         });
         true
+    }
+
+    /// Waits up to `wait` for `done` to hold of what was heard.
+    pub(super) fn wait_until(&self, wait: Duration, done: impl Fn(&Heard) -> bool) -> bool {
+        let Ok(hearing) = self.heard.lock() else {
+            return false;
+        };
+        self.moved
+            .wait_timeout_while(hearing, wait, |now| !done(&now.heard))
+            .is_ok_and(|(now, _)| done(&now.heard))
     }
 
     pub(super) fn feed(&self) -> ChangeFeed {

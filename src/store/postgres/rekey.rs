@@ -88,7 +88,10 @@ impl PgStore {
         new_source: &KeySource,
         passphrase: PassphraseFile<'_>,
     ) -> Result<Vec<String>, StoreError> {
-        let others = self.vouched_host_keys()?;
+        let (others, unvouched) = self.host_keys()?;
+        if !unvouched.is_empty() {
+            return Err(StoreError::HostKeysUnvouched(unvouched.join(", ")));
+        }
         let new_version = self.key_version + 1;
         let new_master = new_source.load_or_create(&self.vault_id, new_version, passphrase)?;
         let new_raw = crypto::random_bytes::<KEY_LEN>()?;
@@ -141,10 +144,16 @@ impl PgStore {
         Ok(true)
     }
 
-    /// The other hosts' public keys, each checked against its tag: a host whose key is not
-    /// vouched for (never opened the fleet since this version, or a key swapped in the
-    /// database) stops the rekey before anything changes.
-    fn vouched_host_keys(&self) -> Result<HashMap<String, [u8; 32]>, StoreError> {
+    /// The enrolled hosts whose long-term key the fleet does not vouch for: a rekey stops at
+    /// them.
+    pub fn hosts_without_vouched_keys(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.host_keys()?.1)
+    }
+
+    /// The other hosts' public keys, each checked against its tag, and the hosts whose key is
+    /// not vouched for (never opened the fleet since this version, or a key swapped in the
+    /// database).
+    fn host_keys(&self) -> Result<(HashMap<String, [u8; 32]>, Vec<String>), StoreError> {
         let me = self.host.clone();
         let rows: Vec<HostKeyRow> = self.db.run(move |client| {
             Ok(client
@@ -174,10 +183,7 @@ impl PgStore {
                 None => unvouched.push(host),
             }
         }
-        if !unvouched.is_empty() {
-            return Err(StoreError::HostKeysUnvouched(unvouched.join(", ")));
-        }
-        Ok(vouched)
+        Ok((vouched, unvouched))
     }
 
     /// Takes the lease of every account, waiting (up to a lease's length) for refreshes in
