@@ -153,7 +153,7 @@ impl PgStore {
     /// The other hosts' public keys, each checked against its tag, and the hosts whose key is
     /// not vouched for (never opened the fleet since this version, or a key swapped in the
     /// database).
-    fn host_keys(&self) -> Result<(HashMap<String, [u8; 32]>, Vec<String>), StoreError> {
+    fn host_keys(&self) -> Result<(PublicKeys, Vec<String>), StoreError> {
         let me = self.host.clone();
         let rows: Vec<HostKeyRow> = self.db.run(move |client| {
             Ok(client
@@ -241,6 +241,9 @@ impl PgStore {
     }
 }
 
+/// Hosts and their vouched public keys.
+type PublicKeys = HashMap<String, [u8; 32]>;
+
 /// A host, its public key and the key's tag, as `hosts` has them.
 type HostKeyRow = (String, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -255,7 +258,7 @@ struct Rekey {
     new_raw: Secret<[u8; KEY_LEN]>,
     new_master: Secret<[u8; KEY_LEN]>,
     /// The other hosts and their vouched public keys.
-    others: HashMap<String, [u8; 32]>,
+    others: PublicKeys,
 }
 
 impl Rekey {
