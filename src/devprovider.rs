@@ -295,12 +295,12 @@ impl DevProvider {
         self.lock().access_tokens.contains_key(token)
     }
 
-    /// Whether this server issued `token` and it has not expired.
-    pub fn is_live_access_token(&self, token: &str) -> bool {
+    /// Whether this server issued `token` and it had not expired at `at`.
+    pub fn was_live_access_token(&self, token: &str, at: Instant) -> bool {
         self.lock()
             .access_tokens
             .get(token)
-            .is_some_and(|(_, expires)| Instant::now() < *expires)
+            .is_some_and(|(_, expires)| at < *expires)
     }
 
     /// The scope an access token this server issued was granted.
@@ -579,7 +579,12 @@ fn authenticate(
 
 fn issue_access(inner: &mut Inner, scope: &str, refresh: Option<String>) -> Response {
     let access = random("at-");
-    let expires = Instant::now() + Duration::from_secs(inner.behaviour.access_lifetime);
+    // An absurd lifetime (the hostile-provider tests) lasts as long as an Instant can.
+    let issued = Instant::now();
+    let expires = issued
+        .checked_add(Duration::from_secs(inner.behaviour.access_lifetime))
+        .or_else(|| issued.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(issued);
     inner
         .access_tokens
         .insert(access.clone(), (scope.to_owned(), expires));

@@ -144,6 +144,7 @@ impl<G: RefreshGuard> PendingCall<G> {
         // A fleet lease taken long ago (a suspend, a stalled host) could pass to another host
         // while the request is out: then nothing is sent, and nothing is spent.
         let guard = &self.guard;
+        let sent_at = now_unix();
         let (outcome, fell_back) = if guard.may_send() {
             self.call.send(http, &|| guard.may_send()).await
         } else {
@@ -162,6 +163,7 @@ impl<G: RefreshGuard> PendingCall<G> {
             outcome,
             need: self.need,
             fell_back,
+            sent_at,
         }
     }
 }
@@ -175,6 +177,8 @@ pub struct Answered<G> {
     outcome: Outcome,
     need: Need,
     fell_back: bool,
+    /// When the request left (unix seconds): its `expires_in` counts from no earlier.
+    sent_at: i64,
 }
 
 /// What a settled call gives: the token (or why there is none), and the account's change of
@@ -201,8 +205,13 @@ impl<G> Answered<G> {
             _ => None,
         };
         let validated = matches!(self.need, Need::Proof);
-        let (committed, transition) =
-            commit(store, &self.guard, &self.account, self.outcome, validated);
+        let (committed, transition) = commit(
+            store,
+            &self.guard,
+            &self.account,
+            self.outcome,
+            (validated, self.sent_at),
+        );
         let issued = match committed {
             Ok(token) => Ok(Issued {
                 token,
@@ -415,9 +424,11 @@ impl UpstreamCall {
     }
 }
 
-/// What a grant changes in the store, from the moment it was received.
-pub fn token_update(grant: &TokenGrant, validated: bool) -> TokenUpdate<'_> {
-    let now = now_unix();
+/// What a grant changes in the store; its lifetimes count from `sent_at`, when the request
+/// left: counted from the answer's arrival, a token could look valid for as long as the answer
+/// took after it had expired.
+pub fn token_update(grant: &TokenGrant, validated: bool, sent_at: i64) -> TokenUpdate<'_> {
+    let now = sent_at;
     TokenUpdate {
         access_token: &grant.access_token,
         access_expires_at: Some(now + grant.expires_in.map_or(DEFAULT_LIFETIME, |s| s as i64)),
@@ -435,12 +446,12 @@ fn commit<S: RefreshStore>(
     guard: &S::Guard,
     account: &Account,
     outcome: Outcome,
-    validated: bool,
+    (validated, sent_at): (bool, i64),
 ) -> (Result<AccessToken, Error>, Option<Transition>) {
     let state = AccountState::after(&outcome);
     let (reason, error, retry_after) = match outcome {
         Outcome::Refreshed(grant) => {
-            let update = token_update(&grant, validated);
+            let update = token_update(&grant, validated, sent_at);
             return match store.commit_refresh(guard, account, &update) {
                 Ok(transition) => (Ok(issued_token(&grant, &update)), transition),
                 Err(error) => (Err(error.into()), None),
@@ -524,5 +535,25 @@ fn rejected_error(account: &Account, kind: RejectionKind, reason: String) -> Err
             account: name,
             reason,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_count_from_when_the_request_left() {
+        let grant = TokenGrant {
+            access_token: SecretString::from("at".to_owned()),
+            expires_in: Some(60),
+            scope: None,
+            refresh_token: None,
+            refresh_token_expires_in: Some(3600),
+            id_token: None,
+        };
+        let update = token_update(&grant, false, 1_000);
+        assert_eq!(update.access_expires_at, Some(1_060));
+        assert_eq!(update.refresh_expires_at, Some(4_600));
     }
 }
