@@ -272,15 +272,6 @@ impl Context {
         }
     }
 
-    /// The vault of a command fleet mode does not run yet: refused on a fleet's host, where a
-    /// local vault would be the wrong one.
-    fn open(&self) -> Result<Store, Error> {
-        if self.fleet()?.is_some() {
-            return Err(Error::Input(NOT_IN_FLEET_MODE.into()));
-        }
-        Ok(Store::open(&self.dir, &self.unlock())?)
-    }
-
     /// The vault: the fleet's on PostgreSQL when one is configured, else the local one.
     fn open_any(&self) -> Result<AnyStore, Error> {
         Ok(match self.fleet()? {
@@ -349,9 +340,6 @@ impl Context {
         )?))
     }
 }
-
-/// What a command fleet mode does not run yet says.
-const NOT_IN_FLEET_MODE: &str = "this command does not work on a fleet vault yet; in fleet mode tokenvault runs the fleet commands, add-account, login, token, exec, git-credential, list, status, validate, schedule, grant, revoke-grant, set-client-secret, remove, rekey and serve so far (unset VAULT_DATABASE_URL / [fleet] database to use this host's own vault)";
 
 /// Whether a PostgreSQL address names a password (URL or key=value form).
 fn carries_password(url: &str) -> bool {

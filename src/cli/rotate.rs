@@ -9,7 +9,6 @@ use super::{Context, block_on};
 use crate::error::Error;
 use crate::oauth::token::http_client;
 use crate::rotation::{self, Report};
-use crate::store::AnyStore;
 
 #[derive(Args)]
 pub(super) struct RotateArgs {
@@ -17,7 +16,7 @@ pub(super) struct RotateArgs {
 }
 
 pub(super) fn run(context: &Context, args: RotateArgs) -> Result<(), Error> {
-    let store = Arc::new(Mutex::new(AnyStore::Local(context.open()?)));
+    let store = Arc::new(Mutex::new(context.open_any()?));
     let report = block_on(rotation::rotate(&store, &http_client(), &args.name))??;
     print!("{}", describe(&args.name, &report));
     Ok(())

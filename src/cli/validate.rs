@@ -111,13 +111,10 @@ pub(super) fn schedule(context: &Context, args: ScheduleArgs) -> Result<(), Erro
     };
     let mut store = context.open_any()?;
     if let Some(every) = rotate_every {
-        let local = store.local_mut().ok_or_else(|| {
-            Error::Input("key rotation does not work on a fleet vault yet".into())
-        })?;
         if every.is_some() {
-            crate::rotation::check_supported(local, &args.name)?;
+            crate::rotation::check_supported(&store, &args.name)?;
         }
-        local.set_rotate_every(&args.name, every.map(|seconds| seconds as i64))?;
+        store.set_rotate_every(&args.name, every.map(|seconds| seconds as i64))?;
         match every {
             Some(seconds) => println!(
                 "The daemon (vault serve) rotates the key of {} when it is {} old.",

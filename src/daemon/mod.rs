@@ -106,8 +106,7 @@ pub async fn serve(
         refresh_before: config.refresh.before_seconds,
         max_backoff: config.refresh.max_backoff_seconds,
     };
-    // Key rotation works on the embedded vault only: not run on a fleet yet.
-    let local_duties = store.local().is_some();
+    let fleet = store.fleet().is_some();
     if let AnyStore::Fleet(fleet) = &mut store {
         fleet.listen();
     }
@@ -126,9 +125,8 @@ pub async fn serve(
         tokens.clone(),
         expiring_before,
     )));
-    if local_duties {
-        duties.push(tokio::spawn(rotator::run(tokens.clone())));
-    } else {
+    duties.push(tokio::spawn(rotator::run(tokens.clone())));
+    if fleet {
         duties.push(tokio::spawn(outbox::run(tokens.clone(), degraded_after)));
     }
     edge.serve(&tokens, shutdown).await;

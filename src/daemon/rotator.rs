@@ -3,7 +3,8 @@
 //! old, and finishes any rotation a crash left half-way. A rotation that fails keeps the key in
 //! use, is alerted once per due date — `aging` when the provider does not let the vault rotate
 //! the key (the reason names what to grant), `rotation_failed` otherwise — and is tried again an
-//! hour later.
+//! hour later. On a fleet every daemon looks; the first to take the account's rotation rotates,
+//! and a failure is alerted once for the fleet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use crate::clock::now_unix;
 use crate::daemon::tokens::Tokens;
+use crate::error::Error;
+use crate::store::StoreError;
 
 /// Keys age in days; a minute's delay in noticing one costs nothing.
 const CHECK_EVERY: Duration = Duration::from_secs(60);
@@ -37,6 +40,8 @@ pub async fn run(tokens: Arc<Tokens>) {
                 Ok(()) => {
                     retry_at.remove(&account.name);
                 }
+                // Another host of the fleet (or a `vault rotate`) is at it: its outcome counts.
+                Err(Error::Store(StoreError::RotationUnderWay(_))) => {}
                 Err(error) => {
                     retry_at.insert(account.name.clone(), now + RETRY_AFTER);
                     tokens

@@ -15,7 +15,7 @@ use crate::account::{AccountState, Deadline, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::refresh::{self, Begun, Need, PendingCall};
-use crate::store::{AnyGuard, AnyStore, RotationDue, Store};
+use crate::store::{AnyGuard, AnyStore, RotationDue};
 
 /// Daemon-wide settings for refreshes.
 #[derive(Debug, Clone, Copy)]
@@ -258,7 +258,7 @@ impl Tokens {
         let store = self.store.clone();
         let candidates = blocking(move || {
             let store = store.lock().map_err(|_| poisoned())?;
-            Ok(local(&store)?.rotation_candidates()?)
+            Ok(store.rotation_candidates()?)
         })
         .await;
         candidates
@@ -312,9 +312,17 @@ impl Tokens {
         let event = AlertEvent::for_unrotated_key(denied);
         let (store, account) = (self.store.clone(), name.to_owned());
         let detail = due_at.map_or_else(|| "unfinished".to_owned(), |at| at.to_string());
+        let told = reason.clone();
         let first = blocking(move || {
             let mut store = store.lock().map_err(|_| poisoned())?;
-            Ok(local_mut(&mut store)?.record_once(&account, event.as_str(), &detail)?)
+            Ok(match &mut *store {
+                AnyStore::Local(store) => store.record_once(&account, event.as_str(), &detail)?,
+                // Once per fleet, through the outbox (the outbox duty delivers it).
+                AnyStore::Fleet(store) => {
+                    store.alert_once(&account, event, due_at.unwrap_or(0), &told)?;
+                    false
+                }
+            })
         })
         .await;
         if first.unwrap_or(true) {
@@ -509,16 +517,6 @@ impl Tokens {
 enum Started {
     Stored(Arc<CachedToken>),
     Call(Box<PendingCall<AnyGuard>>),
-}
-
-/// The embedded vault, for the duties fleet mode does not run yet (they are not started on a
-/// fleet).
-fn local(store: &AnyStore) -> Result<&Store, Error> {
-    store.local().ok_or_else(not_in_fleet)
-}
-
-fn local_mut(store: &mut AnyStore) -> Result<&mut Store, Error> {
-    store.local_mut().ok_or_else(not_in_fleet)
 }
 
 fn not_in_fleet() -> Error {

@@ -15,7 +15,6 @@ mod api;
 mod google;
 mod microsoft;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,15 +27,15 @@ use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, Outcome};
 use crate::refresh::stored_client;
 use crate::secret::SecretString;
-use crate::store::{
-    AccountLock, AnyStore, Purpose, RotatedKey, RotationRecord, RotationStep, Store,
-};
+use crate::store::{AnyStore, RefreshStore, RotatedKey, RotationRecord, RotationStep, StoreError};
 use api::{ApiError, Session};
 
 /// How long a key just created may be refused while the provider spreads it (Google's
 /// "Invalid JWT Signature", Entra's AADSTS7000215), and how often it is tried meanwhile.
 const SPREAD_WINDOW: Duration = Duration::from_secs(120);
 const SPREAD_RETRY: Duration = Duration::from_secs(5);
+/// How long the commit of a new key waits for a refresh elsewhere to end (a fleet's lease).
+const COMMIT_WAIT: Duration = Duration::from_secs(90);
 /// A key listed as created this long before a rotation began is not that rotation's.
 const CLOCK_SLACK: i64 = 600;
 
@@ -160,8 +159,26 @@ enum Target {
     },
 }
 
-/// Rotates the key of account `name`, first finishing a rotation a crash interrupted.
+/// Rotates the key of account `name`, first finishing a rotation a crash interrupted. One
+/// rotation of an account runs at a time (on a fleet, across the hosts): another one fails
+/// with `RotationUnderWay` and changes nothing.
 pub async fn rotate(
+    store: &SharedStore,
+    http: &reqwest::Client,
+    name: &str,
+) -> Result<Report, Error> {
+    let owner = name.to_owned();
+    let guard = with_store(store, move |store| Ok(store.guard_rotation(&owner)?)).await?;
+    let rotated = rotate_guarded(store, http, name).await;
+    let _ = with_store(store, move |store| {
+        store.release_rotation(guard);
+        Ok(())
+    })
+    .await;
+    rotated
+}
+
+async fn rotate_guarded(
     store: &SharedStore,
     http: &reqwest::Client,
     name: &str,
@@ -171,7 +188,6 @@ pub async fn rotate(
         account,
         record,
         target,
-        dir,
     } = read;
     let fail = |err: ApiError| target.error(&account.name, err);
     let session = target.session(http, &account.name).await?;
@@ -219,7 +235,7 @@ pub async fn rotate(
         }
         .into());
     }
-    commit(store, dir, &account, &target, &new, replaces.as_deref()).await?;
+    commit(store, &account, &target, &new, replaces.as_deref()).await?;
     record = RotationRecord {
         key_id: Some(new.id.clone()),
         step: None,
@@ -255,7 +271,7 @@ pub fn rotatable(config: &crate::account::AccountConfig) -> bool {
 
 /// An error unless the key of account `name` can be rotated by tokenvault (checked before the
 /// daemon is told to).
-pub fn check_supported(store: &Store, name: &str) -> Result<(), Error> {
+pub fn check_supported(store: &AnyStore, name: &str) -> Result<(), Error> {
     Target::of(store, &store.account(name)?).map(drop)
 }
 
@@ -264,7 +280,6 @@ struct Read {
     account: Account,
     record: RotationRecord,
     target: Target,
-    dir: PathBuf,
 }
 
 async fn read(store: &SharedStore, name: &str) -> Result<Read, Error> {
@@ -284,14 +299,13 @@ async fn read(store: &SharedStore, name: &str) -> Result<Read, Error> {
             account,
             record,
             target,
-            dir: store.dir().to_owned(),
         })
     })
     .await
 }
 
 impl Target {
-    fn of(store: &Store, account: &Account) -> Result<Target, Error> {
+    fn of(store: &AnyStore, account: &Account) -> Result<Target, Error> {
         let unsupported = |why: String| RotationError::Unsupported {
             account: account.name.clone(),
             why,
@@ -502,16 +516,15 @@ impl Target {
 }
 
 /// Commits the new key under the account's refresh guard: a refresh that read the old key is
-/// finished before the old key can be deleted, and every later one reads the new key.
+/// finished before the old key can be deleted, and every later one reads the new key. On a
+/// fleet the guard is the account's lease: held elsewhere for a refresh, it is waited for.
 async fn commit(
     store: &SharedStore,
-    dir: PathBuf,
     account: &Account,
     target: &Target,
     new: &NewKey,
     replaces: Option<&str>,
 ) -> Result<(), Error> {
-    let guard = lock(dir, &account.name, Purpose::Refresh).await?;
     let (account, kind, secret, id) = (
         account.clone(),
         target.kind(),
@@ -520,23 +533,38 @@ async fn commit(
     );
     let (created_at, expires_at) = (new.created_at.unwrap_or_else(now_unix), new.expires_at);
     let replaces = replaces.map(str::to_owned);
-    with_store(store, move |store| {
-        store.commit_rotated_key(
-            &account,
-            &RotatedKey {
-                kind,
-                secret: &secret,
-                key_id: &id,
-                created_at,
-                expires_at,
-                replaces: replaces.as_deref(),
-            },
-        )?;
-        Ok(())
-    })
-    .await?;
-    drop(guard);
-    Ok(())
+    let give_up = Instant::now() + COMMIT_WAIT;
+    loop {
+        let (account, secret, id, replaces) = (
+            account.clone(),
+            secret.clone(),
+            id.clone(),
+            replaces.clone(),
+        );
+        let committed = with_store(store, move |store| {
+            let guard = store.guard_refresh(&account.name)?;
+            store.commit_rotated_key(
+                &guard,
+                &account,
+                &RotatedKey {
+                    kind,
+                    secret: &secret,
+                    key_id: &id,
+                    created_at,
+                    expires_at,
+                    replaces: replaces.as_deref(),
+                },
+            )?;
+            Ok(())
+        })
+        .await;
+        match committed {
+            Err(Error::Store(StoreError::LeaseHeld(_))) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Deletes the old key at the provider (already gone counts), then finishes the rotation.
@@ -563,14 +591,6 @@ async fn retire(
     .await
 }
 
-async fn lock(dir: PathBuf, name: &str, purpose: Purpose) -> Result<AccountLock, Error> {
-    let name = name.to_owned();
-    tokio::task::spawn_blocking(move || AccountLock::acquire_for(&dir, &name, purpose))
-        .await
-        .map_err(|_| Error::Internal("taking an account lock failed".into()))?
-        .map_err(Error::from)
-}
-
 async fn save(
     store: &SharedStore,
     account: &Account,
@@ -584,20 +604,17 @@ async fn save(
 }
 
 /// Runs `work` on the store from a blocking thread (the daemon's runtime threads never wait on
-/// SQLite).
+/// the database).
 async fn with_store<T: Send + 'static>(
     store: &SharedStore,
-    work: impl FnOnce(&mut Store) -> Result<T, Error> + Send + 'static,
+    work: impl FnOnce(&mut AnyStore) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let mut store = store
             .lock()
             .map_err(|_| Error::Internal("the store lock is poisoned".into()))?;
-        let store = store.local_mut().ok_or_else(|| {
-            Error::Input("key rotation does not work on a fleet vault yet".into())
-        })?;
-        work(store)
+        work(&mut store)
     })
     .await
     .unwrap_or_else(|_| Err(Error::Internal("a store task failed".into())))

@@ -4,8 +4,10 @@
 use super::commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 use std::path::Path;
 
+use super::lock::Purpose;
 use super::{
-    AccountLock, Lease, NewAccount, PgStore, SecretRotation, Store, StoreError, SummaryRow,
+    AccountLock, Lease, NewAccount, PgStore, RotatedKey, RotationDue, RotationLease,
+    RotationRecord, SecretRotation, Store, StoreError, SummaryRow,
 };
 use crate::account::{Account, AccountSummary, Principal, SecretKind, Transition};
 use crate::secret::SecretString;
@@ -20,6 +22,13 @@ pub enum AnyStore {
 pub enum AnyGuard {
     Lock(AccountLock),
     Lease(Lease),
+}
+
+/// What keeps a second rotation of an account's key from starting: a lock on this host's vault
+/// file, or the fleet's rotation lease.
+pub enum RotationGuard {
+    Lock(AccountLock),
+    Lease(RotationLease),
 }
 
 impl RefreshGuard for AnyGuard {
@@ -226,6 +235,85 @@ impl AnyStore {
                 Ok(())
             }
             AnyStore::Fleet(store) => store.set_schedule(name, schedule, refresh_before),
+        }
+    }
+
+    /// Takes the account's key rotation for this process; `RotationUnderWay` when another
+    /// rotation of it runs (here, or on another host of the fleet).
+    pub fn guard_rotation(&self, name: &str) -> Result<RotationGuard, StoreError> {
+        match self {
+            AnyStore::Local(store) => {
+                store.account(name)?;
+                AccountLock::try_acquire_for(store.dir(), name, Purpose::KeyRotation)?
+                    .map(RotationGuard::Lock)
+                    .ok_or_else(|| StoreError::RotationUnderWay(name.to_owned()))
+            }
+            AnyStore::Fleet(store) => store.guard_rotation(name).map(RotationGuard::Lease),
+        }
+    }
+
+    pub fn release_rotation(&self, guard: RotationGuard) {
+        if let (AnyStore::Fleet(store), RotationGuard::Lease(lease)) = (self, guard) {
+            store.release_rotation(lease);
+        }
+    }
+
+    pub fn rotation_record(&self, account: &Account) -> Result<RotationRecord, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.rotation_record(account),
+            AnyStore::Fleet(store) => store.rotation_record(account),
+        }
+    }
+
+    pub fn save_rotation_record(
+        &mut self,
+        account: &Account,
+        record: &RotationRecord,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.save_rotation_record(account, record),
+            AnyStore::Fleet(store) => store.save_rotation_record(account, record),
+        }
+    }
+
+    /// Commits a rotated key under the account's refresh `guard`.
+    pub fn commit_rotated_key(
+        &mut self,
+        guard: &AnyGuard,
+        account: &Account,
+        new: &RotatedKey<'_>,
+    ) -> Result<(), StoreError> {
+        match (self, guard) {
+            (AnyStore::Local(store), AnyGuard::Lock(_)) => store.commit_rotated_key(account, new),
+            (AnyStore::Fleet(store), AnyGuard::Lease(lease)) => {
+                store.commit_rotated_key(lease, account, new)
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
+    pub fn finish_rotation(
+        &mut self,
+        account: &Account,
+        record: &RotationRecord,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.finish_rotation(account, record),
+            AnyStore::Fleet(store) => store.finish_rotation(account, record),
+        }
+    }
+
+    pub fn rotation_candidates(&self) -> Result<Vec<RotationDue>, StoreError> {
+        match self {
+            AnyStore::Local(store) => store.rotation_candidates(),
+            AnyStore::Fleet(store) => store.rotation_candidates(),
+        }
+    }
+
+    pub fn set_rotate_every(&mut self, name: &str, every: Option<i64>) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Local(store) => store.set_rotate_every(name, every),
+            AnyStore::Fleet(store) => store.set_rotate_every(name, every),
         }
     }
 

@@ -47,6 +47,26 @@ impl AccountLock {
         name: &str,
         purpose: Purpose,
     ) -> Result<AccountLock, StoreError> {
+        AccountLock::take(vault_dir, name, purpose, true)
+            .transpose()
+            .unwrap_or_else(|| Err(StoreError::Database("a waiting lock returned early".into())))
+    }
+
+    /// Account `name`'s lock for `purpose` if no one holds it now; `None` if someone does.
+    pub fn try_acquire_for(
+        vault_dir: &Path,
+        name: &str,
+        purpose: Purpose,
+    ) -> Result<Option<AccountLock>, StoreError> {
+        AccountLock::take(vault_dir, name, purpose, false)
+    }
+
+    fn take(
+        vault_dir: &Path,
+        name: &str,
+        purpose: Purpose,
+        wait: bool,
+    ) -> Result<Option<AccountLock>, StoreError> {
         let path = vault_dir.join(LOCK_FILE);
         let failed = |source: std::io::Error| StoreError::Dir {
             path: path.clone(),
@@ -69,9 +89,15 @@ impl AccountLock {
             l_pid: 0,
         };
         loop {
-            match fcntl(&file, FcntlArg::F_OFD_SETLKW(&byte)) {
-                Ok(_) => return Ok(AccountLock { _file: file }),
+            let taken = if wait {
+                fcntl(&file, FcntlArg::F_OFD_SETLKW(&byte))
+            } else {
+                fcntl(&file, FcntlArg::F_OFD_SETLK(&byte))
+            };
+            match taken {
+                Ok(_) => return Ok(Some(AccountLock { _file: file })),
                 Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN | Errno::EACCES) if !wait => return Ok(None),
                 Err(errno) => return Err(failed(errno.into())),
             }
         }

@@ -21,11 +21,13 @@ mod schema;
 mod sealing;
 
 pub use accounts::{NewAccount, SummaryRow};
-pub use any::{AnyGuard, AnyStore};
+pub use any::{AnyGuard, AnyStore, RotationGuard};
 pub use client_secrets::SecretRotation;
 pub use commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE, Purpose};
-pub use postgres::{ChangeFeed, FleetDb, FleetStatus, Heard, JoinCode, Lease, NamedGrant, PgStore};
+pub use postgres::{
+    ChangeFeed, FleetDb, FleetStatus, Heard, JoinCode, Lease, NamedGrant, PgStore, RotationLease,
+};
 pub use rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep};
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -155,6 +157,10 @@ pub enum StoreError {
         "host {0:?} holds no copy of the fleet's current data key: it was removed, or the fleet was rekeyed twice while it was away, or the key delivered to it does not check out. Enroll it again: vault fleet join (on it), vault fleet admit {0} (on an enrolled host)"
     )]
     NotDelivered(String),
+    #[error(
+        "another rotation of account {0:?}'s key is under way (on this host or another); nothing was changed. Try again once it ends"
+    )]
+    RotationUnderWay(String),
 }
 
 pub struct Store {

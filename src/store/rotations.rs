@@ -58,16 +58,10 @@ pub struct RotatedKey<'a> {
 impl Store {
     /// The account's rotation record; the default when it never rotated.
     pub fn rotation_record(&self, account: &Account) -> Result<RotationRecord, StoreError> {
-        let Some(json) = open_secret(&self.conn, &self.data_key, account, SecretKind::KeyRotation)?
-        else {
-            return Ok(RotationRecord::default());
-        };
-        serde_json::from_str(json.expose()).map_err(|_| {
-            StoreError::BadConfig(
-                account.name.clone(),
-                "its key rotation record is unreadable".into(),
-            )
-        })
+        read_record(
+            account,
+            open_secret(&self.conn, &self.data_key, account, SecretKind::KeyRotation)?,
+        )
     }
 
     /// Records where the account's rotation stands.
@@ -178,6 +172,22 @@ impl Store {
         }
         Ok(due)
     }
+}
+
+/// The rotation record from its opened JSON; the default when there is none (never rotated).
+pub(super) fn read_record(
+    account: &Account,
+    json: Option<SecretString>,
+) -> Result<RotationRecord, StoreError> {
+    let Some(json) = json else {
+        return Ok(RotationRecord::default());
+    };
+    serde_json::from_str(json.expose()).map_err(|_| {
+        StoreError::BadConfig(
+            account.name.clone(),
+            "its key rotation record is unreadable".into(),
+        )
+    })
 }
 
 /// Seals with the vault's current data key (borrowed apart from the connection a transaction

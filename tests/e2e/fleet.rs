@@ -121,12 +121,10 @@ fn processes_racing_on_a_fleet_vault_spend_each_refresh_token_once() {
 }
 
 #[test]
-fn fleet_mode_refuses_what_it_cannot_do_yet_and_unknown_hosts() {
+fn fleet_mode_with_the_database_down_an_unknown_host_or_a_password_in_config() {
     let pg = Postgres::start();
     let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
     let vault = fleet_with_mail(&fake, &pg);
-    // A command fleet mode does not run yet never falls back to a local vault.
-    fleet_run(&vault, &pg, &["rotate", "mail"]).fails_with(1, "does not work on a fleet vault yet");
     // The database down: a clear error with its own exit code, and nothing refreshed; back up,
     // the same command works without anything restarted.
     pg.stop_server();
@@ -773,6 +771,92 @@ fn doctor_examines_the_fleet_on_a_fleet_host() {
         "{}",
         run.stdout
     );
+}
+
+/// Rotating a service account's key on a fleet: `vault rotate` on one host, the other host's
+/// tokens signed with the new key; one rotation at a time fleet-wide; and with `--rotate-every`,
+/// two daemons rotate a due key once between them.
+#[test]
+fn a_fleet_rotates_a_service_account_key_once() {
+    use crate::support::fake_keys::{self, Op};
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::Google);
+    let iam = fake_keys::start_iam(&fake);
+    let first = TestVault::new(Some(&fake));
+    fleet_run(&first, &pg, &["fleet", "init"]).ok();
+    let key = crate::support::service_account_key_file(&first, &fake);
+    fleet_run(
+        &first,
+        &pg,
+        &[
+            "add-account",
+            "robot",
+            "--service-account",
+            key.to_str().unwrap(),
+            "--scope",
+            "https://www.googleapis.com/auth/drive.readonly",
+            "--key-api-url",
+            &iam.base,
+        ],
+    )
+    .ok();
+    let second = TestVault::new(Some(&fake));
+    enroll_second_host(&first, &second, &pg);
+    let fresh_on_b = || {
+        let run = second.run_command(
+            fleet_command(
+                &second,
+                &pg,
+                "host-b",
+                &["token", "robot", "--no-daemon", "--min-valid", "7200"],
+            ),
+            None,
+        );
+        assert!(fake.is_access_token(run.ok().stdout.trim()));
+    };
+
+    fleet_run(&first, &pg, &["rotate", "robot"]).ok();
+    assert_eq!(iam.calls(), [Op::List, Op::Create, Op::Delete]);
+    assert_eq!(iam.key_ids().len(), 1);
+    fresh_on_b();
+
+    // Another host's rotation under way: a second one changes nothing anywhere.
+    let mut db = pg.client();
+    db.execute(
+        "UPDATE accounts SET rotation_until = clock_timestamp() + interval '1 minute'
+         WHERE name = 'robot'",
+        &[],
+    )
+    .unwrap();
+    fleet_run(&first, &pg, &["rotate", "robot"]).fails_with(
+        1,
+        "another rotation of account \"robot\"'s key is under way",
+    );
+    assert_eq!(iam.calls().len(), 3);
+    db.execute("UPDATE accounts SET rotation_until = NULL", &[])
+        .unwrap();
+
+    // Due by its age: both daemons look, one rotates.
+    fleet_run(&first, &pg, &["schedule", "robot", "--rotate-every", "1d"]).ok();
+    db.execute(
+        "UPDATE accounts SET key_created_at = key_created_at - 172800 WHERE name = 'robot'",
+        &[],
+    )
+    .unwrap();
+    let daemons = serve_both(&first, &second, &pg);
+    assert!(crate::support::eventually(
+        std::time::Duration::from_secs(30),
+        || iam.calls().len() >= 6
+    ));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        iam.calls()[3..],
+        [Op::List, Op::Create, Op::Delete],
+        "one rotation between two daemons"
+    );
+    drop(daemons);
+    assert_eq!(iam.key_ids().len(), 1);
+    fresh_on_b();
 }
 
 /// Enrolls `second` as host-b of the fleet `first` (host-a) created.

@@ -18,10 +18,12 @@ mod hosts;
 mod listen;
 mod outbox;
 mod rekey;
+mod rotations;
 
 pub use grants::NamedGrant;
 pub use hosts::{FleetStatus, JoinCode};
 pub use listen::{ChangeFeed, Heard};
+pub use rotations::RotationLease;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
@@ -72,6 +74,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/009_fleet_rekey.sql"),
     include_str!("../../../schema/postgres/010_deadline_alerts.sql"),
     include_str!("../../../schema/postgres/011_validation_claims.sql"),
+    include_str!("../../../schema/postgres/012_fleet_key_rotation.sql"),
 ];
 
 /// A job for the database thread.

@@ -58,7 +58,7 @@ pub(super) fn on_change(
     Ok(())
 }
 
-fn insert(
+pub(super) fn insert(
     tx: &mut postgres::Transaction<'_>,
     account: &str,
     event: AlertEvent,
