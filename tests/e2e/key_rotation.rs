@@ -376,3 +376,24 @@ fn a_created_key_that_is_not_this_service_accounts_is_refused() {
         fresh_token(&vault, &fake, "robot");
     }
 }
+
+/// One rotation of an account at a time: a second one (the daemon's duty and `vault rotate`, or
+/// two commands) fails at once and touches nothing at the provider.
+#[test]
+fn a_second_rotation_of_one_account_fails_and_changes_nothing() {
+    use tokenvault::store::{AccountLock, Purpose};
+    let fake = fake_oauth::start(OfflineRule::Google);
+    let iam = fake_keys::start_iam(&fake);
+    let vault = robot(&fake, &iam);
+    let old = stored_key_id(&vault);
+    let held = AccountLock::acquire_for(&vault.dir, "robot", Purpose::KeyRotation).unwrap();
+    vault.run(&["rotate", "robot"]).fails_with(
+        1,
+        "another rotation of account \"robot\"'s key is under way",
+    );
+    assert!(iam.calls().is_empty());
+    assert_eq!(stored_key_id(&vault), old);
+    drop(held);
+    vault.run(&["rotate", "robot"]).ok();
+    assert_ne!(stored_key_id(&vault), old);
+}
