@@ -29,10 +29,12 @@ pub fn jitter(account: &str, window: i64) -> i64 {
 }
 
 /// When to refresh a token issued at `issued_at` that expires at `expires_at`: `refresh_before`
-/// ahead of expiry, and earlier by a jitter of up to half of that.
-pub fn refresh_due(account: &str, issued_at: i64, expires_at: i64, configured: Option<u64>) -> i64 {
+/// ahead of expiry, and earlier by a jitter of up to half of that drawn from `spread` — the
+/// account's name, and on a fleet the host's too, so that the hosts come due one after another
+/// and the first one's new token reaches the others before they would refresh.
+pub fn refresh_due(spread: &str, issued_at: i64, expires_at: i64, configured: Option<u64>) -> i64 {
     let before = refresh_before(expires_at - issued_at, configured);
-    expires_at - before - jitter(account, before / 2)
+    expires_at - before - jitter(spread, before / 2)
 }
 
 /// The pause after the `failures`-th transient failure in a row: exponential from 5 s, capped,

@@ -106,7 +106,7 @@ pub async fn serve(
         refresh_before: config.refresh.before_seconds,
         max_backoff: config.refresh.max_backoff_seconds,
     };
-    let fleet = store.fleet().is_some();
+    let fleet = store.fleet().map(|fleet| fleet.host().to_owned());
     if let AnyStore::Fleet(fleet) = &mut store {
         fleet.listen();
     }
@@ -118,7 +118,11 @@ pub async fn serve(
 
     let mut duties = vec![
         tokio::spawn(reloader::run(tokens.clone())),
-        tokio::spawn(refresher::run(tokens.clone(), settings.refresh_before)),
+        tokio::spawn(refresher::run(
+            tokens.clone(),
+            settings.refresh_before,
+            fleet.clone(),
+        )),
         tokio::spawn(validator::run(tokens.clone(), config.validation.schedule)),
     ];
     duties.push(tokio::spawn(deadline_watch::run(
@@ -126,7 +130,7 @@ pub async fn serve(
         expiring_before,
     )));
     duties.push(tokio::spawn(rotator::run(tokens.clone())));
-    if fleet {
+    if fleet.is_some() {
         duties.push(tokio::spawn(outbox::run(tokens.clone(), degraded_after)));
     }
     edge.serve(&tokens, shutdown).await;

@@ -13,7 +13,8 @@ use crate::timing;
 /// refreshes at once what expired while it slept.
 const TICK: Duration = Duration::from_secs(1);
 
-pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
+/// `host`: this host's name in a fleet, which spreads the hosts' refreshes of one account.
+pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>, host: Option<String>) {
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
@@ -27,7 +28,11 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>) {
                 return;
             };
             let before = slot.refresh_before().or(refresh_before);
-            if now >= timing::refresh_due(slot.name(), issued_at, expires_at, before) {
+            let spread = match &host {
+                Some(host) => format!("{host}\0{}", slot.name()),
+                None => slot.name().to_owned(),
+            };
+            if now >= timing::refresh_due(&spread, issued_at, expires_at, before) {
                 tokens.spawn_background(
                     slot,
                     Need::Ahead {

@@ -75,6 +75,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/010_deadline_alerts.sql"),
     include_str!("../../../schema/postgres/011_validation_claims.sql"),
     include_str!("../../../schema/postgres/012_fleet_key_rotation.sql"),
+    include_str!("../../../schema/postgres/013_lease_nonce.sql"),
 ];
 
 /// A job for the database thread.
@@ -369,6 +370,8 @@ pub struct PgStore {
     master: Secret<[u8; KEY_LEN]>,
     /// The fleet's changes, heard on a connection of their own (daemons only).
     changes: Option<Arc<listen::Changes>>,
+    /// Lease takes whose answer was lost, by account: the nonce that takes such a lease again.
+    unsure_leases: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl PgStore {
@@ -444,6 +447,7 @@ impl PgStore {
             key_version,
             master: master.clone(),
             changes: None,
+            unsure_leases: Default::default(),
         }
     }
 
@@ -453,6 +457,23 @@ impl PgStore {
         self.settings_key = MacKey::derive(&raw);
         self.raw_data_key = raw;
         self.key_version = version;
+    }
+
+    /// The nonce of this account's last lease take whose answer was lost, if any.
+    fn unsure_lease(&self, name: &str) -> Option<i64> {
+        self.unsure_leases
+            .lock()
+            .ok()
+            .and_then(|unsure| unsure.get(name).copied())
+    }
+
+    fn remember_unsure_lease(&self, name: &str, nonce: Option<i64>) {
+        if let Ok(mut unsure) = self.unsure_leases.lock() {
+            match nonce {
+                Some(nonce) => unsure.insert(name.to_owned(), nonce),
+                None => unsure.remove(name),
+            };
+        }
     }
 
     /// Hears the fleet's changes from now on (a daemon does: waits for other hosts' refreshes
@@ -941,18 +962,28 @@ impl super::RefreshStore for PgStore {
                 .map(|(id, changes)| changes.account_changes(id));
             let (owner, host) = (name.to_owned(), self.host.clone());
             let seconds = LEASE.as_secs_f64();
+            let nonce = i64::from_le_bytes(*crypto::random_bytes::<8>()?.expose());
+            let unsure = self.unsure_lease(name);
             let taken = self.db.run(move |client| {
                 let row = client.query_opt(
                     "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = $2,
-                         lease_until = clock_timestamp() + make_interval(secs => $3)
-                     WHERE name = $1 AND (lease_until IS NULL OR lease_until < clock_timestamp())
-                         AND (pause_until IS NULL OR pause_until <= clock_timestamp())
+                         lease_until = clock_timestamp() + make_interval(secs => $3),
+                         lease_nonce = $4
+                     WHERE name = $1 AND (lease_nonce = $5 OR (
+                         (lease_until IS NULL OR lease_until < clock_timestamp())
+                         AND (pause_until IS NULL OR pause_until <= clock_timestamp())))
                      RETURNING id, lease_id",
-                    &[&owner, &host, &seconds],
+                    &[&owner, &host, &seconds, &nonce, &unsure],
                 )?;
                 Ok(row.map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1))))
-            })?;
-            if let Some((account_id, lease_id)) = taken {
+            });
+            // An answer lost as the take committed: the lease may be this process's, and only
+            // the nonce can tell — the next take of this account presents it.
+            self.remember_unsure_lease(
+                name,
+                matches!(taken, Err(StoreError::DatabaseLost(_))).then_some(nonce),
+            );
+            if let Some((account_id, lease_id)) = taken? {
                 return Ok(Lease {
                     db: self.db.clone(),
                     account_id,
