@@ -154,24 +154,30 @@ impl Store {
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        let mut due = Vec::new();
-        for (name, due_at, has_record) in rows {
-            // Only the few accounts that ever rotated have a record to open.
-            let unfinished = has_record
-                && self
-                    .account(&name)
-                    .and_then(|account| self.rotation_record(&account))
-                    .is_ok_and(|record| record.step.is_some());
-            if due_at.is_some() || unfinished {
-                due.push(RotationDue {
-                    name,
-                    due_at,
-                    unfinished,
-                });
-            }
-        }
-        Ok(due)
+        Ok(due_rotations(rows, |name| {
+            self.account(name)
+                .and_then(|account| self.rotation_record(&account))
+        }))
     }
+}
+
+/// The accounts to rotate, from (name, due date, has a rotation record) rows: those with a due
+/// date, and those whose record (read by `record`) shows an unfinished rotation.
+pub(super) fn due_rotations(
+    rows: Vec<(String, Option<i64>, bool)>,
+    record: impl Fn(&str) -> Result<RotationRecord, StoreError>,
+) -> Vec<RotationDue> {
+    rows.into_iter()
+        .filter_map(|(name, due_at, has_record)| {
+            // Only the few accounts that ever rotated have a record to open.
+            let unfinished = has_record && record(&name).is_ok_and(|record| record.step.is_some());
+            (due_at.is_some() || unfinished).then_some(RotationDue {
+                name,
+                due_at,
+                unfinished,
+            })
+        })
+        .collect()
 }
 
 /// The rotation record from its opened JSON; the default when there is none (never rotated).

@@ -8,7 +8,9 @@ use super::{Lease, PgStore, Sealed, log_event};
 use crate::account::{Account, SecretKind};
 use crate::daemon::alert::AlertEvent;
 use crate::secret::SecretString;
-use crate::store::rotations::{RotatedKey, RotationDue, RotationRecord, RotationStep, read_record};
+use crate::store::rotations::{
+    RotatedKey, RotationDue, RotationRecord, RotationStep, due_rotations, read_record,
+};
 use crate::store::{StoreError, now};
 
 /// How long a host may take over a rotation (a proof waits up to two minutes for a new key to
@@ -167,22 +169,10 @@ impl PgStore {
                 .map(|row| (row.get(0), row.get(1), row.get(2)))
                 .collect())
         })?;
-        let mut due = Vec::new();
-        for (name, due_at, has_record) in rows {
-            let unfinished = has_record
-                && self
-                    .account(&name)
-                    .and_then(|account| self.rotation_record(&account))
-                    .is_ok_and(|record| record.step.is_some());
-            if due_at.is_some() || unfinished {
-                due.push(RotationDue {
-                    name,
-                    due_at,
-                    unfinished,
-                });
-            }
-        }
-        Ok(due)
+        Ok(due_rotations(rows, |name| {
+            self.account(name)
+                .and_then(|account| self.rotation_record(&account))
+        }))
     }
 
     /// Rotates account `name`'s key every `every` seconds from now on (`None`: stops).
