@@ -17,7 +17,12 @@ pub(super) struct RotateArgs {
 
 pub(super) fn run(context: &Context, args: RotateArgs) -> Result<(), Error> {
     let store = Arc::new(Mutex::new(context.open_any()?));
-    let report = block_on(rotation::rotate(&store, &http_client(), &args.name))??;
+    let report = block_on(rotation::rotate(
+        &store,
+        &http_client(),
+        &args.name,
+        rotation::When::Now,
+    ))??;
     print!("{}", describe(&args.name, &report));
     Ok(())
 }

@@ -274,7 +274,9 @@ impl Tokens {
 
     /// Rotates account `name`'s own key at its provider, and tells of it (ids only).
     pub async fn rotate_key(&self, name: &str) -> Result<(), Error> {
-        let report = crate::rotation::rotate(&self.store, &self.http, name).await?;
+        let report =
+            crate::rotation::rotate(&self.store, &self.http, name, crate::rotation::When::IfDue)
+                .await?;
         let replaced = report.retired.as_deref().unwrap_or("");
         match &report.new_key {
             Some(key_id) => {
@@ -290,11 +292,13 @@ impl Tokens {
                 self.notifier
                     .key_rotated(name, key_id, report.retired.as_deref());
             }
-            None => crate::log::emit(
+            None if report.retired.is_some() || !report.strays.is_empty() => crate::log::emit(
                 crate::log::Level::Info,
                 "finished an interrupted key rotation",
                 &[("account", name), ("deleted", replaced)],
             ),
+            // Rotated meanwhile by another host or process.
+            None => {}
         }
         Ok(())
     }

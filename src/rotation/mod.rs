@@ -159,6 +159,15 @@ enum Target {
     },
 }
 
+/// Whether a rotation runs because someone asked, or only if the key is (still) due.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// `vault rotate`.
+    Now,
+    /// The daemon's duty: another host or process may have rotated it since it looked.
+    IfDue,
+}
+
 /// Rotates the key of account `name`, first finishing a rotation a crash interrupted. One
 /// rotation of an account runs at a time (on a fleet, across the hosts): another one fails
 /// with `RotationUnderWay` and changes nothing.
@@ -166,10 +175,14 @@ pub async fn rotate(
     store: &SharedStore,
     http: &reqwest::Client,
     name: &str,
+    when: When,
 ) -> Result<Report, Error> {
     let owner = name.to_owned();
     let guard = with_store(store, move |store| Ok(store.guard_rotation(&owner)?)).await?;
-    let rotated = rotate_guarded(store, http, name).await;
+    let rotated = match when {
+        When::IfDue if !still_due(store, name).await? => Ok(Report::default()),
+        _ => rotate_guarded(store, http, name).await,
+    };
     let _ = with_store(store, move |store| {
         store.release_rotation(guard);
         Ok(())
@@ -280,6 +293,20 @@ struct Read {
     account: Account,
     record: RotationRecord,
     target: Target,
+}
+
+/// Whether account `name`'s key is due for rotation or its last rotation is unfinished, as the
+/// store says now.
+async fn still_due(store: &SharedStore, name: &str) -> Result<bool, Error> {
+    let name = name.to_owned();
+    with_store(store, move |store| {
+        let account = store.account(&name)?;
+        let due = account.rotate_every.is_some_and(|every| {
+            account.key_created_at.unwrap_or(account.created_at) + every <= now_unix()
+        });
+        Ok(due || store.rotation_record(&account)?.step.is_some())
+    })
+    .await
 }
 
 async fn read(store: &SharedStore, name: &str) -> Result<Read, Error> {
