@@ -161,6 +161,10 @@ pub enum StoreError {
         "another rotation of account {0:?}'s key is under way (on this host or another); nothing was changed. Try again once it ends"
     )]
     RotationUnderWay(String),
+    #[error(
+        "the fleet was rekeyed on this host ({0:?}) with a new master key, which this process does not have; restart it (vault serve) with the new key"
+    )]
+    RekeyedHere(String),
 }
 
 pub struct Store {

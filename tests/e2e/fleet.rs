@@ -388,6 +388,8 @@ fn a_fleet_rekey_reaches_the_enrolled_hosts_and_shuts_out_a_removed_one() {
         )
         .unwrap();
     fleet_run(&first, &pg, &["fleet", "remove", "host-c"]).ok();
+    // host-b's daemon sleeps through the rekey, and a command on host-b takes the new key first.
+    crate::support::daemon::signal(&on_b.child, rustix::process::Signal::STOP);
     let refreshes = fake.counters(|c| c.refresh_grants);
     let rekeyed = fleet_run(&first, &pg, &["rekey", "--new-key-file", new_key]);
     assert!(
@@ -418,6 +420,10 @@ fn a_fleet_rekey_reaches_the_enrolled_hosts_and_shuts_out_a_removed_one() {
     assert!(fake.is_access_token(token.ok().stdout.trim()));
     fleet_run(&first, &pg, &["token", "mail", "--no-daemon"]).fails_with(6, "does not open");
 
+    second
+        .run_command(fleet_command(&second, &pg, "host-b", &["list"]), None)
+        .ok();
+    crate::support::daemon::signal(&on_b.child, rustix::process::Signal::CONT);
     // host-b's daemon took the new key by itself: it goes on refreshing 3-second tokens.
     std::thread::sleep(std::time::Duration::from_secs(8));
     let asked_at = std::time::Instant::now();

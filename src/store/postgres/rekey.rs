@@ -127,19 +127,43 @@ impl PgStore {
         if version == self.key_version {
             return Ok(false);
         }
-        let record = host_record(&self.db, &self.host)?;
-        let raw = take_delivery(
-            &self.db,
-            &Holder {
-                vault_id: &self.vault_id,
-                host: &self.host,
-                master: &self.master,
-                record: &record,
-            },
-            self.key_version,
-            &self.raw_data_key,
-            version,
-        )?;
+        // Another process of this host may have taken the delivery already.
+        let (host, wanted) = (self.host.clone(), version);
+        let wrapped: Option<Vec<u8>> = self.db.run(move |client| {
+            Ok(client
+                .query_opt(
+                    "SELECT wrapped FROM host_keys WHERE host = $1 AND key_version = $2",
+                    &[&host, &wanted],
+                )?
+                .map(|row| row.get(0)))
+        })?;
+        let raw = match wrapped {
+            Some(wrapped) => {
+                let opened = Key::from_bytes(&self.master)
+                    .open(
+                        &wrapped,
+                        host_wrap_aad(&self.vault_id, version, &self.host).as_bytes(),
+                    )
+                    // This host rekeyed with a new master key: this process has the old one.
+                    .map_err(|_| StoreError::RekeyedHere(self.host.clone()))?;
+                exact_key(opened.expose())?
+            }
+            None => {
+                let record = host_record(&self.db, &self.host)?;
+                take_delivery(
+                    &self.db,
+                    &Holder {
+                        vault_id: &self.vault_id,
+                        host: &self.host,
+                        master: &self.master,
+                        record: &record,
+                    },
+                    self.key_version,
+                    &self.raw_data_key,
+                    version,
+                )?
+            }
+        };
         self.adopt_data_key(version, raw);
         Ok(true)
     }
