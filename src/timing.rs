@@ -28,13 +28,31 @@ pub fn jitter(account: &str, window: i64) -> i64 {
     (crate::account::name_hash(account) % window as u64) as i64
 }
 
-/// When to refresh a token issued at `issued_at` that expires at `expires_at`: `refresh_before`
-/// ahead of expiry, and earlier by a jitter of up to half of that drawn from `spread` — the
-/// account's name, and on a fleet the host's too, so that the hosts come due one after another
-/// and the first one's new token reaches the others before they would refresh.
-pub fn refresh_due(spread: &str, issued_at: i64, expires_at: i64, configured: Option<u64>) -> i64 {
+/// How far apart a fleet's hosts come due for one account's refresh, at most: enough for the
+/// first one's new token to reach the others (a notification, a reload) before they would
+/// refresh, little enough not to shorten a token's use noticeably.
+const HOST_SPREAD: i64 = 5;
+
+/// When to refresh a token of `account` issued at `issued_at` that expires at `expires_at`:
+/// `refresh_before` ahead of expiry, and earlier by a jitter of up to half of that; on a fleet
+/// (`host`), earlier again by up to `HOST_SPREAD` seconds drawn from the host, so the hosts come
+/// due one after another.
+pub fn refresh_due(
+    account: &str,
+    host: Option<&str>,
+    (issued_at, expires_at): (i64, i64),
+    configured: Option<u64>,
+) -> i64 {
     let before = refresh_before(expires_at - issued_at, configured);
-    expires_at - before - jitter(spread, before / 2)
+    let host_offset = host.map_or(0, |host| {
+        let window = HOST_SPREAD.min(before / 4);
+        if window <= 0 {
+            return 0;
+        }
+        ((crate::account::name_hash(host) ^ crate::account::name_hash(account)) % window as u64)
+            as i64
+    });
+    expires_at - before - jitter(account, before / 2) - host_offset
 }
 
 /// The pause after the `failures`-th transient failure in a row: exponential from 5 s, capped,
@@ -101,7 +119,7 @@ mod tests {
         let (issued, expires) = (1_000_000, 1_000_600);
         let mut per_second = std::collections::HashMap::<i64, u32>::new();
         for i in 0..10_000 {
-            let due = refresh_due(&format!("account-{i:05}"), issued, expires, None);
+            let due = refresh_due(&format!("account-{i:05}"), None, (issued, expires), None);
             assert!(due <= expires - 60 && due > expires - 60 - 30, "{due}");
             *per_second.entry(due).or_default() += 1;
         }
@@ -110,6 +128,24 @@ mod tests {
         let max = *per_second.values().max().unwrap() as f64;
         assert!(seconds >= 29.0, "spread over the window: {seconds} s");
         assert!(max <= 2.0 * mean, "max {max} per second vs mean {mean}");
+    }
+
+    #[test]
+    fn a_fleets_hosts_come_due_within_a_few_seconds_of_each_other() {
+        let alone = refresh_due("mail", None, (0, 3600), None);
+        let dues: Vec<i64> = (0..20)
+            .map(|n| refresh_due("mail", Some(&format!("host-{n}")), (0, 3600), None))
+            .collect();
+        assert!(
+            dues.iter()
+                .all(|due| (alone - HOST_SPREAD..=alone).contains(due))
+        );
+        assert!(dues.iter().any(|due| *due != dues[0]), "{dues:?}");
+        // A token too short to spread over is not spread.
+        assert_eq!(
+            refresh_due("mail", Some("host-1"), (0, 8), None),
+            refresh_due("mail", None, (0, 8), None)
+        );
     }
 
     #[test]

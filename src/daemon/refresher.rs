@@ -28,11 +28,13 @@ pub async fn run(tokens: Arc<Tokens>, refresh_before: Option<u64>, host: Option<
                 return;
             };
             let before = slot.refresh_before().or(refresh_before);
-            let spread = match &host {
-                Some(host) => format!("{host}\0{}", slot.name()),
-                None => slot.name().to_owned(),
-            };
-            if now >= timing::refresh_due(&spread, issued_at, expires_at, before) {
+            let due = timing::refresh_due(
+                slot.name(),
+                host.as_deref(),
+                (issued_at, expires_at),
+                before,
+            );
+            if now >= due {
                 tokens.spawn_background(
                     slot,
                     Need::Ahead {
