@@ -109,6 +109,7 @@ pub async fn serve(
     let fleet = store.fleet().map(|fleet| fleet.host().to_owned());
     if let AnyStore::Fleet(fleet) = &mut store {
         fleet.listen();
+        fleet.leave_lease_waits_to_caller();
     }
     let tokens = Arc::new(Tokens::load(
         store, audit, alerts, metrics, settings, owner_uid,

@@ -15,7 +15,7 @@ use crate::account::{AccountState, Deadline, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::refresh::{self, Begun, Need, PendingCall};
-use crate::store::{AnyGuard, AnyStore, RotationDue};
+use crate::store::{AnyGuard, AnyStore, RotationDue, StoreError};
 
 /// Daemon-wide settings for refreshes.
 #[derive(Debug, Clone, Copy)]
@@ -157,14 +157,28 @@ impl Tokens {
         // 100,000 long-lived copies a big vault loads then sit among that thread's few short-lived
         // allocations, not among the request buffers of the runtime's threads (whose holes they
         // would split, growing the heap).
-        let begun = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
-            Ok(match refresh::begin(&*store, &name, need)? {
-                Begun::Cached(token) => Started::Stored(CachedToken::new(&token, scope)),
-                Begun::Call(call) => Started::Call(call),
+        let give_up = std::time::Instant::now() + LEASE_WAIT;
+        let begun = loop {
+            let (store, name, scope) = (store.clone(), name.clone(), scope.clone());
+            let begun = blocking(move || {
+                let store = store.lock().map_err(|_| poisoned())?;
+                Ok(match refresh::begin(&*store, &name, need)? {
+                    Begun::Cached(token) => Started::Stored(CachedToken::new(&token, scope)),
+                    Begun::Call(call) => Started::Call(call),
+                })
             })
-        })
-        .await?;
+            .await;
+            match begun {
+                // Another host of the fleet is refreshing it: wait for its commit without
+                // holding the store, which every other request and duty of this daemon needs.
+                Err(Error::Store(StoreError::LeaseHeld(_)))
+                    if std::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(LEASE_RETRY).await;
+                }
+                begun => break begun?,
+            }
+        };
         let (token, upstream_problem) = match begun {
             Started::Stored(stored) => (stored, None),
             Started::Call(call) => self.call_upstream(slot, need, call).await?,
@@ -526,6 +540,11 @@ enum Started {
 fn not_in_fleet() -> Error {
     Error::Internal("a duty of one kind of vault ran on the other".into())
 }
+
+/// How long a request waits for another host's refresh of its account (a refresh takes well
+/// under a second; a lease whose holder died runs out on its own), and how often it looks.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const LEASE_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
 
 fn poisoned() -> Error {
     Error::Internal("a lock was poisoned by an earlier panic; restart vault serve".into())

@@ -372,6 +372,8 @@ pub struct PgStore {
     changes: Option<Arc<listen::Changes>>,
     /// Lease takes whose answer was lost, by account: the nonce that takes such a lease again.
     unsure_leases: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// How long `guard_refresh` waits for another host's lease itself.
+    lease_wait: Duration,
 }
 
 impl PgStore {
@@ -448,6 +450,7 @@ impl PgStore {
             master: master.clone(),
             changes: None,
             unsure_leases: Default::default(),
+            lease_wait: LEASE_WAIT,
         }
     }
 
@@ -482,6 +485,12 @@ impl PgStore {
         if self.changes.is_none() {
             self.changes = Some(self.db.listen());
         }
+    }
+
+    /// Makes `guard_refresh` give up at once when another host holds the lease: a daemon waits
+    /// itself, without holding the store every request needs.
+    pub fn leave_lease_waits_to_caller(&mut self) {
+        self.lease_wait = Duration::ZERO;
     }
 
     /// The fleet's changes as this host hears them, once `listen` was called.
@@ -952,7 +961,7 @@ impl super::RefreshStore for PgStore {
     /// Takes the account's lease once it is free or expired (the database's clock decides),
     /// waiting up to `LEASE_WAIT` for another host's refresh.
     fn guard_refresh(&self, name: &str) -> Result<Lease, StoreError> {
-        let give_up = boottime() + LEASE_WAIT;
+        let give_up = boottime() + self.lease_wait;
         let mut known_id = None;
         loop {
             // What was heard of the account before looking: a commit after the look wakes the
