@@ -47,9 +47,8 @@ impl AccountLock {
         name: &str,
         purpose: Purpose,
     ) -> Result<AccountLock, StoreError> {
-        AccountLock::take(vault_dir, name, purpose, true)
-            .transpose()
-            .unwrap_or_else(|| Err(StoreError::Database("a waiting lock returned early".into())))
+        AccountLock::take(vault_dir, name, purpose, true)?
+            .ok_or_else(|| StoreError::Database("a waiting lock returned early".into()))
     }
 
     /// Account `name`'s lock for `purpose` if no one holds it now; `None` if someone does.
