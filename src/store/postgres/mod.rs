@@ -920,18 +920,36 @@ impl super::commits::RefreshGuard for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        // Released when nothing was committed (a commit clears it); best effort: it expires anyway.
-        let (id, lease) = (self.account_id, self.lease_id);
-        let _ = self.db.jobs.send(Box::new(move |connection| {
-            if let Ok(client) = connection.client() {
-                let _ = client.execute(
-                    "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL
-                     WHERE id = $1 AND lease_id = $2",
-                    &[&id, &lease],
-                );
-            }
-        }));
+        // Released when nothing was committed (a commit clears it). A release that meets the
+        // database restarting is tried again while the lease lasts: lost, it would keep every
+        // host from refreshing the account until it ran out.
+        release_lease(
+            self.db.clone(),
+            (self.account_id, self.lease_id),
+            std::time::Instant::now() + LEASE,
+        );
     }
+}
+
+/// Queues the release of lease `lease` of account `id` on the database thread (never waits);
+/// on failure it is queued again half a second later, until `until`.
+fn release_lease(db: Db, (id, lease): (i64, i64), until: std::time::Instant) {
+    let again = db.clone();
+    let _ = db.jobs.send(Box::new(move |connection| {
+        let released = connection.client().and_then(|client| {
+            client.execute(
+                "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_id = $2",
+                &[&id, &lease],
+            )
+        });
+        if released.is_err() && std::time::Instant::now() < until {
+            std::thread::spawn(move || {
+                std::thread::sleep(COMMIT_RETRY);
+                release_lease(again, (id, lease), until);
+            });
+        }
+    }));
 }
 
 /// Seconds since boot, suspend included: a lease taken before a laptop slept has aged.
