@@ -167,16 +167,21 @@ impl Error {
             Error::Daemon { problem, .. } => *problem,
             Error::Rotation(rotation) => rotation.problem(),
             Error::Key(_)
-            | Error::Store(StoreError::Key(_))
-            | Error::Store(StoreError::WrongMasterKey(_)) => Problem::MasterKey,
+            | Error::Store(
+                StoreError::Key(_)
+                | StoreError::WrongMasterKey(_)
+                | StoreError::NotDelivered(_)
+                | StoreError::RekeyedHere(_),
+            ) => Problem::MasterKey,
             Error::Store(StoreError::NoSuchAccount(_)) => Problem::UnknownAccount,
             Error::Store(StoreError::Superseded(_)) => Problem::Superseded,
             Error::Store(StoreError::Paused { .. } | StoreError::LeaseHeld(_)) => {
                 Problem::UpstreamUnavailable
             }
-            Error::Store(StoreError::Database(_) | StoreError::DatabaseLost(_)) => {
-                Problem::StoreUnavailable
-            }
+            // A rekey elsewhere committed meanwhile: the next try reads the new key.
+            Error::Store(
+                StoreError::Database(_) | StoreError::DatabaseLost(_) | StoreError::KeyChanged,
+            ) => Problem::StoreUnavailable,
             Error::NotAdded {
                 source: OAuthError::Unavailable(_),
                 ..
@@ -217,5 +222,19 @@ mod tests {
         assert_eq!(Problem::UpstreamUnavailable.exit_code(), 5);
         assert_eq!(Problem::MasterKey.exit_code(), 6);
         assert_eq!(Problem::Interrupted.exit_code(), 130);
+    }
+
+    #[test]
+    fn a_fleet_key_problem_is_a_master_key_problem_and_a_rekey_meanwhile_is_worth_a_retry() {
+        let problem = |err: StoreError| Error::Store(err).problem();
+        assert_eq!(
+            problem(StoreError::NotDelivered("b".into())),
+            Problem::MasterKey
+        );
+        assert_eq!(
+            problem(StoreError::RekeyedHere("a".into())),
+            Problem::MasterKey
+        );
+        assert_eq!(problem(StoreError::KeyChanged), Problem::StoreUnavailable);
     }
 }

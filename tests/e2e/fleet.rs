@@ -463,7 +463,7 @@ fn a_fleet_rekey_reaches_the_enrolled_hosts_and_shuts_out_a_removed_one() {
             None,
         )
     };
-    as_c().fails_with(1, "holds no copy of the fleet's current data key");
+    as_c().fails_with(6, "holds no copy of the fleet's current data key");
     db.execute(
         "UPDATE fleet_meta SET value = '1' WHERE key = 'key_version'",
         &[],
@@ -472,6 +472,48 @@ fn a_fleet_rekey_reaches_the_enrolled_hosts_and_shuts_out_a_removed_one() {
     let run = as_c();
     assert_ne!(run.code, 0, "{}", run.stderr);
     assert!(!fake.is_access_token(run.stdout.trim()));
+
+    // A database writer "rekeys" to a data key of its own, sealed to host-b's real public key as
+    // a genuine delivery is — but it cannot tag it with the key host-b holds. host-b refuses it
+    // (else it would seal every new token under the writer's key) and keeps the key it has.
+    let vault_id: String = db
+        .query_one("SELECT value FROM fleet_meta WHERE key = 'vault_id'", &[])
+        .unwrap()
+        .get(0);
+    let b_public: Vec<u8> = db
+        .query_one("SELECT public_key FROM hosts WHERE host = 'host-b'", &[])
+        .unwrap()
+        .get(0);
+    let (ephemeral_key, sealed) =
+        X25519Key::generate().deliver(&vault_id, "host-b", 3, &b_public, &[0x42; 32]);
+    db.execute(
+        "UPDATE fleet_meta SET value = '3' WHERE key = 'key_version'",
+        &[],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO key_deliveries (host, key_version, from_version, ephemeral_key, sealed, mac)
+         VALUES ('host-b', 3, 2, $1, $2, $3)",
+        &[&ephemeral_key, &sealed, &vec![0u8; 32]],
+    )
+    .unwrap();
+    second
+        .run_command(fleet_command(&second, &pg, "host-b", &["list"]), None)
+        .fails_with(6, "holds no copy of the fleet's current data key");
+    let b_versions: Vec<i64> = db
+        .query(
+            "SELECT key_version FROM host_keys WHERE host = 'host-b'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        b_versions,
+        [2],
+        "host-b took nothing from the forged delivery"
+    );
 }
 
 /// The attacker's one-time X25519 key.
@@ -492,21 +534,67 @@ impl X25519Key {
     /// `data_key` sealed to the joining host as the admission did before join codes: a key from
     /// the X25519 agreement and the public transcript alone, which anyone can compute.
     fn seal_without_code(self, vault_id: &str, joiner_key: &[u8], data_key: &[u8; 32]) -> Vec<u8> {
-        use ring::{aead, agreement, hkdf};
-        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let transcript = format!(
             "tokenvault fleet admission|vault={vault_id}|host=host-b|joiner={}|admitter={}",
             hex(joiner_key),
             hex(&self.public)
         );
+        let aad = format!("tokenvault fleet admission|vault={vault_id}|host=host-b|key=1");
+        self.seal_to(
+            joiner_key,
+            b"tokenvault fleet admission",
+            &transcript,
+            &aad,
+            data_key,
+        )
+    }
+
+    /// `data_key` sealed to `host`'s public key as a rekey's delivery of key `version` is
+    /// (untagged: the tag needs the fleet's data key). Returns (one-time public key, sealed).
+    fn deliver(
+        self,
+        vault_id: &str,
+        host: &str,
+        version: i64,
+        recipient: &[u8],
+        data_key: &[u8; 32],
+    ) -> (Vec<u8>, Vec<u8>) {
+        let info = format!(
+            "tokenvault fleet key delivery|vault={vault_id}|host={host}|key={version}|ephemeral={}|recipient={}",
+            hex(&self.public),
+            hex(recipient)
+        );
+        let aad =
+            format!("tokenvault fleet key delivery|vault={vault_id}|host={host}|key={version}");
+        let public = self.public.clone();
+        let sealed = self.seal_to(
+            recipient,
+            b"tokenvault fleet key delivery",
+            &info,
+            &aad,
+            data_key,
+        );
+        (public, sealed)
+    }
+
+    /// AES-256-GCM (nonce first) under HKDF-SHA256(`salt`, X25519 with `peer`, `info`).
+    fn seal_to(
+        self,
+        peer: &[u8],
+        salt: &[u8],
+        info: &str,
+        aad: &str,
+        data_key: &[u8; 32],
+    ) -> Vec<u8> {
+        use ring::{aead, agreement, hkdf};
         let mut key = [0u8; 32];
         agreement::agree_ephemeral(
             self.private,
-            &agreement::UnparsedPublicKey::new(&agreement::X25519, joiner_key),
+            &agreement::UnparsedPublicKey::new(&agreement::X25519, peer),
             |shared| {
-                hkdf::Salt::new(hkdf::HKDF_SHA256, b"tokenvault fleet admission")
+                hkdf::Salt::new(hkdf::HKDF_SHA256, salt)
                     .extract(shared)
-                    .expand(&[transcript.as_bytes()], hkdf::HKDF_SHA256)
+                    .expand(&[info.as_bytes()], hkdf::HKDF_SHA256)
                     .unwrap()
                     .fill(&mut key)
                     .unwrap()
@@ -517,7 +605,6 @@ impl X25519Key {
             aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &key).unwrap());
         let nonce = [9u8; 12];
         let mut blob = data_key.to_vec();
-        let aad = format!("tokenvault fleet admission|vault={vault_id}|host=host-b|key=1");
         sealing
             .seal_in_place_append_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
@@ -527,6 +614,10 @@ impl X25519Key {
             .unwrap();
         [nonce.as_slice(), &blob].concat()
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
