@@ -180,7 +180,10 @@ impl Error {
             }
             // A rekey elsewhere committed meanwhile: the next try reads the new key.
             Error::Store(
-                StoreError::Database(_) | StoreError::DatabaseLost(_) | StoreError::KeyChanged,
+                StoreError::Database(_)
+                | StoreError::DatabaseLost(_)
+                | StoreError::KeyChanged
+                | StoreError::RekeyUnconfirmed(_),
             ) => Problem::StoreUnavailable,
             Error::NotAdded {
                 source: OAuthError::Unavailable(_),

@@ -73,8 +73,8 @@ pub async fn examine(places: &Places<'_>) -> Vec<Finding> {
         findings.push(daemon(places.socket, store));
         if let Some(local) = store.local() {
             findings.extend(orphaned_keyring_entries(local));
-            findings.extend(orphaned_key_file(local));
         }
+        findings.extend(orphaned_key_file(store));
         findings.extend(accounts(store));
         if let Ok(accounts) = store.accounts() {
             findings.extend(outside::provider_clocks(&http, &accounts).await);
@@ -237,11 +237,15 @@ fn orphaned_keyring_entries(store: &Store) -> Option<Finding> {
 
 /// The new key file of a `vault rekey` killed before its commit: it opens nothing, and would
 /// only confuse (or, kept beside backups, look like the key).
-fn orphaned_key_file(store: &Store) -> Option<Finding> {
-    let KeySource::File(path) = store.pending_rekey()? else {
+fn orphaned_key_file(store: &AnyStore) -> Option<Finding> {
+    let (pending, current) = match store {
+        AnyStore::Local(store) => (store.pending_rekey(), store.key_source().clone()),
+        AnyStore::Fleet(store) => (store.pending_rekey().ok()?, store.host_master().ok()?.0),
+    };
+    let KeySource::File(path) = pending? else {
         return None;
     };
-    let in_use = matches!(store.key_source(), KeySource::File(current) if *current == path);
+    let in_use = matches!(current, KeySource::File(current) if current == path);
     // The path comes from the database: an edited one must not get any file of the user's named
     // for deletion, only a private file holding a master key.
     let holds_a_key = KeySource::File(path.clone()).load("", 0, None).is_ok();

@@ -165,6 +165,10 @@ pub enum StoreError {
         "the fleet was rekeyed on this host ({0:?}) with a new master key, which this process does not have; restart it (vault serve) with the new key"
     )]
     RekeyedHere(String),
+    #[error(
+        "the database's answer to the rekey's commit was lost: whether the fleet was rekeyed is not known yet. Keep the new master key ({0}); once the database answers, vault doctor says whether this host uses it or names it for deletion"
+    )]
+    RekeyUnconfirmed(String),
 }
 
 pub struct Store {

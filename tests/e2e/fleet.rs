@@ -2,7 +2,8 @@
 //! `VAULT_DATABASE_URL`; every refresh is taken under the account's lease and committed fenced on
 //! it, so processes racing for one rotating refresh token spend it once each time.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use tokenvault::account::SecretKind;
 
@@ -868,6 +869,102 @@ fn doctor_examines_the_fleet_on_a_fleet_host() {
         "{}",
         run.stdout
     );
+}
+
+/// A fleet rekey that fails removes the master key it made (it opens nothing); one killed before
+/// its commit leaves its key file behind, and `vault doctor` names it.
+#[test]
+fn a_fleet_rekey_that_does_not_commit_leaves_no_key_or_doctor_names_it() {
+    let pg = Postgres::start();
+    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = fleet_with_mail(&fake, &pg);
+    let mut db = pg.client();
+    let new_key = vault.root.path().join("fleet-next.key");
+    let rekey = || {
+        fleet_command(
+            &vault,
+            &pg,
+            "host-a",
+            &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+        )
+    };
+
+    // A secret altered in the database: the rekey stops at it, and takes its new key back.
+    let (account, kind, sealed): (i64, String, Vec<u8>) = db
+        .query_one("SELECT account_id, kind, sealed FROM secrets LIMIT 1", &[])
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .unwrap();
+    let mut altered = sealed.clone();
+    *altered.last_mut().unwrap() ^= 1;
+    let put = |db: &mut postgres::Client, sealed: &Vec<u8>| {
+        db.execute(
+            "UPDATE secrets SET sealed = $3 WHERE account_id = $1 AND kind = $2",
+            &[&account, &kind, sealed],
+        )
+        .unwrap();
+    };
+    put(&mut db, &altered);
+    vault
+        .run_command(rekey(), None)
+        .fails_with(1, "failed to open");
+    assert!(!new_key.exists(), "the failed rekey's key file is gone");
+    put(&mut db, &sealed);
+    let pending: Option<String> = db
+        .query_one("SELECT rekey_pending FROM hosts WHERE host = 'host-a'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, None);
+
+    // Killed while it waits for a lease another host holds: its key file stays, named by doctor.
+    db.execute(
+        "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = 'host-z',
+             lease_until = clock_timestamp() + interval '10 minutes'",
+        &[],
+    )
+    .unwrap();
+    let mut killed = rekey();
+    killed.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut killed = killed.spawn().unwrap();
+    assert!(crate::support::eventually(Duration::from_secs(20), || {
+        new_key.exists()
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    db.execute(
+        "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL",
+        &[],
+    )
+    .unwrap();
+    let leftover = format!(
+        "an interrupted vault rekey left the key file {}",
+        new_key.display()
+    );
+    let doctor = fleet_run(&vault, &pg, &["doctor"]);
+    assert!(doctor.stdout.contains(&leftover), "{}", doctor.stdout);
+
+    // Once it is deleted, a rekey commits, and doctor has nothing to name.
+    std::fs::remove_file(&new_key).unwrap();
+    vault.run_command(rekey(), None).ok();
+    // From now on this host's master key is the new file, as recorded by the rekey.
+    let with_new_key = |args: &[&str]| {
+        let mut command = fleet_command(&vault, &pg, "host-a", args);
+        command.env_remove("VAULT_MASTER_KEY");
+        vault.run_command(command, None)
+    };
+    let doctor = with_new_key(&["doctor"]);
+    assert!(
+        doctor.stdout.contains("opens as host host-a"),
+        "{}",
+        doctor.stdout
+    );
+    assert!(
+        !doctor.stdout.contains("interrupted vault rekey"),
+        "{}",
+        doctor.stdout
+    );
+    let token = with_new_key(&["token", "mail", "--no-daemon"]);
+    assert!(fake.is_access_token(token.ok().stdout.trim()));
 }
 
 /// Rotating a service account's key on a fleet: `vault rotate` on one host, the other host's

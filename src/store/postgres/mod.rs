@@ -76,6 +76,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../../../schema/postgres/011_validation_claims.sql"),
     include_str!("../../../schema/postgres/012_fleet_key_rotation.sql"),
     include_str!("../../../schema/postgres/013_lease_nonce.sql"),
+    include_str!("../../../schema/postgres/014_rekey_pending.sql"),
 ];
 
 /// A job for the database thread.

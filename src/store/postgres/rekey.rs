@@ -31,6 +31,8 @@ pub(super) struct HostRecord {
     pub public_key: Option<Vec<u8>>,
     pub public_key_mac: Option<Vec<u8>>,
     pub private_key_wrapped: Option<Vec<u8>>,
+    /// Where a rekey from this host that has not committed puts its new master key.
+    pub rekey_pending: Option<String>,
 }
 
 impl PgStore {
@@ -93,6 +95,10 @@ impl PgStore {
             return Err(StoreError::HostKeysUnvouched(unvouched.join(", ")));
         }
         let new_version = self.key_version + 1;
+        // Recorded before the new key exists, so that `vault doctor` can name a key file a crash
+        // left behind; the commit clears it.
+        self.record_pending_rekey(new_source)?;
+        let made_file = matches!(new_source, KeySource::File(path) if !path.exists());
         let new_master = new_source.load_or_create(&self.vault_id, new_version, passphrase)?;
         let new_raw = crypto::random_bytes::<KEY_LEN>()?;
         let plan = Rekey {
@@ -106,18 +112,84 @@ impl PgStore {
             new_master: new_master.clone(),
             others: others.clone(),
         };
+        if let Err(err) = self.commit_rekey(plan) {
+            // The commit's answer may be what was lost: the new master key goes only once the
+            // database says the fleet is still on the old data key.
+            match self.rekeyed_to(new_version) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.abandon_master_key(new_source, new_version, made_file);
+                    return Err(err);
+                }
+                Err(_) => return Err(StoreError::RekeyUnconfirmed(new_source.describe())),
+            }
+        }
+        self.master = new_master;
+        self.adopt_data_key(new_version, new_raw);
+        Ok(others.into_keys().collect())
+    }
+
+    /// Takes every account's lease and applies `plan` in one transaction.
+    fn commit_rekey(&self, plan: Rekey) -> Result<(), StoreError> {
         let leases = self.take_every_lease()?;
         let done = {
             let leases = leases.clone();
             self.db.run(move |client| plan.apply(client, &leases))
         };
-        if let Err(err) = done {
+        if done.is_err() {
             self.release_leases(leases);
-            return Err(err);
         }
-        self.master = new_master;
-        self.adopt_data_key(new_version, new_raw);
-        Ok(others.into_keys().collect())
+        done
+    }
+
+    /// Whether the fleet is on data key `version` with this host's master key made for it (a
+    /// rekey from here committed).
+    fn rekeyed_to(&self, version: i64) -> Result<bool, StoreError> {
+        let (_, fleet_version) = super::fleet_meta(&self.db)?;
+        let record = host_record(&self.db, &self.host)?;
+        Ok(fleet_version == version && record.master_version == version)
+    }
+
+    /// Where this host's rekey in progress puts its new master key, if one was begun and not
+    /// committed (`vault doctor` looks for the key file it may have left).
+    pub fn pending_rekey(&self) -> Result<Option<KeySource>, StoreError> {
+        let pending = host_record(&self.db, &self.host)?.rekey_pending;
+        Ok(pending.and_then(|record| KeySource::from_record(&record).ok()))
+    }
+
+    fn record_pending_rekey(&self, new_source: &KeySource) -> Result<(), StoreError> {
+        let (host, record) = (self.host.clone(), new_source.to_record());
+        self.db.run(move |client| {
+            client.execute(
+                "UPDATE hosts SET rekey_pending = $2 WHERE host = $1",
+                &[&host, &record],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes the master key a rekey that did not commit made (it opens nothing), and its
+    /// record. Best effort: what stays, `vault doctor` names.
+    fn abandon_master_key(&self, source: &KeySource, version: i64, made_file: bool) {
+        let gone = match source {
+            KeySource::File(path) if made_file => std::fs::remove_file(path).is_ok(),
+            KeySource::Keyring => {
+                crate::keys::forget_keyring_entry(&self.vault_id, version);
+                true
+            }
+            // A key from the environment or a passphrase leaves nothing behind.
+            _ => true,
+        };
+        if gone {
+            let host = self.host.clone();
+            let _ = self.db.run(move |client| {
+                client.execute(
+                    "UPDATE hosts SET rekey_pending = NULL WHERE host = $1",
+                    &[&host],
+                )?;
+                Ok(())
+            });
+        }
     }
 
     /// Follows a rekey another host made since this one opened the fleet (a daemon does, when
@@ -447,7 +519,8 @@ impl Rekey {
             &[&self.host, &self.new_version, &wrapped],
         )?;
         tx.execute(
-            "UPDATE hosts SET key_source = $2, master_version = $3 WHERE host = $1",
+            "UPDATE hosts SET key_source = $2, master_version = $3, rekey_pending = NULL
+             WHERE host = $1",
             &[&self.host, &self.key_source, &self.new_version],
         )?;
         tx.execute("DELETE FROM key_deliveries", &[])?;
@@ -661,7 +734,7 @@ pub(super) fn host_record(db: &Db, host: &str) -> Result<HostRecord, StoreError>
         let row = client
             .query_opt(
                 "SELECT key_source, master_version, public_key, public_key_mac,
-                     private_key_wrapped
+                     private_key_wrapped, rekey_pending
                  FROM hosts WHERE host = $1",
                 &[&owner],
             )?
@@ -672,6 +745,7 @@ pub(super) fn host_record(db: &Db, host: &str) -> Result<HostRecord, StoreError>
             public_key: row.get(2),
             public_key_mac: row.get(3),
             private_key_wrapped: row.get(4),
+            rekey_pending: row.get(5),
         })
     })
 }
