@@ -1196,35 +1196,56 @@ fn a_commit_cut_off_by_a_database_restart_lands_when_it_is_back() {
     assert!(fake.newest_grant().unwrap().2);
 }
 
+/// Five daemons, one of them killed and started again every two seconds: each validation
+/// firing is one live refresh for the whole fleet, not five; then a dead grant and its recovery
+/// are alerted once each, fleet-wide.
 #[test]
-fn two_daemons_on_one_fleet_validate_each_firing_once() {
+fn five_daemons_through_kills_validate_each_firing_once_and_alert_once() {
     let pg = Postgres::start();
-    let fake = fake_oauth::start(OfflineRule::OfflineAccessScope);
-    fake.configure(|b| b.rotate = true);
-    let (first, second) = two_hosts(&fake, &pg);
-    // Validation every 4 s; tokens live an hour, so every refresh is a validation.
-    for vault in [&first, &second] {
-        std::fs::write(
-            vault.dir.join("config.toml"),
-            "[validation]\nschedule = \"*/4 * * * * *\"\n",
-        )
-        .unwrap();
-    }
+    // Tokens live an hour, so every refresh is a validation; a validation orphaned by a kill
+    // in flight is taken once more within the grace.
+    let fake = provider_with_grace(3600);
+    let vaults = five_hosts(&fake, &pg);
+    let alerts = alert_to_one_file(
+        &vaults.iter().collect::<Vec<_>>(),
+        &fake,
+        "[validation]\nschedule = \"*/4 * * * * *\"\n",
+    );
     let before = fake.counters(|c| c.refresh_grants);
-    let daemons = serve_both(&first, &second, &pg);
-    std::thread::sleep(std::time::Duration::from_secs(14));
-    drop(daemons);
+    let mut daemons = serve_all(&vaults, &pg);
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(16) {
+        std::thread::sleep(Duration::from_secs(2));
+        kill_and_serve_again(&mut daemons, &vaults, &pg, (round * 3 + 1) % 5);
+        round += 1;
+    }
     let validations = fake.counters(|c| c.refresh_grants) - before;
-    // Three or four firings in 14 s; two daemons validating on their own would make twice that.
+    // Four or five firings in 16-18 s; five daemons validating on their own would make 20.
     assert!(
-        (2..=4).contains(&validations),
-        "{validations} validations in 14 s by two daemons"
+        (3..=5).contains(&validations),
+        "{validations} validations in 16 s by five daemons"
     );
-    assert!(fake.newest_grant().unwrap().2, "the grant survived");
-    assert_eq!(
-        stored_refresh_token(&first, &pg),
-        fake.newest_grant().unwrap().0
+    let (current, previous, alive) = fake.newest_grant().unwrap();
+    assert!(
+        alive,
+        "a validation presented a refresh token outside the chain"
     );
+    let stored = stored_refresh_token(&vaults[0], &pg);
+    assert!(stored == current || Some(&stored) == previous.as_ref());
+
+    // The grant is revoked: the next firing finds out, and one host alerts, while daemons die.
+    fake.revoke_all();
+    kill_and_serve_again(&mut daemons, &vaults, &pg, 2);
+    assert_alerted_once(&alerts, "mail|reauth_required");
+    kill_and_serve_again(&mut daemons, &vaults, &pg, 0);
+    fleet_run(&vaults[0], &pg, &["login", "mail", "--timeout", "30"]).ok();
+    assert_alerted_once(&alerts, "mail|recovered");
+    let hooks = fake.webhooks();
+    for event in ["reauth_required", "recovered"] {
+        let sent = hooks.iter().filter(|hook| hook["event"] == event).count();
+        assert_eq!(sent, 1, "{event}: {hooks:?}");
+    }
 }
 
 /// A validation firing claimed by a host that died before proving it is run by another host once
@@ -1263,34 +1284,39 @@ fn a_validation_a_dead_host_claimed_is_run_by_another() {
     drop(first);
 }
 
+/// A provider outage makes five daemons back off once for the fleet, not five times, though
+/// one of them is killed and started again meanwhile.
 #[test]
-fn a_provider_outage_makes_the_whole_fleet_back_off_once() {
+fn a_provider_outage_makes_five_daemons_back_off_once() {
     let pg = Postgres::start();
     let fake = rotating_provider(0);
-    let (first, second) = two_hosts(&fake, &pg);
-    let daemons = serve_both(&first, &second, &pg);
+    let (vaults, mut daemons) = five_daemons(&fake, &pg);
     // Every ask needs a new token; the provider is down (bare 503s) for 9 s.
-    let outage = std::time::Duration::from_secs(9);
+    let outage = Duration::from_secs(9);
     let requests = fake.counters(|c| c.token_requests);
     fake.configure(|b| b.down_until = Some(std::time::Instant::now() + outage));
     let started = std::time::Instant::now();
-    while started.elapsed() < outage - std::time::Duration::from_millis(300) {
+    let mut killed = false;
+    while started.elapsed() < outage - Duration::from_millis(300) {
         for daemon in &daemons {
             let _ = daemon.get("/v1/token/mail?min_valid=1");
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        if !killed && started.elapsed() > Duration::from_secs(3) {
+            kill_and_serve_again(&mut daemons, &vaults, &pg, 3);
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     let during = fake.counters(|c| c.token_requests) - requests;
     // The first failure pauses the account for the fleet (5 s, then 10 s): two calls in 9 s.
     // Each daemon backing off on its own would make two or three each.
     assert!(
         (1..=3).contains(&during),
-        "{during} calls to a provider that was down, from two daemons"
+        "{during} calls to a provider that was down, from five daemons"
     );
-    // Back up: served again, and the grant survived.
-    std::thread::sleep(std::time::Duration::from_secs(11));
-    let answer = daemons[1].get("/v1/token/mail?min_valid=1");
-    assert_eq!(answer.status, 200, "{}", answer.body);
+    // Back up: served again everywhere, and the grant survived.
+    std::thread::sleep(Duration::from_secs(11));
+    until_all_serve(&daemons);
     assert!(fake.newest_grant().unwrap().2);
 }
 
@@ -1317,7 +1343,7 @@ fn a_deadline_is_alerted_once_by_the_whole_fleet() {
     let pg = Postgres::start();
     let fake = rotating_provider(0);
     let (first, second) = two_hosts(&fake, &pg);
-    let alerts = alert_both_to_one_file(&first, &second, &fake);
+    let alerts = alert_to_one_file(&[&first, &second], &fake, "");
     // A client secret that expires in a week: within the two weeks' warning.
     let in_a_week = (chrono::Utc::now() + chrono::Duration::days(7))
         .format("%Y-%m-%d")
@@ -1343,18 +1369,15 @@ fn a_deadline_is_alerted_once_by_the_whole_fleet() {
     assert_alerted_once(&alerts, "mail|client_secret_expiring");
 }
 
-/// Both hosts' alert commands append to one file, and both post to the provider's webhook.
-fn alert_both_to_one_file(
-    first: &TestVault,
-    second: &TestVault,
-    fake: &FakeOAuth,
-) -> std::path::PathBuf {
-    let alerts = first.root.path().join("fleet-alerts.log");
-    for vault in [first, second] {
+/// Every host's alert command appends to one file, and every host posts to the provider's
+/// webhook; `more` is the rest of each host's config.toml.
+fn alert_to_one_file(vaults: &[&TestVault], fake: &FakeOAuth, more: &str) -> std::path::PathBuf {
+    let alerts = vaults[0].root.path().join("fleet-alerts.log");
+    for vault in vaults {
         std::fs::write(
             vault.dir.join("config.toml"),
             format!(
-                "[alert]\ncommand = \"printf '%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" >> {}\"\nwebhook = \"{}/webhook\"\ndesktop = false\n",
+                "[alert]\ncommand = \"printf '%s|%s\\\\n' \\\"$VAULT_ACCOUNT\\\" \\\"$VAULT_EVENT\\\" >> {}\"\nwebhook = \"{}/webhook\"\ndesktop = false\n{more}",
                 alerts.display(),
                 fake.base
             ),
@@ -1369,7 +1392,7 @@ fn a_dead_grant_and_its_recovery_are_alerted_once_by_the_whole_fleet() {
     let pg = Postgres::start();
     let fake = rotating_provider(0);
     let (first, second) = two_hosts(&fake, &pg);
-    let alerts = alert_both_to_one_file(&first, &second, &fake);
+    let alerts = alert_to_one_file(&[&first, &second], &fake, "");
     let daemons = serve_both(&first, &second, &pg);
     fake.revoke_all();
     for _ in 0..5 {
@@ -1460,27 +1483,49 @@ fn validate_schedule_and_remove_work_on_a_fleet() {
     assert_eq!(secrets, 0);
 }
 
-/// Five daemons (their own directories, sockets and master keys) serving `mail` from one
-/// fleet, with askers on every one; returns them with their vaults.
-fn five_daemons(
-    fake: &FakeOAuth,
-    pg: &Postgres,
-) -> (Vec<TestVault>, Vec<crate::support::daemon::Daemon>) {
+/// Five hosts (their own directories and master keys) enrolled in one fleet holding `mail`.
+fn five_hosts(fake: &FakeOAuth, pg: &Postgres) -> Vec<TestVault> {
     let mut vaults = vec![fleet_with_mail(fake, pg)];
     for n in 1..5 {
         let vault = TestVault::new(Some(fake));
-        let host = format!("host-{n}");
+        let host = host_name(n);
         let (joining, code) = start_join(&vault, pg, &host);
         admit(&vaults[0], pg, &host, &code).ok();
         assert!(joining.wait_with_output().unwrap().status.success());
         vaults.push(vault);
     }
-    let daemons = vaults
+    vaults
+}
+
+/// A daemon for each of `vaults` (host `host_name(n)`, its own socket), up and answering.
+fn serve_all(vaults: &[TestVault], pg: &Postgres) -> Vec<crate::support::daemon::Daemon> {
+    vaults
         .iter()
         .enumerate()
         .map(|(n, vault)| serve_fleet(vault, pg, n))
-        .collect();
+        .collect()
+}
+
+/// Five daemons serving `mail` from one fleet; returns them with their vaults.
+fn five_daemons(
+    fake: &FakeOAuth,
+    pg: &Postgres,
+) -> (Vec<TestVault>, Vec<crate::support::daemon::Daemon>) {
+    let vaults = five_hosts(fake, pg);
+    let daemons = serve_all(&vaults, pg);
     (vaults, daemons)
+}
+
+/// SIGKILLs daemon `n` and starts it again.
+fn kill_and_serve_again(
+    daemons: &mut [crate::support::daemon::Daemon],
+    vaults: &[TestVault],
+    pg: &Postgres,
+    n: usize,
+) {
+    crate::support::daemon::signal(&daemons[n].child, rustix::process::Signal::KILL);
+    let _ = daemons[n].child.wait();
+    daemons[n] = serve_fleet(&vaults[n], pg, n);
 }
 
 fn host_name(n: usize) -> String {
@@ -1676,10 +1721,7 @@ fn five_daemons_killed_at_random_keep_one_linear_rotation_chain() {
     let asker = ask_all(&fake, sockets, stop.clone());
     for round in 0..10 {
         std::thread::sleep(std::time::Duration::from_millis(700));
-        let n = (round * 3 + 1) % daemons.len();
-        crate::support::daemon::signal(&daemons[n].child, rustix::process::Signal::KILL);
-        let _ = daemons[n].child.wait();
-        daemons[n] = serve_fleet(&vaults[n], &pg, n);
+        kill_and_serve_again(&mut daemons, &vaults, &pg, (round * 3 + 1) % 5);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let asked = asker.join().unwrap();
@@ -1723,11 +1765,7 @@ fn fleet_soak() {
         ));
         let n = (round * 3 + 1) % daemons.len();
         match round % 4 {
-            0 => {
-                crate::support::daemon::signal(&daemons[n].child, rustix::process::Signal::KILL);
-                let _ = daemons[n].child.wait();
-                daemons[n] = serve_fleet(&vaults[n], &pg, n);
-            }
+            0 => kill_and_serve_again(&mut daemons, &vaults, &pg, n),
             1 => {
                 crate::support::daemon::signal(&daemons[n].child, rustix::process::Signal::STOP);
                 std::thread::sleep(std::time::Duration::from_secs(3));
