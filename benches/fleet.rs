@@ -34,7 +34,7 @@ const WINDOW: Duration = Duration::from_secs(30);
 
 fn main() {
     let work = tempfile::tempdir().unwrap();
-    let pg = cluster::Postgres::start();
+    let pg = cluster::Postgres::start_counting_statements();
     let url = pg.url();
     println!(
         "fleet of {HOSTS} daemons, {ACCOUNTS} accounts, PostgreSQL on 127.0.0.1:{}",
@@ -80,9 +80,11 @@ fn main() {
     }
     let before = provider.counters(|c| c.refresh_grants);
     let commits = transactions(&url);
+    let statements = Statements::read(&url);
     std::thread::sleep(WINDOW);
     let fleet_refreshes = provider.counters(|c| c.refresh_grants) - before;
     let per_second = (transactions(&url) - commits) as f64 / WINDOW.as_secs_f64();
+    let ran = Statements::read(&url).since(&statements);
     for (mut child, _) in daemons {
         let _ = child.kill();
         let _ = child.wait();
@@ -114,7 +116,62 @@ fn main() {
         WINDOW.as_secs(),
         f64::from(fleet_refreshes) / f64::from(single_refreshes.max(1))
     );
-    println!("database transactions per second at steady state ({HOSTS} daemons): {per_second:.0}");
+    println!(
+        "database at steady state ({HOSTS} daemons): {:.0} statements/s, {per_second:.0} transactions/s; per upstream refresh: {:.1} statements",
+        ran.total() as f64 / WINDOW.as_secs_f64(),
+        ran.total() as f64 / f64::from(fleet_refreshes.max(1))
+    );
+    println!("  most run (calls/s):");
+    for (query, calls) in ran.most_run(8) {
+        println!("  {:>7.1}  {query}", calls as f64 / WINDOW.as_secs_f64());
+    }
+}
+
+/// Calls per statement, as pg_stat_statements counts them (the daemons' statements only).
+struct Statements(std::collections::HashMap<String, i64>);
+
+impl Statements {
+    fn read(url: &str) -> Statements {
+        let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+        let rows = client
+            .query(
+                "SELECT query, calls FROM pg_stat_statements
+                 WHERE query NOT LIKE '%pg_stat%' AND query NOT LIKE '%xact_commit%'",
+                &[],
+            )
+            .unwrap();
+        let mut calls = std::collections::HashMap::new();
+        for row in rows {
+            let query: String = row.get(0);
+            let shown = query.split_whitespace().collect::<Vec<_>>().join(" ");
+            *calls.entry(shown).or_insert(0) += row.get::<_, i64>(1);
+        }
+        Statements(calls)
+    }
+
+    fn since(&self, earlier: &Statements) -> Statements {
+        let mut ran = self.0.clone();
+        for (query, calls) in ran.iter_mut() {
+            *calls -= earlier.0.get(query).copied().unwrap_or(0);
+        }
+        ran.retain(|_, calls| *calls > 0);
+        Statements(ran)
+    }
+
+    fn total(&self) -> i64 {
+        self.0.values().sum()
+    }
+
+    fn most_run(&self, n: usize) -> Vec<(String, i64)> {
+        let mut all: Vec<(String, i64)> = self
+            .0
+            .iter()
+            .map(|(query, calls)| (query.chars().take(110).collect(), *calls))
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.truncate(n);
+        all
+    }
 }
 
 /// One host: its directory, master key file and fleet name.

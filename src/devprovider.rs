@@ -53,6 +53,9 @@ pub enum Fault {
     /// The request is processed (a refresh rotates the token) and then the connection drops
     /// before the answer arrives: a lost answer.
     LoseAnswer,
+    /// The request is processed (a refresh rotates the token), then the answer takes this long,
+    /// as a busy server's does: a client that gives up meanwhile has lost it.
+    SlowAnswer(Duration),
 }
 
 /// An answer that breaks off before its first byte.
@@ -664,6 +667,11 @@ async fn token(State(shared): Shared, headers: HeaderMap, body: String) -> Respo
             // Processed in full, then the answer is lost on the way.
             drop(answer(&shared, &headers, &body));
             return (StatusCode::OK, axum::body::Body::new(Broken)).into_response();
+        }
+        Some(Fault::SlowAnswer(delay)) => {
+            let answered = answer(&shared, &headers, &body);
+            tokio::time::sleep(delay).await;
+            return answered;
         }
         None => {}
     }

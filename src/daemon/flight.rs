@@ -29,6 +29,14 @@ pub struct Failure {
 }
 
 impl Failure {
+    pub fn internal(message: &str) -> Failure {
+        Failure {
+            problem: Problem::Internal,
+            message: message.to_owned(),
+            retry_after: None,
+        }
+    }
+
     fn from_error(error: &Error, retry_after: Option<i64>) -> Failure {
         let problem = error.problem();
         Failure {
@@ -62,6 +70,15 @@ struct LastRefresh {
     pause_until: i64,
 }
 
+/// The token `need` takes from the cache, with no waiting: none for a dead grant (whose answer
+/// is the failure) or when a refresh is needed.
+pub fn from_memory(slot: &Slot, need: Need) -> Option<Arc<CachedToken>> {
+    match need {
+        Need::Valid { min_valid } if !slot.state().refuses_at_once() => slot.cached(min_valid),
+        _ => None,
+    }
+}
+
 /// A token for `slot` as `need` says: from memory when possible, else from exactly one run of
 /// `refresh` however many callers ask at once.
 pub async fn obtain<F, R>(
@@ -78,9 +95,7 @@ where
     if slot.state().refuses_at_once() {
         return Err(dead_grant(slot.name(), &*flight.last.lock().await));
     }
-    if let Need::Valid { min_valid } = need
-        && let Some(token) = slot.cached(min_valid)
-    {
+    if let Some(token) = from_memory(slot, need) {
         return Ok(token);
     }
     let seen = flight.refreshes.load(Ordering::Acquire);

@@ -81,8 +81,24 @@ impl Tokens {
     }
 
     /// A token for `slot` as `need` says: from memory when possible, else from exactly one
-    /// refresh however many callers ask at once.
-    pub async fn obtain(&self, slot: &Slot, need: Need) -> Result<Arc<CachedToken>, Failure> {
+    /// refresh however many callers ask at once. The refresh runs on a task of its own: a caller
+    /// hanging up must not cancel it between the provider's answer and its commit, when the
+    /// answer holds the only copy of a rotated refresh token.
+    pub async fn obtain(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        need: Need,
+    ) -> Result<Arc<CachedToken>, Failure> {
+        if let Some(token) = flight::from_memory(slot, need) {
+            return Ok(token);
+        }
+        let (tokens, slot) = (self.clone(), slot.clone());
+        tokio::spawn(async move { tokens.obtain_in_flight(&slot, need).await })
+            .await
+            .unwrap_or_else(|_| Err(Failure::internal("the refresh task ended abnormally")))
+    }
+
+    async fn obtain_in_flight(&self, slot: &Slot, need: Need) -> Result<Arc<CachedToken>, Failure> {
         flight::obtain(slot, need, self.settings.max_backoff, || {
             self.refresh(slot, need)
         })
@@ -96,7 +112,7 @@ impl Tokens {
         }
         let (tokens, slot) = (self.clone(), slot.clone());
         tokio::spawn(async move {
-            let _ = tokens.obtain(&slot, need).await;
+            let _ = tokens.obtain_in_flight(&slot, need).await;
             slot.end_background();
         });
     }

@@ -674,3 +674,36 @@ fn refreshes_of_many_accounts_share_one_lock_file() {
     names.sort();
     assert_eq!(names, ["refresh.lock"]);
 }
+
+/// A caller that hangs up while its refresh is out does not cancel that refresh: the provider
+/// has already rotated the refresh token, and the answer holds the only copy of the new one.
+/// The daemon commits it anyway; the grant lives on (a provider that kills the whole grant on
+/// any reuse would otherwise see the old token again).
+#[test]
+fn a_caller_hanging_up_mid_refresh_does_not_lose_the_rotated_token() {
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.rotate = true);
+    let vault = TestVault::new(Some(&fake));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let daemon = Daemon::start(&vault, &[]);
+    // Past the spacing that answers a just-issued token to a min_valid it cannot meet.
+    std::thread::sleep(Duration::from_secs(31));
+    fake.inject(Fault::SlowAnswer(Duration::from_secs(3)));
+    let requests = fake.counters(|c| c.refresh_grants);
+    let gave_up = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "1", "--unix-socket"])
+        .arg(&daemon.socket)
+        .arg("http://localhost/v1/token/mail?min_valid=3590")
+        .output()
+        .unwrap();
+    assert!(!gave_up.status.success(), "curl gave up before the answer");
+    assert_eq!(fake.counters(|c| c.refresh_grants), requests + 1);
+    std::thread::sleep(Duration::from_secs(4));
+    let answer = daemon.get("/v1/token/mail?min_valid=3590");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (_, _, alive) = fake.newest_grant().unwrap();
+    assert!(
+        alive,
+        "the rotated refresh token was lost: the old one was presented again"
+    );
+}

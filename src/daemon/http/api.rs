@@ -106,7 +106,12 @@ pub async fn metrics_only(request: Request<Incoming>, tokens: &Tokens) -> Respon
     }
 }
 
-async fn token(tokens: &Tokens, peer: Peer, name: &str, query: Option<&str>) -> Response<Body> {
+async fn token(
+    tokens: &Arc<Tokens>,
+    peer: Peer,
+    name: &str,
+    query: Option<&str>,
+) -> Response<Body> {
     let response = match (min_valid(query), tokens.lookup(peer, name)) {
         (Err(message), _) => error(Problem::BadRequest, &message),
         // The same answer whether or not the account exists.

@@ -9,7 +9,7 @@ pub struct Postgres {
     pub root: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
-    /// Extra server settings (TLS).
+    /// Extra server settings (TLS, statement counting).
     settings: String,
 }
 
@@ -33,6 +33,19 @@ impl Postgres {
     pub fn start() -> Postgres {
         let postgres = Postgres::init();
         postgres.start_server();
+        postgres
+    }
+
+    /// A cluster that counts the statements it runs (pg_stat_statements), for the benchmark.
+    #[allow(dead_code)] // the tests do not count
+    pub fn start_counting_statements() -> Postgres {
+        let mut postgres = Postgres::init();
+        postgres.settings = " -c shared_preload_libraries=pg_stat_statements".to_owned();
+        postgres.start_server();
+        postgres
+            .client()
+            .batch_execute("CREATE EXTENSION pg_stat_statements")
+            .unwrap();
         postgres
     }
 
