@@ -168,7 +168,7 @@ impl Statements {
             .iter()
             .map(|(query, calls)| (query.chars().take(110).collect(), *calls))
             .collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.sort_by_key(|(_, calls)| std::cmp::Reverse(*calls));
         all.truncate(n);
         all
     }
