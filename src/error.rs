@@ -183,7 +183,8 @@ impl Error {
                 StoreError::Database(_)
                 | StoreError::DatabaseLost(_)
                 | StoreError::KeyChanged
-                | StoreError::RekeyUnconfirmed(_),
+                | StoreError::RekeyUnconfirmed(_)
+                | StoreError::Busy,
             ) => Problem::StoreUnavailable,
             Error::NotAdded {
                 source: OAuthError::Unavailable(_),

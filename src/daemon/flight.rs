@@ -20,6 +20,10 @@ use crate::timing;
 /// freshest token is answered instead. Background refreshes and validations are not bound.
 const ON_DEMAND_SPACING: i64 = 30;
 
+/// The `Retry-After` of a `store_unavailable` answer: the daemon reconnects to a fleet database
+/// within a second or two of its return, and a busy store frees up sooner.
+const STORE_RETRY_AFTER: i64 = 5;
+
 /// Why a token could not be given; the edge turns the problem into a status and a code.
 #[derive(Clone, Debug)]
 pub struct Failure {
@@ -39,10 +43,15 @@ impl Failure {
 
     fn from_error(error: &Error, retry_after: Option<i64>) -> Failure {
         let problem = error.problem();
+        let retry_after = match problem {
+            Problem::UpstreamUnavailable => retry_after,
+            Problem::StoreUnavailable => Some(STORE_RETRY_AFTER),
+            _ => None,
+        };
         Failure {
             problem,
             message: error.to_string(),
-            retry_after: retry_after.filter(|_| problem == Problem::UpstreamUnavailable),
+            retry_after,
         }
     }
 }

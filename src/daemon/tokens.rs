@@ -177,7 +177,7 @@ impl Tokens {
         let begun = loop {
             let (store, name, scope) = (store.clone(), name.clone(), scope.clone());
             let begun = blocking(move || {
-                let store = store.lock().map_err(|_| poisoned())?;
+                let store = patient_lock(&store)?;
                 Ok(match refresh::begin(&*store, &name, need)? {
                     Begun::Cached(token) => Started::Stored(CachedToken::new(&token, scope)),
                     Begun::Call(call) => Started::Call(call),
@@ -561,6 +561,27 @@ fn not_in_fleet() -> Error {
 /// under a second; a lease whose holder died runs out on its own), and how often it looks.
 const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const LEASE_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// How long a refresh waits for the store before answering `store_unavailable`: a commit that
+/// waits for a fleet database gone away holds the store for up to two minutes, and requests for
+/// other accounts must not hang that long behind it. (The commit itself always waits: it may
+/// carry the only copy of a rotated refresh token.)
+const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The store, once free within `STORE_PATIENCE`.
+fn patient_lock(store: &Mutex<AnyStore>) -> Result<std::sync::MutexGuard<'_, AnyStore>, Error> {
+    let give_up = std::time::Instant::now() + STORE_PATIENCE;
+    loop {
+        match store.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return Err(StoreError::Busy.into()),
+        }
+    }
+}
 
 fn poisoned() -> Error {
     Error::Internal("a lock was poisoned by an earlier panic; restart vault serve".into())

@@ -169,6 +169,10 @@ pub enum StoreError {
         "the database's answer to the rekey's commit was lost: whether the fleet was rekeyed is not known yet. Keep the new master key ({0}); once the database answers, vault doctor says whether this host uses it or names it for deletion"
     )]
     RekeyUnconfirmed(String),
+    #[error(
+        "the vault is busy with a write that is waiting (for the fleet database, or for another vault process); nothing was sent. Try again shortly"
+    )]
+    Busy,
 }
 
 pub struct Store {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokenvault::account::SecretKind;
 
-use crate::support::fake_oauth::{self, FakeOAuth, OfflineRule};
+use crate::support::fake_oauth::{self, FakeOAuth, Fault, OfflineRule};
 use crate::support::postgres::Postgres;
 use crate::support::{Run, TestVault, browser_add_args};
 
@@ -1923,6 +1923,67 @@ fn with_the_database_down_the_daemon_serves_what_it_holds_and_refreshes_nothing(
 /// the lease once it runs out, the paused host's late commit is fenced out, and the grant lives.
 /// It also caught the paused host, on waking, resending its lost request with a token the fleet
 /// had long moved past (the resend now needs the lease to still cover it). About 80 s.
+/// The database goes while a refresh is out: its commit waits for the database (the rotated
+/// refresh token exists only in the daemon), but a request for another account is answered
+/// within seconds — a 503 with Retry-After — not held up behind that commit for minutes.
+#[test]
+fn a_commit_waiting_for_the_database_holds_up_no_other_account() {
+    let pg = Postgres::start();
+    // mail's tokens live 6 s (the daemon refreshes it all the time); other's an hour, and the
+    // daemon has not read other's token yet: asking for it needs the store.
+    let fake = rotating_provider(6);
+    let vault = fleet_with_mail(&fake, &pg);
+    fake.configure(|b| b.access_lifetime = 3600);
+    let args = browser_add_args(&vault, &fake, "other", &["--timeout", "30"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fleet_run(&vault, &pg, &args).ok();
+    fake.configure(|b| b.access_lifetime = 6);
+    let daemon = serve_fleet(&vault, &pg, 0);
+    assert_eq!(daemon.get("/v1/token/mail").status, 200);
+
+    // mail's next refresh is processed, then answered 3 s later; the database goes meanwhile.
+    fake.inject(Fault::SlowAnswer(Duration::from_secs(3)));
+    let requests = fake.counters(|c| c.token_requests);
+    assert!(crate::support::eventually(Duration::from_secs(20), || {
+        fake.counters(|c| c.token_requests) > requests
+    }));
+    pg.stop_server();
+    std::thread::sleep(Duration::from_secs(4));
+    let asked = std::time::Instant::now();
+    let refused = daemon.get("/v1/token/other");
+    let waited = asked.elapsed();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"],
+        "store_unavailable",
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("retry-after")),
+        "{:?}",
+        refused.headers
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "a request for another account waited {waited:?} behind a commit"
+    );
+    // Back up: mail's rotated token is committed (the grant lives on), and both are served.
+    pg.start_server();
+    for name in ["mail", "other"] {
+        assert!(
+            crate::support::eventually(Duration::from_secs(20), || {
+                daemon.get(&format!("/v1/token/{name}")).status == 200
+            }),
+            "{name}"
+        );
+    }
+    assert!(fake.newest_grant().unwrap().2, "the grant survived");
+}
+
 #[test]
 fn a_daemon_paused_longer_than_its_lease_is_fenced_out() {
     let pg = Postgres::start();
