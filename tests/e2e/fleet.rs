@@ -433,15 +433,7 @@ fn a_fleet_rekey_reaches_the_enrolled_hosts_and_shuts_out_a_removed_one() {
     let token = answer.json()["access_token"].as_str().unwrap().to_owned();
     assert!(fake.was_live_access_token(&token, asked_at));
     assert!(fake.counters(|c| c.refresh_grants) > refreshes + 1);
-    let b_versions: Vec<i64> = db
-        .query(
-            "SELECT key_version FROM host_keys WHERE host = 'host-b'",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let b_versions = key_versions_of(&mut db, "host-b");
     assert_eq!(b_versions, [2], "host-b keeps only the new key");
     let (_, _, alive) = fake.newest_grant().unwrap();
     assert!(alive);
@@ -501,20 +493,24 @@ fn a_fleet_rekey_reaches_the_enrolled_hosts_and_shuts_out_a_removed_one() {
     second
         .run_command(fleet_command(&second, &pg, "host-b", &["list"]), None)
         .fails_with(6, "holds no copy of the fleet's current data key");
-    let b_versions: Vec<i64> = db
-        .query(
-            "SELECT key_version FROM host_keys WHERE host = 'host-b'",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let b_versions = key_versions_of(&mut db, "host-b");
     assert_eq!(
         b_versions,
         [2],
         "host-b took nothing from the forged delivery"
     );
+}
+
+/// The data-key versions `host` holds a copy of.
+fn key_versions_of(db: &mut postgres::Client, host: &str) -> Vec<i64> {
+    db.query(
+        "SELECT key_version FROM host_keys WHERE host = $1",
+        &[&host],
+    )
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
 }
 
 /// The attacker's one-time X25519 key.
