@@ -382,24 +382,9 @@ impl AccountTable {
                         shared
                     }
                 };
-                let slot = match old.get(account.name) {
-                    Some(kept) if kept.0.matches(account, &grants) => kept.0.clone(),
-                    Some(Entry(previous)) => {
-                        if previous.state() != account.state {
-                            changed.push(Transition {
-                                account: account.name.to_owned(),
-                                from: previous.state(),
-                                to: account.state,
-                                reason: Some(format!(
-                                    "now {} after another vault command (vault login, validate or token)",
-                                    account.state.as_str()
-                                )),
-                            });
-                        }
-                        Arc::new(Slot::new(account.name.into(), scope, account, grants))
-                    }
-                    None => Arc::new(Slot::new(account.name.into(), scope, account, grants)),
-                };
+                let previous = old.get(account.name).map(|entry| &entry.0);
+                let (slot, transition) = renewed(previous, account, grants, scope);
+                changed.extend(transition);
                 next.insert(Entry(slot));
             })?;
         }
@@ -409,6 +394,70 @@ impl AccountTable {
         }
         Ok(changed)
     }
+
+    /// Renews the slots of the accounts `accounts` shows (another host changed them; their
+    /// grants did not change), as `rebuild` would. Returns the state changes, or `None` when an
+    /// account is not in the table (added since): then the whole table must be rebuilt.
+    #[allow(
+        clippy::mutable_key_type,
+        reason = "an entry hashes only its slot's name, which never changes"
+    )]
+    pub fn renew(
+        &self,
+        accounts: impl FnOnce(&mut dyn FnMut(&SummaryRow<'_>)) -> Result<(), StoreError>,
+    ) -> Result<Option<Vec<Transition>>, StoreError> {
+        let mut changed = Vec::new();
+        let mut renewed_slots = Vec::new();
+        let mut unknown = false;
+        accounts(&mut |account| match self.slot(account.name) {
+            Some(previous) => {
+                let grants = previous.grants.to_vec();
+                let scope = match *previous.scope == *account.scope() {
+                    true => previous.scope.clone(),
+                    false => Arc::from(account.scope()),
+                };
+                let (slot, transition) = renewed(Some(&previous), account, grants, scope);
+                changed.extend(transition);
+                renewed_slots.push(slot);
+            }
+            None => unknown = true,
+        })?;
+        if unknown {
+            return Ok(None);
+        }
+        if let Ok(mut table) = self.accounts.write() {
+            for slot in renewed_slots {
+                table.replace(Entry(slot));
+            }
+        }
+        Ok(Some(changed))
+    }
+}
+
+/// The slot for `account` as the store has it now: `previous` kept when nothing changed, else a
+/// new one (its cached token dropped: the store holds a newer one), with the change of state
+/// another process made.
+fn renewed(
+    previous: Option<&Arc<Slot>>,
+    account: &SummaryRow<'_>,
+    grants: Vec<Principal>,
+    scope: Arc<str>,
+) -> (Arc<Slot>, Option<Transition>) {
+    let transition = match previous {
+        Some(kept) if kept.matches(account, &grants) => return (kept.clone(), None),
+        Some(previous) if previous.state() != account.state => Some(Transition {
+            account: account.name.to_owned(),
+            from: previous.state(),
+            to: account.state,
+            reason: Some(format!(
+                "now {} after another vault command (vault login, validate or token)",
+                account.state.as_str()
+            )),
+        }),
+        _ => None,
+    };
+    let slot = Arc::new(Slot::new(account.name.into(), scope, account, grants));
+    (slot, transition)
 }
 
 #[cfg(test)]

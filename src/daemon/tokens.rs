@@ -532,6 +532,51 @@ impl Tokens {
         }
     }
 
+    /// Renews the accounts another host changed, as heard (a fleet daemon does, between the
+    /// full looks of `reload_if_changed`); the whole table when one of them is new or gone.
+    pub async fn reload_heard(self: &Arc<Self>) {
+        let tokens = self.clone();
+        let renewed = blocking(move || {
+            let store = tokens.store.lock().map_err(|_| poisoned())?;
+            let Some(fleet) = store.fleet() else {
+                return Ok(());
+            };
+            let ids = fleet.changed_accounts();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let heard = ids.len();
+            let mut found = 0;
+            let renewed = tokens.table.renew(|visit| {
+                fleet.visit_summaries_of(Some(ids), |account| {
+                    found += 1;
+                    visit(account);
+                })
+            })?;
+            drop(store);
+            match renewed {
+                Some(transitions) if found == heard => tokens.announce(transitions),
+                // An account added or removed: everything is looked at.
+                _ => tokens.reload_now()?,
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(err) = renewed {
+            crate::log::emit(
+                crate::log::Level::Warning,
+                "cannot reload the accounts another host changed",
+                &[("error", &err.to_string())],
+            );
+        }
+    }
+
+    fn announce(&self, transitions: Vec<crate::account::Transition>) {
+        for transition in transitions {
+            self.notifier.state_changed(transition);
+        }
+    }
+
     fn reload_now(&self) -> Result<(), Error> {
         let transitions = {
             let store = self.store.lock().map_err(|_| poisoned())?;
@@ -539,9 +584,7 @@ impl Tokens {
             self.table
                 .rebuild(|visit| store.visit_summaries(visit), grants)?
         };
-        for transition in transitions {
-            self.notifier.state_changed(transition);
-        }
+        self.announce(transitions);
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! rather than on a timer; while the listening connection is down, those fall back to polling,
 //! and it is made again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ pub(super) const APPLICATION_NAME: &str = "tokenvault-listen";
 /// What has changed so far, as counters, and whether changes are being heard at all.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct Heard {
-    /// Notifications about accounts and grants.
+    /// Notifications that anything may have changed (grants; the listener starting again).
     pub data: u64,
+    /// Notifications about single accounts (their ids wait in `Changes::take_changed_accounts`).
+    pub accounts: u64,
     /// Notifications about new alert rows.
     pub alerts: u64,
     /// The listening connection is up: no notification means no change.
@@ -43,6 +45,8 @@ struct Hearing {
     heard: Heard,
     /// Changes heard per account id (what a host waiting for one account's refresh waits on).
     accounts: HashMap<i64, u64>,
+    /// Accounts heard of since the daemon last reloaded them.
+    changed: HashSet<i64>,
 }
 
 /// One notification's meaning.
@@ -91,6 +95,14 @@ impl Changes {
         self.heard
             .lock()
             .map(|hearing| hearing.accounts.get(&id).copied().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The ids of the accounts heard of since the last call (an account removed among them).
+    pub(super) fn take_changed_accounts(&self) -> Vec<i64> {
+        self.heard
+            .lock()
+            .map(|mut hearing| hearing.changed.drain().collect())
             .unwrap_or_default()
     }
 
@@ -144,11 +156,12 @@ fn keep_listening(
             Ok(client)
         });
         if let Ok(mut client) = listening {
-            // Anything may have changed while nobody listened: everyone looks once.
+            // Anything may have changed while nobody listened: everyone looks once, in full.
             let heard = update(changes, |hearing| {
                 hearing.heard.listening = true;
                 hearing.heard.data += 1;
                 hearing.heard.alerts += 1;
+                hearing.changed.clear();
             });
             while heard && hear(&mut client, changes) {}
             if !update(changes, |hearing| hearing.heard.listening = false) {
@@ -160,39 +173,53 @@ fn keep_listening(
 }
 
 /// Takes in what arrives within `ALIVE_CHECK`, with whatever came along with it; false once the
-/// connection is gone or nobody is interested any more.
+/// connection is gone or nobody is interested any more. The connection is checked (a round trip)
+/// only after a quiet `ALIVE_CHECK`: a busy fleet's notifications show it is alive.
 fn hear(client: &mut postgres::Client, changes: &Weak<Changes>) -> bool {
     use postgres::fallible_iterator::FallibleIterator;
     let mut news = Vec::new();
-    {
-        let mut count = |notification: postgres::Notification| {
-            news.push(News::of(notification.payload()));
-        };
+    // Some(true): notifications came; Some(false): none within ALIVE_CHECK; None: it broke.
+    let arrived = {
         let mut notifications = client.notifications();
         let first = notifications.timeout_iter(ALIVE_CHECK).next();
-        if let Ok(Some(first)) = first {
-            count(first);
-            let mut buffered = notifications.iter();
-            while let Ok(Some(more)) = buffered.next() {
-                count(more);
+        match first {
+            Ok(Some(first)) => {
+                news.push(News::of(first.payload()));
+                let mut buffered = notifications.iter();
+                while let Ok(Some(more)) = buffered.next() {
+                    news.push(News::of(more.payload()));
+                }
+                Some(true)
+            }
+            Ok(None) => Some(false),
+            Err(_) => None,
+        }
+    };
+    match arrived {
+        Some(true) => update(changes, |hearing| hearing.take_in(news)) && !client.is_closed(),
+        Some(false) => {
+            !client.is_closed()
+                && client.is_valid(ALIVE_CHECK).is_ok()
+                && changes.strong_count() > 0
+        }
+        None => false,
+    }
+}
+
+impl Hearing {
+    fn take_in(&mut self, news: Vec<News>) {
+        for item in news {
+            match item {
+                News::Account(id) => {
+                    *self.accounts.entry(id).or_default() += 1;
+                    self.changed.insert(id);
+                    self.heard.accounts += 1;
+                }
+                News::Data => self.heard.data += 1,
+                News::Alerts => self.heard.alerts += 1,
             }
         }
     }
-    if !news.is_empty() {
-        return update(changes, |hearing| {
-            for item in news {
-                match item {
-                    News::Account(id) => {
-                        *hearing.accounts.entry(id).or_default() += 1;
-                        hearing.heard.data += 1;
-                    }
-                    News::Data => hearing.heard.data += 1,
-                    News::Alerts => hearing.heard.alerts += 1,
-                }
-            }
-        });
-    }
-    !client.is_closed() && client.is_valid(ALIVE_CHECK).is_ok() && changes.strong_count() > 0
 }
 
 fn update(changes: &Weak<Changes>, change: impl FnOnce(&mut Hearing)) -> bool {
@@ -213,6 +240,11 @@ pub struct ChangeFeed {
 }
 
 impl ChangeFeed {
+    /// What was heard when `next` last returned.
+    pub fn seen(&self) -> Heard {
+        self.seen
+    }
+
     /// Returns once `topic` moved since the last return (at once if it already has), or
     /// hearing stopped or started, or after `quiet` (when listening) / `polling` (when not).
     pub async fn next(&mut self, topic: fn(&Heard) -> u64, quiet: Duration, polling: Duration) {

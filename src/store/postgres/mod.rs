@@ -712,17 +712,31 @@ impl PgStore {
 
     /// Shows `visit` every account's summary. The daemon reloads them whenever any host
     /// commits: no settings are parsed or verified here (as in the embedded vault's).
-    pub fn visit_summaries(
+    pub fn visit_summaries(&self, visit: impl FnMut(&SummaryRow<'_>)) -> Result<(), StoreError> {
+        self.visit_summaries_of(None, visit)
+    }
+
+    /// The accounts this host heard of since it last asked (a daemon reloads just those).
+    pub fn changed_accounts(&self) -> Vec<i64> {
+        self.changes
+            .as_ref()
+            .map(|changes| changes.take_changed_accounts())
+            .unwrap_or_default()
+    }
+
+    /// Visits the summaries of the accounts `ids` names (every account's when `None`).
+    pub fn visit_summaries_of(
         &self,
+        ids: Option<Vec<i64>>,
         mut visit: impl FnMut(&SummaryRow<'_>),
     ) -> Result<(), StoreError> {
-        let rows = self.db.run(|client| {
+        let rows = self.db.run(move |client| {
             Ok(client.query(
                 "SELECT name, state, access_expires_at, last_refresh_at, last_validated_at,
                         validation_schedule, refresh_before, (config::jsonb -> 'scopes')::text,
                         last_error
-                 FROM accounts",
-                &[],
+                 FROM accounts WHERE $1::bigint[] IS NULL OR id = ANY($1)",
+                &[&ids],
             )?)
         })?;
         for row in &rows {
@@ -1120,9 +1134,7 @@ impl PgStore {
         );
         let id = account.id;
         self.fenced_commit(lease, account, AccountState::Active, None, move |tx, at| {
-            for secret in &sealed {
-                secret.put(tx, at)?;
-            }
+            Sealed::put_all(&sealed, tx, at)?;
             tx.execute(
                 "UPDATE accounts SET access_expires_at = $2, last_refresh_at = $3,
                      refresh_expires_at = COALESCE($4, refresh_expires_at),
@@ -1294,9 +1306,7 @@ impl NewRow {
         if inserted == 0 {
             return Err(StoreError::AccountExists(self.name.clone()));
         }
-        for secret in &self.sealed {
-            secret.put(tx, at)?;
-        }
+        Sealed::put_all(&self.sealed, tx, at)?;
         Ok(())
     }
 }
@@ -1311,7 +1321,28 @@ struct Sealed {
 
 impl Sealed {
     fn put(&self, tx: &mut postgres::Transaction<'_>, at: i64) -> Result<(), StoreError> {
-        still_key_version(tx, self.version)?;
+        Self::put_all(std::slice::from_ref(self), tx, at)
+    }
+
+    /// Writes `all`, after one check (not one per secret) that the fleet is still on the key
+    /// they were sealed with.
+    fn put_all(
+        all: &[Sealed],
+        tx: &mut postgres::Transaction<'_>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let mut versions: Vec<i64> = all.iter().map(|sealed| sealed.version).collect();
+        versions.dedup();
+        for version in versions {
+            still_key_version(tx, version)?;
+        }
+        for sealed in all {
+            sealed.write(tx, at)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, tx: &mut postgres::Transaction<'_>, at: i64) -> Result<(), StoreError> {
         tx.execute(
             "INSERT INTO secrets (account_id, kind, key_version, sealed, updated_at)
              VALUES ($1, $2, $3, $4, $5)

@@ -193,7 +193,7 @@ impl PgStore {
     }
 
     /// Follows a rekey another host made since this one opened the fleet (a daemon does, when
-    /// the database says accounts changed). Returns whether the data key changed.
+    /// the database says everything changed, as a rekey's commit does). Returns whether the data key changed.
     pub fn follow_rekey(&mut self) -> Result<bool, StoreError> {
         let (_, version) = super::fleet_meta(&self.db)?;
         if version == self.key_version {
@@ -405,6 +405,8 @@ impl Rekey {
             "rekeyed",
             Some(&format!("key={}", self.new_version)),
         )?;
+        // Everything changed: running daemons look at the whole fleet, and follow the rekey.
+        tx.execute("SELECT pg_notify('tokenvault', 'data')", &[])?;
         tx.commit()?;
         Ok(())
     }

@@ -110,9 +110,7 @@ impl PgStore {
         );
         let detail = format!("{} replaces {}", new.key_id, new.replaces.unwrap_or("?"));
         self.fenced_commit(Some(lease), account, account.state, None, move |tx, at| {
-            for secret in &sealed {
-                secret.put(tx, at)?;
-            }
+            Sealed::put_all(&sealed, tx, at)?;
             tx.execute(
                 "UPDATE accounts SET key_created_at = $2,
                      client_secret_expires_at =
