@@ -190,6 +190,9 @@ pub struct Settled {
     pub scope: Option<String>,
     /// The provider refused the newest client secret, and the answer came with the previous one.
     pub fell_back: bool,
+    /// The provider rotated the refresh token and the new one could not be stored: the one the
+    /// vault holds may be refused from now on.
+    pub rotation_uncommitted: bool,
 }
 
 impl<G> Answered<G> {
@@ -205,6 +208,8 @@ impl<G> Answered<G> {
             _ => None,
         };
         let validated = matches!(self.need, Need::Proof);
+        let rotated =
+            matches!(&self.outcome, Outcome::Refreshed(grant) if grant.refresh_token.is_some());
         let (committed, transition) = commit(
             store,
             &self.guard,
@@ -212,6 +217,10 @@ impl<G> Answered<G> {
             self.outcome,
             (validated, self.sent_at),
         );
+        // Superseded: a newer grant (vault login) or another host's commit won, by design.
+        let rotation_uncommitted = rotated
+            && matches!(&committed, Err(error)
+                if !matches!(error, Error::Store(crate::store::StoreError::Superseded(_))));
         let issued = match committed {
             Ok(token) => Ok(Issued {
                 token,
@@ -241,6 +250,7 @@ impl<G> Answered<G> {
             transition,
             scope,
             fell_back: self.fell_back,
+            rotation_uncommitted,
         }
     }
 }

@@ -37,6 +37,8 @@ named_enum! {
         Aging = "aging",
         /// A due rotation of the account's key failed; the key in use is kept.
         RotationFailed = "rotation_failed",
+        /// The provider rotated the refresh token and the vault could not store the new one.
+        RefreshTokenUncommitted = "refresh_token_uncommitted",
     }
 }
 
@@ -115,6 +117,19 @@ impl Alerts {
             id: None,
             account,
             event,
+            reason,
+            at: now_unix(),
+        }));
+    }
+
+    /// The provider rotated `account`'s refresh token and the new one could not be stored
+    /// (`reason`). Sent from this host: only it held the new token, and a fleet's outbox may be
+    /// as unreachable as the store.
+    pub fn rotation_uncommitted(&self, account: String, reason: String) {
+        let _ = self.sender.send(Message::Raised(Alert {
+            id: None,
+            account,
+            event: AlertEvent::RefreshTokenUncommitted,
             reason,
             at: now_unix(),
         }));

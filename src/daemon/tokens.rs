@@ -228,6 +228,9 @@ impl Tokens {
             slot.set_state(transition.to);
             self.notifier.state_changed(transition);
         }
+        if settled.rotation_uncommitted {
+            self.rotation_uncommitted(slot.name(), &settled.issued);
+        }
         if settled.fell_back {
             crate::log::emit(
                 crate::log::Level::Warning,
@@ -249,6 +252,27 @@ impl Tokens {
             CachedToken::new(&issued.token, scope),
             issued.upstream_problem,
         ))
+    }
+
+    /// The provider rotated the account's refresh token and the store refused the new one (its
+    /// commit failed for good): said at once, as an error and an alert, before the old token
+    /// is refused at the next refresh.
+    fn rotation_uncommitted(&self, name: &str, committed: &Result<refresh::Issued, Error>) {
+        let why = committed
+            .as_ref()
+            .err()
+            .map_or_else(String::new, ToString::to_string);
+        let reason = format!(
+            "the provider rotated the refresh token and the new one could not be stored ({why}); if the provider refuses the previous one, the account needs: vault login {name}"
+        );
+        crate::log::emit(
+            crate::log::Level::Warning,
+            "a rotated refresh token could not be stored",
+            &[("account", name), ("error", &why)],
+        );
+        self.notifier
+            .alerts
+            .rotation_uncommitted(name.to_owned(), reason);
     }
 
     /// Alerts every `deadline` less than `before` seconds away, once per date (recorded in the

@@ -707,3 +707,49 @@ fn a_caller_hanging_up_mid_refresh_does_not_lose_the_rotated_token() {
         "the rotated refresh token was lost: the old one was presented again"
     );
 }
+
+/// The provider rotates the refresh token while another process holds the vault locked longer
+/// than a write waits (10 s): the new token cannot be stored. The daemon says so at once — a
+/// `refresh_token_uncommitted` alert naming the fix — rather than leaving it to the next
+/// refresh's `invalid_grant`.
+#[test]
+fn a_rotated_refresh_token_that_cannot_be_stored_is_alerted_at_once() {
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.rotate = true);
+    let vault = vault_with_expired_token(&fake, "mail");
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[alert]\nwebhook = \"{}/webhook\"\ndesktop = false\n",
+            fake.base
+        ),
+    )
+    .unwrap();
+    // The daemon refreshes the expired token at once; the provider rotates, then answers 2 s on.
+    fake.inject(Fault::SlowAnswer(Duration::from_secs(2)));
+    let refreshes = fake.counters(|c| c.refresh_grants);
+    let _daemon = Daemon::start(&vault, &[]);
+    assert!(crate::support::eventually(Duration::from_secs(10), || {
+        fake.counters(|c| c.refresh_grants) > refreshes
+    }));
+    let holder = rusqlite::Connection::open(vault.db_path()).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let alerted = || {
+        fake.webhooks()
+            .into_iter()
+            .find(|hook| hook["event"] == "refresh_token_uncommitted")
+    };
+    assert!(
+        crate::support::eventually(Duration::from_secs(25), || alerted().is_some()),
+        "{:?}",
+        fake.webhooks()
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    let hook = alerted().unwrap();
+    assert_eq!(hook["account"], "mail");
+    let reason = hook["reason"].as_str().unwrap();
+    assert!(reason.contains("vault login mail"), "{reason}");
+    assert_no_secret_in(&vault, &hook.to_string());
+    let (rotated, _, _) = fake.newest_grant().unwrap();
+    assert!(!hook.to_string().contains(&rotated), "the new refresh token leaked");
+}
