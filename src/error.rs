@@ -81,6 +81,10 @@ pub enum Error {
     /// user-facing one.
     #[error("{message}")]
     Daemon { problem: Problem, message: String },
+    #[error(
+        "the provider rotated the refresh token of account {account:?}, and the new one could not be stored: {source}. If the provider refuses the previous one from now on, authorize again: vault login {account}"
+    )]
+    RotationUncommitted { account: String, source: Box<Error> },
 }
 
 /// Why a command or a request failed, as every edge reports it: the JSON `error` code of the
@@ -165,6 +169,7 @@ impl Error {
             Error::Unavailable { .. } => Problem::UpstreamUnavailable,
             Error::Interrupted => Problem::Interrupted,
             Error::Daemon { problem, .. } => *problem,
+            Error::RotationUncommitted { source, .. } => source.problem(),
             Error::Rotation(rotation) => rotation.problem(),
             Error::Key(_)
             | Error::Store(

@@ -244,6 +244,13 @@ impl<G> Answered<G> {
             },
             Err(error) => Err(error),
         };
+        let issued = match issued {
+            Err(error) if rotation_uncommitted => Err(Error::RotationUncommitted {
+                account: self.account.name.clone(),
+                source: Box::new(error),
+            }),
+            issued => issued,
+        };
         drop(self.guard);
         Settled {
             issued,

@@ -255,24 +255,19 @@ impl Tokens {
     }
 
     /// The provider rotated the account's refresh token and the store refused the new one (its
-    /// commit failed for good): said at once, as an error and an alert, before the old token
+    /// commit failed for good): said at once, as a warning and an alert, before the old token
     /// is refused at the next refresh.
     fn rotation_uncommitted(&self, name: &str, committed: &Result<refresh::Issued, Error>) {
-        let why = committed
+        let reason = committed
             .as_ref()
             .err()
             .map_or_else(String::new, ToString::to_string);
-        let reason = format!(
-            "the provider rotated the refresh token and the new one could not be stored ({why}); if the provider refuses the previous one, the account needs: vault login {name}"
-        );
         crate::log::emit(
             crate::log::Level::Warning,
             "a rotated refresh token could not be stored",
-            &[("account", name), ("error", &why)],
+            &[("account", name), ("error", &reason)],
         );
-        self.notifier
-            .alerts
-            .rotation_uncommitted(name.to_owned(), reason);
+        self.notifier.alerts.rotation_uncommitted(name.to_owned(), reason);
     }
 
     /// Alerts every `deadline` less than `before` seconds away, once per date (recorded in the
