@@ -41,6 +41,17 @@ impl Failure {
         }
     }
 
+    /// The caller waited as long as it may for a refresh that goes on.
+    pub fn still_running(account: &str) -> Failure {
+        Failure {
+            problem: Problem::StoreUnavailable,
+            message: format!(
+                "the refresh of account {account:?} is still under way (its commit waits for the fleet's database, or the provider is slow); it goes on: ask again in a few seconds"
+            ),
+            retry_after: Some(STORE_RETRY_AFTER),
+        }
+    }
+
     fn from_error(error: &Error, retry_after: Option<i64>) -> Failure {
         let problem = error.problem();
         let retry_after = match problem {

@@ -92,10 +92,14 @@ impl Tokens {
         if let Some(token) = flight::from_memory(slot, need) {
             return Ok(token);
         }
-        let (tokens, slot) = (self.clone(), slot.clone());
-        tokio::spawn(async move { tokens.obtain_in_flight(&slot, need).await })
-            .await
-            .unwrap_or_else(|_| Err(Failure::internal("the refresh task ended abnormally")))
+        let (tokens, task_slot) = (self.clone(), slot.clone());
+        let refresh =
+            tokio::spawn(async move { tokens.obtain_in_flight(&task_slot, need).await });
+        match tokio::time::timeout(CALLER_WAIT, refresh).await {
+            Ok(joined) => joined
+                .unwrap_or_else(|_| Err(Failure::internal("the refresh task ended abnormally"))),
+            Err(_) => Err(Failure::still_running(slot.name())),
+        }
     }
 
     async fn obtain_in_flight(&self, slot: &Slot, need: Need) -> Result<Arc<CachedToken>, Failure> {
@@ -623,6 +627,11 @@ fn not_in_fleet() -> Error {
 /// under a second; a lease whose holder died runs out on its own), and how often it looks.
 const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const LEASE_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// How long a caller waits for its account's refresh before it is answered `store_unavailable`
+/// (the refresh goes on): past a provider's 30-s timeout, what is left is a commit waiting for a
+/// fleet's database, which may take two minutes. Shorter than `vault token`'s own wait (60 s).
+const CALLER_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// How long a refresh waits for the store before answering `store_unavailable`: a commit that
 /// waits for a fleet database gone away holds the store for up to two minutes, and requests for

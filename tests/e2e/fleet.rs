@@ -1921,7 +1921,8 @@ fn with_the_database_down_the_daemon_serves_what_it_holds_and_refreshes_nothing(
 /// had long moved past (the resend now needs the lease to still cover it). About 80 s.
 /// The database goes while a refresh is out: its commit waits for the database (the rotated
 /// refresh token exists only in the daemon), but a request for another account is answered
-/// within seconds — a 503 with Retry-After — not held up behind that commit for minutes.
+/// within seconds — a 503 with Retry-After — not held up behind that commit for minutes, and one
+/// for the account itself within 45 s.
 #[test]
 fn a_commit_waiting_for_the_database_holds_up_no_other_account() {
     let pg = Postgres::start();
@@ -1967,6 +1968,13 @@ fn a_commit_waiting_for_the_database_holds_up_no_other_account() {
         waited < Duration::from_secs(10),
         "a request for another account waited {waited:?} behind a commit"
     );
+    // A request for mail itself waits for its refresh, but not as long as the commit may take
+    // (nor as long as vault token waits for an answer): then 503, and the refresh goes on.
+    let asked = std::time::Instant::now();
+    let pending = daemon.get("/v1/token/mail");
+    assert_eq!(pending.status, 503, "{}", pending.body);
+    assert_eq!(pending.json()["error"], "store_unavailable", "{}", pending.body);
+    assert!(asked.elapsed() < Duration::from_secs(55), "{:?}", asked.elapsed());
     // Back up: mail's rotated token is committed (the grant lives on), and both are served.
     pg.start_server();
     for name in ["mail", "other"] {
