@@ -93,8 +93,7 @@ impl Tokens {
             return Ok(token);
         }
         let (tokens, task_slot) = (self.clone(), slot.clone());
-        let refresh =
-            tokio::spawn(async move { tokens.obtain_in_flight(&task_slot, need).await });
+        let refresh = tokio::spawn(async move { tokens.obtain_in_flight(&task_slot, need).await });
         match tokio::time::timeout(CALLER_WAIT, refresh).await {
             Ok(joined) => joined
                 .unwrap_or_else(|_| Err(Failure::internal("the refresh task ended abnormally"))),
@@ -271,7 +270,9 @@ impl Tokens {
             "a rotated refresh token could not be stored",
             &[("account", name), ("error", &reason)],
         );
-        self.notifier.alerts.rotation_uncommitted(name.to_owned(), reason);
+        self.notifier
+            .alerts
+            .rotation_uncommitted(name.to_owned(), reason);
     }
 
     /// Alerts every `deadline` less than `before` seconds away, once per date (recorded in the

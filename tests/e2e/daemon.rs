@@ -751,5 +751,8 @@ fn a_rotated_refresh_token_that_cannot_be_stored_is_alerted_at_once() {
     assert!(reason.contains("vault login mail"), "{reason}");
     assert_no_secret_in(&vault, &hook.to_string());
     let (rotated, _, _) = fake.newest_grant().unwrap();
-    assert!(!hook.to_string().contains(&rotated), "the new refresh token leaked");
+    assert!(
+        !hook.to_string().contains(&rotated),
+        "the new refresh token leaked"
+    );
 }

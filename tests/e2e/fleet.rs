@@ -1973,8 +1973,17 @@ fn a_commit_waiting_for_the_database_holds_up_no_other_account() {
     let asked = std::time::Instant::now();
     let pending = daemon.get("/v1/token/mail");
     assert_eq!(pending.status, 503, "{}", pending.body);
-    assert_eq!(pending.json()["error"], "store_unavailable", "{}", pending.body);
-    assert!(asked.elapsed() < Duration::from_secs(55), "{:?}", asked.elapsed());
+    assert_eq!(
+        pending.json()["error"],
+        "store_unavailable",
+        "{}",
+        pending.body
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(55),
+        "{:?}",
+        asked.elapsed()
+    );
     // Back up: mail's rotated token is committed (the grant lives on), and both are served.
     pg.start_server();
     for name in ["mail", "other"] {
