@@ -107,7 +107,7 @@ pub async fn add_account(
         .iter()
         .map(|(kind, value)| (*kind, value))
         .collect();
-    let update = refresh::token_update(&proven.grant, true, crate::clock::now_unix());
+    let update = refresh::token_update(&proven.grant, true);
     store.insert_accounts(&[crate::store::NewAccount {
         name: &name,
         config: &proven.config,
@@ -332,7 +332,7 @@ pub async fn login(
         _ => {}
     }
     let account = store.account(name)?;
-    let update = refresh::token_update(&grant, true, crate::clock::now_unix());
+    let update = refresh::token_update(&grant, true);
     store.replace_grant(&account, &update)?;
     Ok(refresh::issued_token(&grant, &update))
 }

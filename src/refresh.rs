@@ -144,7 +144,6 @@ impl<G: RefreshGuard> PendingCall<G> {
         // A fleet lease taken long ago (a suspend, a stalled host) could pass to another host
         // while the request is out: then nothing is sent, and nothing is spent.
         let guard = &self.guard;
-        let sent_at = now_unix();
         let (outcome, fell_back) = if guard.may_send() {
             self.call.send(http, &|| guard.may_send()).await
         } else {
@@ -163,7 +162,6 @@ impl<G: RefreshGuard> PendingCall<G> {
             outcome,
             need: self.need,
             fell_back,
-            sent_at,
         }
     }
 }
@@ -177,8 +175,6 @@ pub struct Answered<G> {
     outcome: Outcome,
     need: Need,
     fell_back: bool,
-    /// When the request left (unix seconds): its `expires_in` counts from no earlier.
-    sent_at: i64,
 }
 
 /// What a settled call gives: the token (or why there is none), and the account's change of
@@ -210,13 +206,8 @@ impl<G> Answered<G> {
         let validated = matches!(self.need, Need::Proof);
         let rotated =
             matches!(&self.outcome, Outcome::Refreshed(grant) if grant.refresh_token.is_some());
-        let (committed, transition) = commit(
-            store,
-            &self.guard,
-            &self.account,
-            self.outcome,
-            (validated, self.sent_at),
-        );
+        let (committed, transition) =
+            commit(store, &self.guard, &self.account, self.outcome, validated);
         // Superseded: a newer grant (vault login) or another host's commit won, by design.
         let rotation_uncommitted = rotated
             && matches!(&committed, Err(error)
@@ -441,11 +432,11 @@ impl UpstreamCall {
     }
 }
 
-/// What a grant changes in the store; its lifetimes count from `sent_at`, when the request
-/// left: counted from the answer's arrival, a token could look valid for as long as the answer
-/// took after it had expired.
-pub fn token_update(grant: &TokenGrant, validated: bool, sent_at: i64) -> TokenUpdate<'_> {
-    let now = sent_at;
+/// What a grant changes in the store; its lifetimes count from when its request left
+/// (`requested_at`): counted from the answer's arrival, a token could look valid for as long as
+/// the answer took after it had expired.
+pub fn token_update(grant: &TokenGrant, validated: bool) -> TokenUpdate<'_> {
+    let now = grant.requested_at;
     TokenUpdate {
         access_token: &grant.access_token,
         access_expires_at: Some(now + grant.expires_in.map_or(DEFAULT_LIFETIME, |s| s as i64)),
@@ -463,12 +454,12 @@ fn commit<S: RefreshStore>(
     guard: &S::Guard,
     account: &Account,
     outcome: Outcome,
-    (validated, sent_at): (bool, i64),
+    validated: bool,
 ) -> (Result<AccessToken, Error>, Option<Transition>) {
     let state = AccountState::after(&outcome);
     let (reason, error, retry_after) = match outcome {
         Outcome::Refreshed(grant) => {
-            let update = token_update(&grant, validated, sent_at);
+            let update = token_update(&grant, validated);
             return match store.commit_refresh(guard, account, &update) {
                 Ok(transition) => (Ok(issued_token(&grant, &update)), transition),
                 Err(error) => (Err(error.into()), None),
@@ -568,8 +559,9 @@ mod tests {
             refresh_token: None,
             refresh_token_expires_in: Some(3600),
             id_token: None,
+            requested_at: 1_000,
         };
-        let update = token_update(&grant, false, 1_000);
+        let update = token_update(&grant, false);
         assert_eq!(update.access_expires_at, Some(1_060));
         assert_eq!(update.refresh_expires_at, Some(4_600));
     }

@@ -47,6 +47,9 @@ pub struct TokenGrant {
     pub refresh_token_expires_in: Option<u64>,
     /// OIDC: whose grant this is (scope `openid`).
     pub id_token: Option<SecretString>,
+    /// When the request that got it left (unix seconds): its lifetimes count from then, not from
+    /// the answer's arrival — the provider's clock started no later.
+    pub requested_at: i64,
 }
 
 /// The outcome of one call to a token endpoint.

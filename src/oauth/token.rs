@@ -148,6 +148,7 @@ pub async fn request(
     params: &[(&str, &str)],
 ) -> TokenAnswer {
     // The body holds credentials; once handed to the HTTP stack it cannot be zeroized (SECURITY.md).
+    let requested_at = crate::clock::now_unix();
     let response = match build_request(http, url, client, params).send().await {
         Ok(response) => response,
         Err(err) if err.is_connect() => {
@@ -155,7 +156,7 @@ pub async fn request(
         }
         Err(err) => return TokenAnswer::Lost(describe_transport_error(&err)),
     };
-    read_answer(response).await
+    read_answer(response, requested_at).await
 }
 
 pub(super) fn build_request(
@@ -299,7 +300,7 @@ pub(crate) fn transport_reason(err: &reqwest::Error) -> String {
     }
 }
 
-async fn read_answer(response: reqwest::Response) -> TokenAnswer {
+async fn read_answer(response: reqwest::Response, requested_at: i64) -> TokenAnswer {
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -325,16 +326,24 @@ async fn read_answer(response: reqwest::Response) -> TokenAnswer {
             return TokenAnswer::Lost("the token endpoint's answer was cut short".into());
         }
     };
-    parse_answer(status, content_type, retry_after, body.expose())
+    parse_answer(
+        status,
+        content_type,
+        retry_after,
+        body.expose(),
+        requested_at,
+    )
 }
 
-/// What a token endpoint's answer says: a grant, an OAuth error, or something else. Every byte
-/// of it is the provider's; nothing here may panic on it (fuzzed below).
+/// What a token endpoint's answer to a request sent at `requested_at` says: a grant, an OAuth
+/// error, or something else. Every byte of it is the provider's; nothing here may panic on it
+/// (fuzzed below).
 fn parse_answer(
     status: u16,
     content_type: String,
     retry_after: Option<Duration>,
     body: &[u8],
+    requested_at: i64,
 ) -> TokenAnswer {
     let content_type = super::printable(&content_type);
     if (200..300).contains(&status) {
@@ -346,6 +355,7 @@ fn parse_answer(
                 refresh_token: grant.refresh_token.filter(|token| !token.is_empty()),
                 refresh_token_expires_in: grant.refresh_token_expires_in,
                 id_token: grant.id_token,
+                requested_at,
             }),
             Err(_) => TokenAnswer::Unexpected {
                 status,
@@ -545,7 +555,7 @@ mod tests {
                 "scope", "token_type", "error", "error_description", "error_subtype",
             ]),
         ) {
-            match parse_answer(status, content_type, None, &body).classify() {
+            match parse_answer(status, content_type, None, &body, 0).classify() {
                 Outcome::Refreshed(grant) => {
                     proptest::prop_assert!(grant.expires_in.is_none_or(|s| s <= MAX_LIFETIME));
                     proptest::prop_assert!(

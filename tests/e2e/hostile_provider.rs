@@ -237,3 +237,22 @@ fn microsoft_and_google_refusals_name_their_real_cause_and_fix() {
         );
     }
 }
+
+/// The provider issues an account's first tokens, then takes 3 s to answer: their lifetime
+/// counts from when the request left, so a token with less left than asked for is not served
+/// as if its whole lifetime had started when the answer arrived.
+#[test]
+fn a_slow_first_answer_does_not_stretch_the_tokens_lifetime() {
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    fake.configure(|b| b.access_lifetime = 8);
+    let vault = TestVault::new(Some(&fake));
+    fake.inject(Fault::SlowAnswer(Duration::from_secs(3)));
+    add_with_browser(&vault, &fake, "mail").ok();
+    let asked_at = std::time::Instant::now();
+    let run = vault.run(&["token", "mail", "--min-valid", "6", "--no-daemon"]);
+    let token = run.ok().stdout.trim().to_owned();
+    assert!(
+        fake.was_live_access_token(&token, asked_at + Duration::from_secs(6)),
+        "a token with less than the 6 s asked for was served"
+    );
+}
