@@ -1630,6 +1630,17 @@ fn assert_one_refresh_per_token(fake: &FakeOAuth, vault: &TestVault, pg: &Postgr
     assert_eq!(stored_refresh_token(vault, pg), current);
 }
 
+/// A `503 store_unavailable` answer.
+fn assert_store_unavailable(answer: &crate::support::daemon::Answer) {
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(
+        answer.json()["error"],
+        "store_unavailable",
+        "{}",
+        answer.body
+    );
+}
+
 /// Waits until every daemon serves `mail` again.
 fn until_all_serve(daemons: &[crate::support::daemon::Daemon]) {
     for daemon in daemons {
@@ -1889,13 +1900,7 @@ fn with_the_database_down_the_daemon_serves_what_it_holds_and_refreshes_nothing(
     // though the refresher found the token due.
     std::thread::sleep(std::time::Duration::from_secs(7));
     let refused = daemon.get("/v1/token/mail?min_valid=1");
-    assert_eq!(refused.status, 503, "{}", refused.body);
-    assert_eq!(
-        refused.json()["error"],
-        "store_unavailable",
-        "{}",
-        refused.body
-    );
+    assert_store_unavailable(&refused);
     assert_eq!(
         fake.counters(|c| c.refresh_grants),
         refreshes,
@@ -1949,13 +1954,7 @@ fn a_commit_waiting_for_the_database_holds_up_no_other_account() {
     let asked = std::time::Instant::now();
     let refused = daemon.get("/v1/token/other");
     let waited = asked.elapsed();
-    assert_eq!(refused.status, 503, "{}", refused.body);
-    assert_eq!(
-        refused.json()["error"],
-        "store_unavailable",
-        "{}",
-        refused.body
-    );
+    assert_store_unavailable(&refused);
     assert!(
         refused
             .headers
@@ -1972,13 +1971,7 @@ fn a_commit_waiting_for_the_database_holds_up_no_other_account() {
     // (nor as long as vault token waits for an answer): then 503, and the refresh goes on.
     let asked = std::time::Instant::now();
     let pending = daemon.get("/v1/token/mail");
-    assert_eq!(pending.status, 503, "{}", pending.body);
-    assert_eq!(
-        pending.json()["error"],
-        "store_unavailable",
-        "{}",
-        pending.body
-    );
+    assert_store_unavailable(&pending);
     assert!(
         asked.elapsed() < Duration::from_secs(55),
         "{:?}",
