@@ -578,10 +578,16 @@ impl Tokens {
                 })
             })?;
             drop(store);
+            // An account added (not in the table) or removed (not found): everything is
+            // looked at; what was renewed is announced first, or it would go unsaid.
             match renewed {
-                Some(transitions) if found == heard => tokens.announce(transitions),
-                // An account added or removed: everything is looked at.
-                _ => tokens.reload_now()?,
+                Some(transitions) => {
+                    tokens.announce(transitions);
+                    if found < heard {
+                        tokens.reload_now()?;
+                    }
+                }
+                None => tokens.reload_now()?,
             }
             Ok(())
         })

@@ -509,13 +509,13 @@ fn metrics_are_openmetrics_for_the_owner_only() {
 }
 
 /// `curl -N` on the event stream, its lines collected as they come.
-struct EventReader {
+pub(crate) struct EventReader {
     child: std::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl EventReader {
-    fn start(socket: &std::path::Path, last_event_id: Option<&str>) -> EventReader {
+    pub(crate) fn start(socket: &std::path::Path, last_event_id: Option<&str>) -> EventReader {
         use std::io::BufRead;
         let mut curl = std::process::Command::new("curl");
         curl.args(["-sN", "--unix-socket"]).arg(socket);
@@ -541,7 +541,7 @@ impl EventReader {
     }
 
     /// The id of the first event whose data contains `needle`, waiting up to `limit`.
-    fn wait_for(&self, needle: &str, limit: Duration) -> Option<String> {
+    pub(crate) fn wait_for(&self, needle: &str, limit: Duration) -> Option<String> {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             {

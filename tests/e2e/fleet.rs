@@ -1990,6 +1990,40 @@ fn a_commit_waiting_for_the_database_holds_up_no_other_account() {
     assert!(fake.newest_grant().unwrap().2, "the grant survived");
 }
 
+/// What other hosts change reaches this daemon's event stream, account by account: a state
+/// change heard together with another account's removal is announced, not lost to the full
+/// reload the removal calls for.
+#[test]
+fn a_state_change_heard_with_a_removal_reaches_the_event_stream() {
+    let pg = Postgres::start();
+    let fake = rotating_provider(3600);
+    let vault = fleet_with_mail(&fake, &pg);
+    let args = browser_add_args(&vault, &fake, "other", &["--timeout", "30"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fleet_run(&vault, &pg, &args).ok();
+    let daemon = serve_fleet(&vault, &pg, 0);
+    let events = crate::daemon::EventReader::start(&daemon.socket, None);
+    std::thread::sleep(Duration::from_millis(500));
+    // One commit elsewhere: mail found dead, other removed.
+    pg.client()
+        .batch_execute(
+            "BEGIN;
+             UPDATE accounts SET state = 'reauth_required', last_error = 'revoked' WHERE name = 'mail';
+             DELETE FROM accounts WHERE name = 'other';
+             COMMIT;",
+        )
+        .unwrap();
+    assert!(
+        events
+            .wait_for("reauth_required", Duration::from_secs(10))
+            .is_some(),
+        "the state change was not announced"
+    );
+    assert!(crate::support::eventually(Duration::from_secs(10), || {
+        daemon.get("/v1/token/other").status == 404
+    }));
+}
+
 /// One of five daemons stopped (SIGSTOP) with its refresh out, for longer than its lease: the
 /// others answer "try again" while the lease lasts, then one of them takes over; the stopped
 /// daemon's late answer, once it runs again, overwrites nothing.
