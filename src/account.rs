@@ -222,6 +222,9 @@ pub struct Account {
     /// Incremented by every committed change of its tokens or state: a refresh commits only if
     /// it is still the one read before the provider was called.
     pub generation: i64,
+    /// A previous client secret is kept beside the newest (a client-secret rotation under way):
+    /// a refresh falls back to it when the provider refuses the newest.
+    pub keeps_previous_client_secret: bool,
 }
 
 /// Someone besides the vault's owner who may fetch an account's access tokens.

@@ -364,7 +364,10 @@ impl UpstreamCall {
             token_url: config.endpoints.token_url.clone(),
             scopes: config.scopes.clone(),
             credential,
-            previous_secret: store.secret(account, SecretKind::PreviousClientSecret)?,
+            previous_secret: match account.keeps_previous_client_secret {
+                true => store.secret(account, SecretKind::PreviousClientSecret)?,
+                false => None,
+            },
         })
     }
 

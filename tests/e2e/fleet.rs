@@ -792,6 +792,11 @@ fn a_client_secret_rotates_across_the_fleet() {
     );
     assert!(set.ok().stdout.contains("works"), "{}", set.stdout);
 
+    // The new secret not in force at the provider yet (it propagates slowly): host-b falls back
+    // to the previous one, which the fleet keeps until it is retired.
+    accepts(&[fake_oauth::CLIENT_SECRET]);
+    on_b(&["validate", "mail"]).ok();
+
     // The old secret deleted at the provider: host-b already uses the new one.
     accepts(&["cs-NEW-secret-1"]);
     let refused = fake.counters(|c| c.client_rejections);

@@ -1393,7 +1393,8 @@ fn log_event(
 const SELECT_ACCOUNT: &str = "SELECT id, name, config, config_mac, state, created_at,
     last_refresh_at, last_validated_at, last_error, access_expires_at, refresh_expires_at,
     client_secret_expires_at, key_created_at, rotate_every, validation_schedule, refresh_before,
-    generation FROM accounts";
+    generation, EXISTS (SELECT 1 FROM secrets WHERE secrets.account_id = accounts.id
+        AND secrets.kind = 'previous_client_secret') FROM accounts";
 
 fn read_account(row: &postgres::Row, settings_key: &MacKey) -> Result<Account, StoreError> {
     let (id, name): (i64, String) = (row.get(0), row.get(1));
@@ -1418,6 +1419,7 @@ fn read_account(row: &postgres::Row, settings_key: &MacKey) -> Result<Account, S
             .get::<_, Option<i64>>(15)
             .map(|seconds| seconds.max(0) as u64),
         generation: row.get(16),
+        keeps_previous_client_secret: row.get(17),
     })
 }
 
