@@ -15,13 +15,16 @@ use tokio::sync::watch;
 const ALIVE_CHECK: Duration = Duration::from_secs(15);
 /// How long after losing the listening connection it is made again.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// How many accounts' notifications are remembered at most (a big fleet has 100,000 accounts).
+const MAX_ACCOUNTS_HEARD: usize = 200_000;
 /// What `pg_stat_activity` shows for the listening connection.
 pub(super) const APPLICATION_NAME: &str = "tokenvault-listen";
 
 /// What has changed so far, as counters, and whether changes are being heard at all.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct Heard {
-    /// Notifications that anything may have changed (grants; the listener starting again).
+    /// Notifications that anything may have changed (grants, a rekey, the listener starting
+    /// again, a flood of account notifications).
     pub data: u64,
     /// Notifications about single accounts (their ids wait in `Changes::take_changed_accounts`).
     pub accounts: u64,
@@ -178,32 +181,24 @@ fn keep_listening(
 fn hear(client: &mut postgres::Client, changes: &Weak<Changes>) -> bool {
     use postgres::fallible_iterator::FallibleIterator;
     let mut news = Vec::new();
-    // Some(true): notifications came; Some(false): none within ALIVE_CHECK; None: it broke.
-    let arrived = {
+    {
         let mut notifications = client.notifications();
-        let first = notifications.timeout_iter(ALIVE_CHECK).next();
-        match first {
-            Ok(Some(first)) => {
-                news.push(News::of(first.payload()));
-                let mut buffered = notifications.iter();
-                while let Ok(Some(more)) = buffered.next() {
-                    news.push(News::of(more.payload()));
-                }
-                Some(true)
+        match notifications.timeout_iter(ALIVE_CHECK).next() {
+            Ok(Some(first)) => news.push(News::of(first.payload())),
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        if !news.is_empty() {
+            let mut buffered = notifications.iter();
+            while let Ok(Some(more)) = buffered.next() {
+                news.push(News::of(more.payload()));
             }
-            Ok(None) => Some(false),
-            Err(_) => None,
         }
-    };
-    match arrived {
-        Some(true) => update(changes, |hearing| hearing.take_in(news)) && !client.is_closed(),
-        Some(false) => {
-            !client.is_closed()
-                && client.is_valid(ALIVE_CHECK).is_ok()
-                && changes.strong_count() > 0
-        }
-        None => false,
     }
+    if !news.is_empty() {
+        return update(changes, |hearing| hearing.take_in(news)) && !client.is_closed();
+    }
+    !client.is_closed() && client.is_valid(ALIVE_CHECK).is_ok() && changes.strong_count() > 0
 }
 
 impl Hearing {
@@ -218,6 +213,14 @@ impl Hearing {
                 News::Data => self.heard.data += 1,
                 News::Alerts => self.heard.alerts += 1,
             }
+        }
+        // Anyone who can connect to the database can send notifications: a flood of made-up
+        // ids must not grow this host's memory. Past the bound, what was heard per account is
+        // forgotten (a waiter wakes and looks) and everyone looks at the whole fleet.
+        if self.accounts.len() > MAX_ACCOUNTS_HEARD || self.changed.len() > MAX_ACCOUNTS_HEARD {
+            self.accounts.clear();
+            self.changed.clear();
+            self.heard.data += 1;
         }
     }
 }
@@ -255,5 +258,22 @@ impl ChangeFeed {
             .wait_for(|now| now.listening != seen.listening || topic(now) != topic(&seen));
         let _ = tokio::time::timeout(wait, news).await;
         self.seen = *self.heard.borrow();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_made_up_account_ids_is_forgotten_and_makes_everyone_look() {
+        let mut hearing = Hearing::default();
+        hearing.take_in(vec![News::Account(1), News::Account(1), News::Data]);
+        assert_eq!(hearing.accounts.get(&1), Some(&2));
+        assert_eq!((hearing.heard.accounts, hearing.heard.data), (2, 1));
+        let flood = (0..=MAX_ACCOUNTS_HEARD as i64).map(News::Account).collect();
+        hearing.take_in(flood);
+        assert!(hearing.accounts.is_empty() && hearing.changed.is_empty());
+        assert_eq!(hearing.heard.data, 2, "a full look instead");
     }
 }
