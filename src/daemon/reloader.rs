@@ -44,8 +44,13 @@ pub async fn run(tokens: Arc<Tokens>) {
         )
         .await;
         let now = feed.seen();
-        tokens.reload_heard().await;
-        look_due |= now.data != before.data || !now.listening || looked_at.elapsed() >= HEARD_QUIET;
+        // A failed renewal spent the ids it heard: a full look (within seconds, not at the next
+        // half minute) finds what they changed.
+        let renewed = tokens.reload_heard().await;
+        look_due |= !renewed
+            || now.data != before.data
+            || !now.listening
+            || looked_at.elapsed() >= HEARD_QUIET;
         if look_due && looked_at.elapsed() >= RELOAD_EVERY {
             tokens.reload_if_changed().await;
             looked_at = Instant::now();

@@ -558,7 +558,8 @@ impl Tokens {
 
     /// Renews the accounts another host changed, as heard (a fleet daemon does, between the
     /// full looks of `reload_if_changed`); the whole table when one of them is new or gone.
-    pub async fn reload_heard(self: &Arc<Self>) {
+    /// False when it could not: the ids heard are spent, so only a full look finds them now.
+    pub async fn reload_heard(self: &Arc<Self>) -> bool {
         let tokens = self.clone();
         let renewed = blocking(move || {
             let store = tokens.store.lock().map_err(|_| poisoned())?;
@@ -592,13 +593,14 @@ impl Tokens {
             Ok(())
         })
         .await;
-        if let Err(err) = renewed {
+        if let Err(err) = &renewed {
             crate::log::emit(
                 crate::log::Level::Warning,
                 "cannot reload the accounts another host changed",
                 &[("error", &err.to_string())],
             );
         }
+        renewed.is_ok()
     }
 
     fn announce(&self, transitions: Vec<crate::account::Transition>) {

@@ -2029,6 +2029,42 @@ fn a_state_change_heard_with_a_removal_reaches_the_event_stream() {
     }));
 }
 
+/// The daemon's own connection cut (its listener left up) just before another host's change:
+/// the renewal of what it heard fails, and a full look finds the change within seconds instead
+/// of at the next half minute.
+#[test]
+fn a_change_heard_while_the_daemons_connection_is_cut_is_not_lost() {
+    let pg = Postgres::start();
+    let fake = rotating_provider(3600);
+    let vault = fleet_with_mail(&fake, &pg);
+    let daemon = serve_fleet(&vault, &pg, 0);
+    let events = crate::daemon::EventReader::start(&daemon.socket, None);
+    // Past the first looks (at start, and when hearing began).
+    std::thread::sleep(Duration::from_secs(3));
+    let mut db = pg.client();
+    let cut: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name <> 'tokenvault-listen' AND backend_type = 'client backend'
+               AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1, "the daemon's one connection");
+    db.execute(
+        "UPDATE accounts SET state = 'reauth_required', last_error = 'revoked' WHERE name = 'mail'",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        events
+            .wait_for("reauth_required", Duration::from_secs(8))
+            .is_some(),
+        "the change was not taken in (the next full look is 30 s away)"
+    );
+}
+
 /// One of five daemons stopped (SIGSTOP) with its refresh out, for longer than its lease: the
 /// others answer "try again" while the lease lasts, then one of them takes over; the stopped
 /// daemon's late answer, once it runs again, overwrites nothing.
