@@ -1,8 +1,6 @@
 //! `vault rotate`: a new key for an account through its provider's API (a Google
 //! service-account key, a Microsoft client secret), proven, stored, and the old one deleted.
 
-use std::sync::{Arc, Mutex};
-
 use clap::Args;
 
 use super::{Context, block_on};
@@ -16,7 +14,7 @@ pub(super) struct RotateArgs {
 }
 
 pub(super) fn run(context: &Context, args: RotateArgs) -> Result<(), Error> {
-    let store = Arc::new(Mutex::new(context.open_any()?));
+    let store = rotation::share(context.open_any()?);
     let report = block_on(rotation::rotate(
         &store,
         &http_client(),

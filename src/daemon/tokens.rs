@@ -2,7 +2,9 @@
 //! shared pipeline (`refresh`), and the notifier. The HTTP edge and the background duties ask
 //! it for tokens; it answers with tokens or typed failures, never with HTTP statuses.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::alert::{Alert, AlertEvent, Alerts};
 use super::audit::Audit;
@@ -25,7 +27,7 @@ pub struct RefreshSettings {
 }
 
 pub struct Tokens {
-    store: Arc<Mutex<AnyStore>>,
+    store: crate::rotation::SharedStore,
     http: reqwest::Client,
     table: AccountTable,
     notifier: Notifier,
@@ -49,7 +51,7 @@ impl Tokens {
         let tokens = Tokens {
             data_version: Mutex::new(store.data_version()?),
             vault_id: store.vault_id()?,
-            store: Arc::new(Mutex::new(store)),
+            store: crate::rotation::share(store),
             http: crate::oauth::token::http_client(),
             table: AccountTable::new(owner_uid),
             notifier: Notifier {
@@ -72,7 +74,7 @@ impl Tokens {
     /// The fleet's changes as this daemon hears them (none for the embedded vault, whose
     /// changes are polled).
     pub fn change_feed(&self) -> Option<crate::store::ChangeFeed> {
-        self.store.lock().ok()?.fleet()?.change_feed()
+        self.store.lock().fleet()?.change_feed()
     }
 
     /// The account `peer` asks for (see `AccountTable::lookup`).
@@ -126,7 +128,7 @@ impl Tokens {
         tokio::spawn(async move {
             let (store, name) = (tokens.store.clone(), slot.name().to_owned());
             let claimed = blocking(move || {
-                let store = store.lock().map_err(|_| poisoned())?;
+                let store = store.lock();
                 Ok(store.claim_validation(&name, firing)?)
             })
             .await;
@@ -147,7 +149,7 @@ impl Tokens {
     pub async fn rerun_abandoned_validations(self: &Arc<Self>) {
         let store = self.store.clone();
         let names = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
+            let store = store.lock();
             Ok(store.claim_abandoned_validations()?)
         })
         .await;
@@ -223,7 +225,7 @@ impl Tokens {
             .upstream_call(slot.name(), need, answered.outcome(), seconds);
         let store = self.store.clone();
         let settled = blocking(move || {
-            let mut store = store.lock().map_err(|_| poisoned())?;
+            let mut store = store.lock();
             Ok(answered.settle(&mut *store))
         })
         .await?;
@@ -281,7 +283,7 @@ impl Tokens {
         let store = self.store.clone();
         let until = now_unix().saturating_add(i64::try_from(before).unwrap_or(i64::MAX));
         let due = blocking(move || {
-            let mut store = store.lock().map_err(|_| poisoned())?;
+            let mut store = store.lock();
             Ok(match &mut *store {
                 AnyStore::Local(store) => store.take_deadlines(deadline, until)?,
                 // Once per fleet, through the outbox (the outbox duty delivers it).
@@ -311,7 +313,7 @@ impl Tokens {
     pub async fn rotation_candidates(&self) -> Option<Vec<RotationDue>> {
         let store = self.store.clone();
         let candidates = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
+            let store = store.lock();
             Ok(store.rotation_candidates()?)
         })
         .await;
@@ -372,7 +374,7 @@ impl Tokens {
         let detail = due_at.map_or_else(|| "unfinished".to_owned(), |at| at.to_string());
         let told = reason.clone();
         let first = blocking(move || {
-            let mut store = store.lock().map_err(|_| poisoned())?;
+            let mut store = store.lock();
             Ok(match &mut *store {
                 AnyStore::Local(store) => store.record_once(&account, event.as_str(), &detail)?,
                 // Once per fleet, through the outbox (the outbox duty delivers it).
@@ -394,7 +396,7 @@ impl Tokens {
     pub async fn heartbeat(&self) {
         let store = self.store.clone();
         let told = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
+            let store = store.lock();
             Ok(store.fleet().ok_or_else(not_in_fleet)?.heartbeat()?)
         })
         .await;
@@ -412,7 +414,7 @@ impl Tokens {
     pub async fn deliver_outbox(&self, degraded_after: u64) {
         let store = self.store.clone();
         let claimed = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
+            let store = store.lock();
             let fleet = store.fleet().ok_or_else(not_in_fleet)?;
             fleet.alert_long_degraded(degraded_after)?;
             Ok(fleet.claim_alerts()?)
@@ -442,7 +444,7 @@ impl Tokens {
         }
         let store = self.store.clone();
         let marked = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
+            let store = store.lock();
             Ok(store
                 .fleet()
                 .ok_or_else(not_in_fleet)?
@@ -461,7 +463,7 @@ impl Tokens {
     /// How the metadata endpoint names an account: its service-account email, else its name.
     /// `None` when there is no such account. Reads the store; for start-up, not the hot path.
     pub fn service_account_email(&self, name: &str) -> Option<String> {
-        let account = self.store.lock().ok()?.account(name).ok()?;
+        let account = self.store.lock().account(name).ok()?;
         Some(match account.config.grant {
             Grant::ServiceAccount {
                 service_account_email,
@@ -509,7 +511,7 @@ impl Tokens {
         });
         let store = self.store.clone();
         let deadlines = blocking(move || {
-            let store = store.lock().map_err(|_| poisoned())?;
+            let store = store.lock();
             let mut all = Vec::new();
             // A fleet records no deadlines yet.
             if let Some(store) = store.local() {
@@ -533,12 +535,12 @@ impl Tokens {
         let tokens = self.clone();
         let looked = blocking(move || {
             let version = {
-                let mut store = tokens.store.lock().map_err(|_| poisoned())?;
+                let mut store = tokens.store.lock();
                 // A rekey by another host moves every account: take the new key first.
                 store.follow_rekey()?;
                 store.data_version()?
             };
-            let mut known = tokens.data_version.lock().map_err(|_| poisoned())?;
+            let mut known = tokens.data_version.lock();
             if *known != version {
                 *known = version;
                 drop(known);
@@ -562,7 +564,7 @@ impl Tokens {
     pub async fn reload_heard(self: &Arc<Self>) -> bool {
         let tokens = self.clone();
         let renewed = blocking(move || {
-            let store = tokens.store.lock().map_err(|_| poisoned())?;
+            let store = tokens.store.lock();
             let Some(fleet) = store.fleet() else {
                 return Ok(());
             };
@@ -611,7 +613,7 @@ impl Tokens {
 
     fn reload_now(&self) -> Result<(), Error> {
         let transitions = {
-            let store = self.store.lock().map_err(|_| poisoned())?;
+            let store = self.store.lock();
             let grants = store.grants()?;
             self.table
                 .rebuild(|visit| store.visit_summaries(visit), grants)?
@@ -648,23 +650,13 @@ const CALLER_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
 /// carry the only copy of a rotated refresh token.)
 const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The store, once free within `STORE_PATIENCE`.
-fn patient_lock(store: &Mutex<AnyStore>) -> Result<std::sync::MutexGuard<'_, AnyStore>, Error> {
-    let give_up = std::time::Instant::now() + STORE_PATIENCE;
-    loop {
-        match store.try_lock() {
-            Ok(guard) => return Ok(guard),
-            Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
-            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            Err(std::sync::TryLockError::WouldBlock) => return Err(StoreError::Busy.into()),
-        }
-    }
-}
-
-fn poisoned() -> Error {
-    Error::Internal("a lock was poisoned by an earlier panic; restart vault serve".into())
+/// The store, once free within `STORE_PATIENCE`. The lock hands itself to a waiter that has
+/// waited (parking_lot's eventual fairness): a steady stream of short store work does not starve
+/// a request into a spurious `store_unavailable`.
+fn patient_lock<T>(store: &Mutex<T>) -> Result<parking_lot::MutexGuard<'_, T>, Error> {
+    store
+        .try_lock_for(STORE_PATIENCE)
+        .ok_or_else(|| StoreError::Busy.into())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -673,4 +665,36 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|_| Err(Error::Internal("a store task failed".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Store work that never lets up (each piece short, the next one queued at once) must not
+    /// keep a waiting request out for its whole patience.
+    #[test]
+    fn a_request_waiting_for_the_store_gets_it_between_short_pieces_of_work() {
+        let store = Arc::new(Mutex::new(()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _piece = store.lock();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let got = patient_lock(&store).is_ok();
+        stop.store(true, Ordering::Relaxed);
+        busy.join().unwrap();
+        assert!(
+            got,
+            "starved for {STORE_PATIENCE:?} by short pieces of work"
+        );
+    }
 }

@@ -15,9 +15,10 @@ mod api;
 mod google;
 mod microsoft;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use thiserror::Error;
 
 use crate::account::{Account, Grant, SecretKind};
@@ -44,6 +45,11 @@ const MICROSOFT: &str = "microsoft";
 
 /// The store a rotation works with between its network calls: the CLI's own or the daemon's.
 pub type SharedStore = Arc<Mutex<AnyStore>>;
+
+/// A store to share between tasks.
+pub fn share(store: AnyStore) -> SharedStore {
+    Arc::new(Mutex::new(store))
+}
 
 /// A key as the provider lists it.
 pub struct RemoteKey {
@@ -637,12 +643,7 @@ async fn with_store<T: Send + 'static>(
     work: impl FnOnce(&mut AnyStore) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = store
-            .lock()
-            .map_err(|_| Error::Internal("the store lock is poisoned".into()))?;
-        work(&mut store)
-    })
-    .await
-    .unwrap_or_else(|_| Err(Error::Internal("a store task failed".into())))
+    tokio::task::spawn_blocking(move || work(&mut store.lock()))
+        .await
+        .unwrap_or_else(|_| Err(Error::Internal("a store task failed".into())))
 }
