@@ -850,6 +850,8 @@ fn poll_device(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     issue_access(inner, &scope, Some(refresh))
 }
 
+const GOOGLE_TOKEN_AUDIENCE: &str = "https://oauth2.googleapis.com/token";
+
 /// RFC 7523 checks as Google makes them: RS256 signature, iss, aud, exp - iat ≤ 3600, not expired.
 fn jwt_bearer(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     let invalid = |why: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why);
@@ -874,14 +876,18 @@ fn jwt_bearer(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     let claims: Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap_or_default())
             .unwrap_or_default();
+    // Google's documented audience, which Google's own client library always sends (whatever
+    // the key file's token_uri), or this server's token endpoint (the key file's token_uri here,
+    // as RFC 7523 suggests and real keys have: they name Google's endpoint).
     let token_url = format!("{}/token", inner.base);
+    let audiences = [GOOGLE_TOKEN_AUDIENCE, token_url.as_str()];
     let (iat, exp) = (
         claims["iat"].as_i64().unwrap_or(0),
         claims["exp"].as_i64().unwrap_or(0),
     );
     if header["alg"] != "RS256"
         || claims["iss"] != inner.sa_email.as_str()
-        || claims["aud"] != token_url.as_str()
+        || !audiences.iter().any(|audience| claims["aud"] == *audience)
         || exp - iat > 3600
         || exp <= now()
         || iat > now() + 60

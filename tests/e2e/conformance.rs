@@ -1,7 +1,9 @@
 //! Conformance: the `vault` binary against an independent, certified OpenID provider (panva's
 //! oidc-provider, pinned in tests/conformance/package-lock.json, started by each test on
 //! 127.0.0.1 through tests/conformance/server.mjs). Where these tests and the built-in provider
-//! (src/devprovider.rs) disagree, the built-in provider is what is wrong.
+//! (src/devprovider.rs) disagree, the built-in provider is what is wrong. Google's JWT-bearer
+//! grant, which no certified server offers, is checked against Google's own library (google-auth)
+//! instead: its verifier and its client.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -680,4 +682,309 @@ fn doctor_reads_the_certified_servers_clock() {
         "{}",
         found.stdout
     );
+}
+
+/// Google's JWT-bearer grant has no certified server to run: its counterpart here is Google's own
+/// library, google-auth — its verifier behind a token endpoint (tests/conformance/
+/// google_jwt_bearer.py) and its client.
+struct GoogleVerifier {
+    child: Child,
+    token_url: String,
+}
+
+impl GoogleVerifier {
+    fn start() -> GoogleVerifier {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut child = Command::new("python3")
+            .arg(conformance_dir().join("google_jwt_bearer.py"))
+            .arg(fixtures.join("service-account.crt"))
+            .arg(SERVICE_ACCOUNT)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 (.ci/run installs google-auth)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let started: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("google_jwt_bearer.py did not start: {line:?}"));
+        GoogleVerifier {
+            child,
+            token_url: started["token_url"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl Drop for GoogleVerifier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SERVICE_ACCOUNT: &str = "robot@tokenvault-tests.iam.gserviceaccount.com";
+const FIXTURE_KEY: &str = include_str!("../fixtures/service-account.json");
+
+/// The fixture's key file with its `token_uri` set, written into `vault`.
+fn key_file_for(vault: &TestVault, token_url: &str) -> PathBuf {
+    let path = vault.root.path().join("google-sa.json");
+    write_private(&path, &FIXTURE_KEY.replace("TOKEN_URI", token_url));
+    path
+}
+
+#[test]
+fn the_vaults_service_account_assertions_pass_googles_own_verifier() {
+    let google = GoogleVerifier::start();
+    let vault = TestVault::new(None);
+    let key = key_file_for(&vault, &google.token_url);
+    let add = vault.run(&[
+        "add-account",
+        "robot",
+        "--service-account",
+        key.to_str().unwrap(),
+        "--scope",
+        "https://www.googleapis.com/auth/drive.readonly",
+        "--subject",
+        "admin@example.com",
+    ]);
+    add.ok();
+    let token = vault.run(&["token", "robot", "--no-daemon", "--min-valid", "3000"]);
+    assert!(
+        token.ok().stdout.starts_with("verified-by-google-auth."),
+        "{}",
+        token.stdout
+    );
+}
+
+#[test]
+fn googles_own_client_gets_a_token_from_the_built_in_jwt_bearer_endpoint() {
+    let built_in =
+        crate::support::fake_oauth::start(crate::support::fake_oauth::OfflineRule::Google);
+    crate::support::fake_oauth::trust_fixture_service_account(&built_in);
+    let script = "import json, sys\n\
+                  from google.oauth2 import service_account\n\
+                  import google.auth.transport.requests as r\n\
+                  info = json.loads(sys.stdin.read())\n\
+                  for subject in (None, 'admin@example.com'):\n\
+                  \x20   creds = service_account.Credentials.from_service_account_info(info, \
+                          scopes=['https://www.googleapis.com/auth/drive.readonly'], subject=subject)\n\
+                  \x20   creds.refresh(r.Request())\n\
+                  \x20   print(creds.token, creds.expiry.isoformat())\n";
+    let mut python = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with google-auth (.ci/run installs it)");
+    std::io::Write::write_all(
+        &mut python.stdin.take().unwrap(),
+        FIXTURE_KEY
+            .replace("TOKEN_URI", &built_in.token_url())
+            .as_bytes(),
+    )
+    .unwrap();
+    let output = python.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "google-auth was refused: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tokens: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{stdout}");
+    assert!(
+        tokens.iter().all(|token| built_in.is_access_token(token)),
+        "{stdout}"
+    );
+}
+
+/// The same assertions, good and bad, to Google's verifier and to the built-in provider: they
+/// must accept and refuse alike.
+#[test]
+fn the_built_in_jwt_bearer_endpoint_refuses_what_googles_verifier_refuses() {
+    let google = GoogleVerifier::start();
+    let built_in =
+        crate::support::fake_oauth::start(crate::support::fake_oauth::OfflineRule::Google);
+    crate::support::fake_oauth::trust_fixture_service_account(&built_in);
+    let fixture: serde_json::Value = serde_json::from_str(FIXTURE_KEY).unwrap();
+    let own_key = fixture["private_key"].as_str().unwrap().to_owned();
+    let spare_keys = include_str!("../fixtures/spare-rsa-keys.pem");
+    let another_key = spare_keys
+        .split_inclusive("-----END PRIVATE KEY-----\n")
+        .next()
+        .unwrap();
+    let now = tokenvault::clock::now_unix();
+    let cases = |token_url: &str| -> Vec<(&'static str, String)> {
+        let claims = |iss: &str, aud: &str, iat: i64, exp: i64| {
+            serde_json::json!({
+                "iss": iss, "aud": aud, "iat": iat, "exp": exp,
+                "scope": "https://www.googleapis.com/auth/drive.readonly",
+            })
+        };
+        let good = claims(SERVICE_ACCOUNT, token_url, now, now + 3600);
+        let rs256 = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+        vec![
+            ("good", sign_rs256(&rs256, &good, &own_key)),
+            (
+                "issued 30 s ahead",
+                sign_rs256(
+                    &rs256,
+                    &claims(SERVICE_ACCOUNT, token_url, now + 30, now + 3630),
+                    &own_key,
+                ),
+            ),
+            (
+                "signed by another key",
+                sign_rs256(&rs256, &good, another_key),
+            ),
+            (
+                "for Google's documented audience",
+                sign_rs256(
+                    &rs256,
+                    &claims(
+                        SERVICE_ACCOUNT,
+                        "https://oauth2.googleapis.com/token",
+                        now,
+                        now + 3600,
+                    ),
+                    &own_key,
+                ),
+            ),
+            (
+                "for another audience",
+                sign_rs256(
+                    &rs256,
+                    &claims(
+                        SERVICE_ACCOUNT,
+                        "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+                        now,
+                        now + 3600,
+                    ),
+                    &own_key,
+                ),
+            ),
+            (
+                "expired",
+                sign_rs256(
+                    &rs256,
+                    &claims(SERVICE_ACCOUNT, token_url, now - 7200, now - 3600),
+                    &own_key,
+                ),
+            ),
+            (
+                "issued in 5 minutes",
+                sign_rs256(
+                    &rs256,
+                    &claims(SERVICE_ACCOUNT, token_url, now + 300, now + 3900),
+                    &own_key,
+                ),
+            ),
+            (
+                "two hours long",
+                sign_rs256(
+                    &rs256,
+                    &claims(SERVICE_ACCOUNT, token_url, now, now + 7200),
+                    &own_key,
+                ),
+            ),
+            (
+                "another service account",
+                sign_rs256(
+                    &rs256,
+                    &claims(
+                        "other@tokenvault-tests.iam.gserviceaccount.com",
+                        token_url,
+                        now,
+                        now + 3600,
+                    ),
+                    &own_key,
+                ),
+            ),
+            (
+                "unsigned",
+                format!(
+                    "{}.{}.",
+                    b64_json(&serde_json::json!({"alg": "none"})),
+                    b64_json(&good)
+                ),
+            ),
+            (
+                "HMAC keyed with the certificate",
+                sign_hs256(&good, include_str!("../fixtures/service-account.crt")),
+            ),
+            ("malformed", "a.b".to_owned()),
+        ]
+    };
+    let verdict = |token_url: &str, assertion: &str| -> String {
+        let (status, body) = curl(&[
+            "--data-urlencode",
+            "grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "--data-urlencode",
+            &format!("assertion={assertion}"),
+            token_url,
+        ]);
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        match status {
+            200 if answer["access_token"].is_string() => "accepted".to_owned(),
+            _ => format!("{status} {}", answer["error"].as_str().unwrap_or("?")),
+        }
+    };
+    let by_google = cases(&google.token_url);
+    let by_built_in = cases(&built_in.token_url());
+    let mut agreed = 0;
+    for ((case, to_google), (_, to_built_in)) in by_google.iter().zip(&by_built_in) {
+        let google_says = verdict(&google.token_url, to_google);
+        let built_in_says = verdict(&built_in.token_url(), to_built_in);
+        assert_eq!(
+            built_in_says, google_says,
+            "{case}: the built-in provider differs"
+        );
+        agreed += 1;
+    }
+    assert_eq!(verdict(&google.token_url, &by_google[0].1), "accepted");
+    assert_eq!(agreed, by_google.len());
+}
+
+fn b64_json(value: &serde_json::Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+fn sign_rs256(header: &serde_json::Value, claims: &serde_json::Value, pem: &str) -> String {
+    use base64::Engine;
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).unwrap();
+    let signed = format!("{}.{}", b64_json(header), b64_json(claims));
+    let mut signature = vec![0; pair.public().modulus_len()];
+    pair.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        signed.as_bytes(),
+        &mut signature,
+    )
+    .unwrap();
+    format!(
+        "{signed}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// The algorithm-confusion forgery: HS256 "signed" with the public certificate as the secret.
+fn sign_hs256(claims: &serde_json::Value, secret: &str) -> String {
+    use base64::Engine;
+    let header = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+    let signed = format!("{}.{}", b64_json(&header), b64_json(claims));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, signed.as_bytes());
+    format!(
+        "{signed}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    )
 }
