@@ -71,10 +71,10 @@ pub async fn examine(places: &Places<'_>) -> Vec<Finding> {
     let http = crate::oauth::token::http_client();
     if let Some(store) = &store {
         findings.push(daemon(places.socket, store));
-        if let Some(local) = store.local() {
-            findings.extend(orphaned_keyring_entries(local));
+        if let Some(master) = MasterKey::of(store) {
+            findings.extend(orphaned_keyring_entries(&master));
+            findings.extend(orphaned_key_file(&master));
         }
-        findings.extend(orphaned_key_file(store));
         findings.extend(accounts(store));
         if let Ok(accounts) = store.accounts() {
             findings.extend(outside::provider_clocks(&http, &accounts).await);
@@ -204,48 +204,102 @@ fn daemon(socket: &Path, store: &AnyStore) -> Finding {
     }
 }
 
-/// Keyring entries of older master keys, left behind when a rekey was interrupted between its
-/// commit and their deletion (harmless to the vault; a copy of an old vault file opens with them).
-fn orphaned_keyring_entries(store: &Store) -> Option<Finding> {
-    if *store.key_source() != KeySource::Keyring {
-        return None;
+/// This host's master key as doctor sees it: where it is, the data-key version it opens, and
+/// where a rekey begun and not committed was putting the next one.
+struct MasterKey {
+    vault_id: String,
+    source: KeySource,
+    version: i64,
+    pending: Option<KeySource>,
+}
+
+impl MasterKey {
+    fn of(store: &AnyStore) -> Option<MasterKey> {
+        Some(match store {
+            AnyStore::Local(store) => MasterKey {
+                vault_id: store.vault_id().ok()?,
+                source: store.key_source().clone(),
+                version: store.key_version(),
+                pending: store.pending_rekey(),
+            },
+            AnyStore::Fleet(store) => {
+                let (source, version) = store.host_master().ok()?;
+                MasterKey {
+                    vault_id: store.vault_id().to_owned(),
+                    source,
+                    version,
+                    pending: store.pending_rekey().ok()?,
+                }
+            }
+        })
     }
-    let vault_id = store.vault_id().ok()?;
-    let orphans: Vec<i64> = (1..store.key_version())
-        .filter(|version| crate::keys::keyring_entry_exists(&vault_id, *version))
-        .collect();
-    Some(if orphans.is_empty() {
-        fine("no old master keys left in the keyring")
-    } else {
-        let users: Vec<String> = orphans
-            .iter()
-            .map(|version| crate::keys::keyring_user(&vault_id, *version))
-            .collect();
-        problem(
+}
+
+/// Keyring entries that open nothing the vault uses: older master keys, left behind when a
+/// rekey was interrupted between its commit and their deletion (a copy of an old vault file
+/// opens with them), and the next one a rekey killed before its commit made.
+fn orphaned_keyring_entries(master: &MasterKey) -> Vec<Finding> {
+    let in_keyring = matches!(master.source, KeySource::Keyring);
+    let next_in_keyring = matches!(master.pending, Some(KeySource::Keyring));
+    if !in_keyring && !next_in_keyring {
+        return Vec::new();
+    }
+    let older = match in_keyring {
+        true => entries_left(&master.vault_id, 1..master.version),
+        false => Vec::new(),
+    };
+    let next = match next_in_keyring {
+        true => entries_left(&master.vault_id, std::iter::once(master.version + 1)),
+        false => Vec::new(),
+    };
+    let mut findings = Vec::new();
+    if !older.is_empty() {
+        findings.push(problem(
             format!(
                 "the keyring still holds old master keys ({}) that open old copies of the vault",
-                users.join(", ")
+                older.join(", ")
             ),
-            users
-                .iter()
-                .map(|user| format!("secret-tool clear service tokenvault username {user}"))
-                .collect::<Vec<_>>()
-                .join(" && "),
-        )
-    })
+            clear_keyring_entries(&older),
+        ));
+    }
+    if !next.is_empty() {
+        findings.push(problem(
+            format!(
+                "an interrupted vault rekey left the keyring entry {}, which opens nothing here",
+                next.join(", ")
+            ),
+            clear_keyring_entries(&next),
+        ));
+    }
+    if findings.is_empty() {
+        findings.push(fine("no old master keys left in the keyring"));
+    }
+    findings
+}
+
+/// The keyring users of the master keys of `versions` that exist.
+fn entries_left(vault_id: &str, versions: impl Iterator<Item = i64>) -> Vec<String> {
+    versions
+        .filter(|version| crate::keys::keyring_entry_exists(vault_id, *version))
+        .map(|version| crate::keys::keyring_user(vault_id, version))
+        .collect()
+}
+
+fn clear_keyring_entries(users: &[String]) -> String {
+    users
+        .iter()
+        .map(|user| format!("secret-tool clear service tokenvault username {user}"))
+        .collect::<Vec<_>>()
+        .join(" && ")
 }
 
 /// The new key file of a `vault rekey` killed before its commit: it opens nothing, and would
 /// only confuse (or, kept beside backups, look like the key).
-fn orphaned_key_file(store: &AnyStore) -> Option<Finding> {
-    let (pending, current) = match store {
-        AnyStore::Local(store) => (store.pending_rekey(), store.key_source().clone()),
-        AnyStore::Fleet(store) => (store.pending_rekey().ok()?, store.host_master().ok()?.0),
-    };
-    let KeySource::File(path) = pending? else {
+fn orphaned_key_file(master: &MasterKey) -> Option<Finding> {
+    let Some(KeySource::File(path)) = &master.pending else {
         return None;
     };
-    let in_use = matches!(current, KeySource::File(current) if current == path);
+    let in_use = matches!(&master.source, KeySource::File(current) if current == path);
     // The path comes from the database: an edited one must not get any file of the user's named
     // for deletion, only a private file holding a master key.
     let holds_a_key = KeySource::File(path.clone()).load("", 0, None).is_ok();

@@ -121,3 +121,78 @@ fn the_keyring_holds_the_master_key_and_rekey_rotates_it() {
     vault.run_command(stale, None).fails_with(6, "");
     vault.assert_no_plaintext_on_disk();
 }
+
+/// A fleet rekey into the keyring killed before its commit (while it waits for a lease another
+/// host holds) leaves a keyring entry that opens nothing: `vault doctor` names it. A rekey that
+/// commits then takes that entry as its key, and doctor has nothing left to name.
+#[test]
+fn doctor_names_the_keyring_entry_an_interrupted_fleet_rekey_left() {
+    let pg = crate::support::postgres::Postgres::start();
+    let fake = crate::support::fake_oauth::start(OfflineRule::OfflineAccessScope);
+    let vault = TestVault::new(Some(&fake));
+    let service = SecretService::start(&vault);
+    let fleet = |args: &[&str]| -> Command {
+        let mut command = vault.command(args);
+        command
+            .env("VAULT_DATABASE_URL", pg.url())
+            .env("VAULT_FLEET_HOST", "host-a")
+            .env("DBUS_SESSION_BUS_ADDRESS", &service.address);
+        command
+    };
+    vault.run_command(fleet(&["fleet", "init"]), None).ok();
+    let add = crate::support::browser_add_args(&vault, &fake, "mail", &["--timeout", "30"]);
+    let add: Vec<&str> = add.iter().map(String::as_str).collect();
+    vault.run_command(fleet(&add), None).ok();
+
+    let mut db = pg.client();
+    db.execute(
+        "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = 'host-z',
+             lease_until = clock_timestamp() + interval '10 minutes'",
+        &[],
+    )
+    .unwrap();
+    let mut killed = fleet(&["rekey", "--keyring"]);
+    killed.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut killed = killed.spawn().unwrap();
+    assert!(crate::support::eventually(Duration::from_secs(20), || {
+        db.query_one("SELECT rekey_pending FROM hosts WHERE host = 'host-a'", &[])
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .is_some()
+    }));
+    // The key is made right after the record, then the rekey waits for the leases.
+    std::thread::sleep(Duration::from_secs(1));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    db.execute(
+        "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL",
+        &[],
+    )
+    .unwrap();
+    let doctor = vault.run_command(fleet(&["doctor"]), None);
+    assert!(
+        doctor
+            .stdout
+            .contains("an interrupted vault rekey left the keyring entry"),
+        "{}",
+        doctor.stdout
+    );
+
+    vault.run_command(fleet(&["rekey", "--keyring"]), None).ok();
+    let mut from_keyring = fleet(&["doctor"]);
+    from_keyring.env_remove("VAULT_MASTER_KEY");
+    let doctor = vault.run_command(from_keyring, None);
+    assert!(
+        doctor.stdout.contains("opens as host host-a")
+            && doctor
+                .stdout
+                .contains("no old master keys left in the keyring")
+            && !doctor.stdout.contains("interrupted vault rekey"),
+        "{}",
+        doctor.stdout
+    );
+    let mut token = fleet(&["token", "mail", "--no-daemon"]);
+    token.env_remove("VAULT_MASTER_KEY");
+    let token = vault.run_command(token, None);
+    assert!(fake.is_access_token(token.ok().stdout.trim()));
+}
