@@ -5,7 +5,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Context, when};
-use crate::account::{Account, AccountState, AccountSummary, Grant, SecretKind};
+use crate::account::{Account, AccountState, AccountSummary, Grant};
 use crate::clock::now_unix;
 use crate::config::Config;
 use crate::error::Error;
@@ -164,8 +164,7 @@ pub(super) fn status(context: &Context, args: StatusArgs) -> Result<(), Error> {
             if json {
                 print_json(&status)
             } else {
-                let rotating = store.has_secret(&account, SecretKind::PreviousClientSecret)?;
-                print_details(&account, &status, rotating);
+                print_details(&account, &status, account.keeps_previous_client_secret);
                 Ok(())
             }
         }

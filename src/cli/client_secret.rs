@@ -8,7 +8,6 @@ use clap::Args;
 
 use super::add::{read_secret_file, read_stdin_secret};
 use super::{Context, block_on};
-use crate::account::SecretKind;
 use crate::error::Error;
 use crate::oauth::token::http_client;
 use crate::refresh;
@@ -76,7 +75,7 @@ pub(super) fn run(context: &Context, args: SetClientSecretArgs) -> Result<(), Er
 fn retire(store: &mut AnyStore, name: &str) -> Result<(), Error> {
     // Without a rotation under way there is nothing to retire, and nothing to spend a refresh on.
     let account = store.account(name)?;
-    if !store.has_secret(&account, SecretKind::PreviousClientSecret)? {
+    if !account.keeps_previous_client_secret {
         return Err(StoreError::NoPreviousClientSecret(name.to_owned()).into());
     }
     prove_newest(store, name)?;

@@ -320,8 +320,7 @@ async fn read(store: &SharedStore, name: &str) -> Result<Read, Error> {
     with_store(store, move |store| {
         let account = store.account(&name)?;
         let record = store.rotation_record(&account)?;
-        let previous = store.has_secret(&account, SecretKind::PreviousClientSecret)?;
-        if previous && record.step.is_none() {
+        if account.keeps_previous_client_secret && record.step.is_none() {
             return Err(RotationError::ManualRotationUnderWay {
                 account: account.name,
             }

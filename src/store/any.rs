@@ -149,13 +149,6 @@ impl AnyStore {
         }
     }
 
-    pub fn has_secret(&self, account: &Account, kind: SecretKind) -> Result<bool, StoreError> {
-        match self {
-            AnyStore::Local(store) => store.has_secret(account, kind),
-            AnyStore::Fleet(store) => store.has_secret(account, kind),
-        }
-    }
-
     pub fn set_client_secret(
         &mut self,
         name: &str,
