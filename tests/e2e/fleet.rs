@@ -2,7 +2,7 @@
 //! `VAULT_DATABASE_URL`; every refresh is taken under the account's lease and committed fenced on
 //! it, so processes racing for one rotating refresh token spend it once each time.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokenvault::account::SecretKind;
@@ -917,26 +917,7 @@ fn a_fleet_rekey_that_does_not_commit_leaves_no_key_or_doctor_names_it() {
     assert_eq!(pending, None);
 
     // Killed while it waits for a lease another host holds: its key file stays, named by doctor.
-    db.execute(
-        "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = 'host-z',
-             lease_until = clock_timestamp() + interval '10 minutes'",
-        &[],
-    )
-    .unwrap();
-    let mut killed = rekey();
-    killed.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut killed = killed.spawn().unwrap();
-    assert!(crate::support::eventually(Duration::from_secs(20), || {
-        new_key.exists()
-    }));
-    std::thread::sleep(Duration::from_millis(500));
-    killed.kill().unwrap();
-    killed.wait().unwrap();
-    db.execute(
-        "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL",
-        &[],
-    )
-    .unwrap();
+    pg.kill_while_waiting_for_leases(rekey(), || new_key.exists());
     let leftover = format!(
         "an interrupted vault rekey left the key file {}",
         new_key.display()

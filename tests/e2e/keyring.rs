@@ -144,31 +144,14 @@ fn doctor_names_the_keyring_entry_an_interrupted_fleet_rekey_left() {
     let add: Vec<&str> = add.iter().map(String::as_str).collect();
     vault.run_command(fleet(&add), None).ok();
 
-    let mut db = pg.client();
-    db.execute(
-        "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = 'host-z',
-             lease_until = clock_timestamp() + interval '10 minutes'",
-        &[],
-    )
-    .unwrap();
-    let mut killed = fleet(&["rekey", "--keyring"]);
-    killed.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut killed = killed.spawn().unwrap();
-    assert!(crate::support::eventually(Duration::from_secs(20), || {
-        db.query_one("SELECT rekey_pending FROM hosts WHERE host = 'host-a'", &[])
+    // The key is made right after the rekey records where it goes.
+    pg.kill_while_waiting_for_leases(fleet(&["rekey", "--keyring"]), || {
+        pg.client()
+            .query_one("SELECT rekey_pending FROM hosts WHERE host = 'host-a'", &[])
             .unwrap()
             .get::<_, Option<String>>(0)
             .is_some()
-    }));
-    // The key is made right after the record, then the rekey waits for the leases.
-    std::thread::sleep(Duration::from_secs(1));
-    killed.kill().unwrap();
-    killed.wait().unwrap();
-    db.execute(
-        "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL",
-        &[],
-    )
-    .unwrap();
+    });
     let doctor = vault.run_command(fleet(&["doctor"]), None);
     assert!(
         doctor

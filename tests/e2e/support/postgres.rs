@@ -189,6 +189,40 @@ impl Postgres {
         );
     }
 
+    /// Runs `command` (a `vault rekey`) while a host that does not exist holds every account's
+    /// lease, and kills it once `begun` holds and it had a moment more: a rekey stopped after it
+    /// made its new master key and before its commit. The leases are released afterwards.
+    pub fn kill_while_waiting_for_leases(&self, mut command: Command, begun: impl Fn() -> bool) {
+        let mut db = self.client();
+        db.execute(
+            "UPDATE accounts SET lease_id = nextval('lease_seq'), lease_holder = 'host-z',
+                 lease_until = clock_timestamp() + interval '10 minutes'",
+            &[],
+        )
+        .unwrap();
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().unwrap();
+        // (This file is shared with the bench, which has no `support::eventually`.)
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !begun() {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the rekey did not begin"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        db.execute(
+            "UPDATE accounts SET lease_id = NULL, lease_holder = NULL, lease_until = NULL",
+            &[],
+        )
+        .unwrap();
+    }
+
     /// A superuser connection over the cluster's Unix socket: what an attacker with write access
     /// to the database has.
     pub fn client(&self) -> postgres::Client {
