@@ -113,6 +113,8 @@ pub enum StoreError {
         "the connection to the fleet database was lost ({0}). Check that PostgreSQL is reachable; try again"
     )]
     DatabaseLost(String),
+    #[error("the PostgreSQL password file: {0}")]
+    PasswordFile(String),
     #[error(
         "no valid access token for account {account:?} right now: the provider failed on a host of the fleet, which waits {seconds} s before it calls it again. Try again later"
     )]

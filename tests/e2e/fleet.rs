@@ -160,6 +160,65 @@ fn fleet_mode_with_the_database_down_an_unknown_host_or_a_password_in_config() {
         .fails_with(1, "put the password in a 0600 file");
 }
 
+/// A database that wants a password. Without one, the error says where to put it; libpq's own
+/// sources work as for psql (`PGPASSWORD`; `~/.pgpass`, refused while others can read it), and so
+/// does `[fleet] password_file` (refused likewise); a wrong one is named as such.
+#[test]
+fn the_database_password_comes_from_password_file_pgpass_or_pgpassword() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::support::write_private;
+    const PASSWORD: &str = "db-Secret-8f3a:x";
+    let pg = Postgres::start_with_password(PASSWORD);
+    let vault = TestVault::new(None);
+    let home = vault.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let pgpass = home.join(".pgpass");
+    let with = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = fleet_command(&vault, &pg, "host-a", args);
+        command.envs(env.iter().copied());
+        vault.run_command(command, None)
+    };
+    with(&[], &["fleet", "init"]).fails_with(5, "or in ~/.pgpass (PGPASSFILE)");
+    with(&[("PGPASSWORD", PASSWORD)], &["fleet", "init"]).ok();
+
+    // ~/.pgpass, its first matching line (the colon in the password escaped).
+    let lines = format!(
+        "# psql's\n*:1:*:*:not-this-port\n127.0.0.1:{}:postgres:vault:{}\n*:*:*:*:not-the-first-match\n",
+        pg.port,
+        PASSWORD.replace(':', "\\:")
+    );
+    std::fs::write(&pgpass, lines).unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    with(&[], &["list"]).fails_with(1, "chmod 600");
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    with(&[], &["list"]).ok();
+    // PGPASSFILE names another file; a wrong password there is reported as such.
+    let other = vault.root.path().join("other.pgpass");
+    write_private(&other, "*:*:*:*:wrong\n");
+    with(&[("PGPASSFILE", other.to_str().unwrap())], &["list"]).fails_with(
+        5,
+        "password authentication failed for user \"vault\" (28P01); check the password",
+    );
+
+    // config.toml's database with a password_file (which wins over ~/.pgpass).
+    std::fs::remove_file(&pgpass).unwrap();
+    let password_file = vault.root.path().join("db.password");
+    write_private(&password_file, &format!("{PASSWORD}\n"));
+    std::fs::write(
+        vault.dir.join("config.toml"),
+        format!(
+            "[fleet]\ndatabase = \"{}\"\nhost = \"host-a\"\npassword_file = \"{}\"\n",
+            pg.url(),
+            password_file.display()
+        ),
+    )
+    .unwrap();
+    vault.run(&["list"]).ok();
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    vault.run(&["list"]).fails_with(1, "chmod 600");
+}
+
 /// `vault fleet join` on `host` of `vault` (its own master key), spawned: returns the process
 /// and the join code it shows.
 fn start_join(vault: &TestVault, pg: &Postgres, host: &str) -> (std::process::Child, String) {

@@ -17,6 +17,7 @@ mod grants;
 mod hosts;
 mod listen;
 mod outbox;
+mod passfile;
 mod rekey;
 mod rotations;
 
@@ -104,13 +105,19 @@ impl FleetDb {
         let (url, extras) = libpq_extras(url);
         let mut config: postgres::Config = url.parse().map_err(|err: postgres::Error| {
             StoreError::Database(format!(
-                "the database address is not one PostgreSQL takes: {err}"
+                "the database address is not one PostgreSQL takes: {}",
+                describe(&err)
             ))
         })?;
         if config.get_connect_timeout().is_none() {
             // An unreachable database must not hold a command for minutes of TCP retries.
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        let password = match password {
+            Some(password) => Some(password.clone()),
+            None if config.get_password().is_none() => passfile::password(&config)?,
+            None => None,
+        };
         if let Some(password) = password {
             config.password(password.expose().as_bytes());
         }
@@ -338,15 +345,44 @@ fn database_error(err: &postgres::Error) -> StoreError {
     // again.
     let lost = err.is_closed()
         || std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>());
-    // A server error's message (its detail, which can quote values, is left out).
-    let text = err.as_db_error().map_or_else(
-        || err.to_string(),
-        |db| format!("{} ({})", db.message(), db.code().code()),
-    );
+    let text = describe(err);
+    let text = match password_hint(err) {
+        Some(hint) => format!("{text}; {hint}"),
+        None => text,
+    };
     if lost {
         StoreError::DatabaseLost(text)
     } else {
         StoreError::Database(text)
+    }
+}
+
+/// A server error's message (its detail, which can quote values, is left out), else the
+/// driver's words and their cause ("error connecting to server: Connection refused"), which the
+/// driver's own message leaves out.
+fn describe(err: &postgres::Error) -> String {
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{err}: {cause}"),
+        (None, None) => err.to_string(),
+    }
+}
+
+/// What to do when the server asked for a password and none was given, or refused the one given.
+fn password_hint(err: &postgres::Error) -> Option<&'static str> {
+    // The driver tells a missing password only by its cause's words.
+    let missing =
+        std::error::Error::source(err).is_some_and(|cause| cause.to_string() == "password missing");
+    if missing {
+        Some(
+            "put the password in a 0600 file named by [fleet] password_file in config.toml, or in ~/.pgpass (PGPASSFILE) as for psql",
+        )
+    } else if err.code() == Some(&postgres::error::SqlState::INVALID_PASSWORD) {
+        Some(
+            "check the password: it comes from the address, else [fleet] password_file, else PGPASSWORD, else ~/.pgpass (PGPASSFILE)",
+        )
+    } else {
+        None
     }
 }
 

@@ -49,6 +49,25 @@ impl Postgres {
         postgres
     }
 
+    /// A cluster whose TCP connections must give `password` (SCRAM) for user `vault`; its own
+    /// Unix socket (the tests' `client`) still needs none.
+    #[allow(dead_code)] // the bench needs no password
+    pub fn start_with_password(password: &str) -> Postgres {
+        let postgres = Postgres::init();
+        std::fs::write(
+            postgres.data().join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
+        )
+        .unwrap();
+        postgres.own_files();
+        postgres.start_server();
+        postgres
+            .client()
+            .execute(&format!("ALTER ROLE vault PASSWORD '{password}'"), &[])
+            .unwrap();
+        postgres
+    }
+
     /// A cluster that takes TCP connections over TLS only, its certificate for `localhost`
     /// issued by a test CA; returns the CA's PEM file too.
     pub fn start_tls() -> (Postgres, PathBuf) {
