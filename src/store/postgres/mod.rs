@@ -103,10 +103,10 @@ impl FleetDb {
         ca_file: Option<&Path>,
     ) -> Result<FleetDb, StoreError> {
         let (url, extras) = libpq_extras(url);
+        // The parser's cause can quote a character of the address, which may be the password's.
         let mut config: postgres::Config = url.parse().map_err(|err: postgres::Error| {
             StoreError::Database(format!(
-                "the database address is not one PostgreSQL takes: {}",
-                describe(&err)
+                "the database address is not one PostgreSQL takes: {err}"
             ))
         })?;
         if config.get_connect_timeout().is_none() {
