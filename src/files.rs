@@ -94,9 +94,16 @@ pub fn open_append_nofollow(path: &Path) -> std::io::Result<File> {
 
 /// Reads `path` whole, refusing a symlink at its place.
 pub fn read_nofollow(path: &Path) -> std::io::Result<(std::fs::Metadata, String)> {
+    read_whole(path, rustix::fs::OFlags::NOFOLLOW)
+}
+
+fn read_whole(
+    path: &Path,
+    flags: rustix::fs::OFlags,
+) -> std::io::Result<(std::fs::Metadata, String)> {
     let mut file = OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(flags.bits() as i32)
         .open(path)?;
     let meta = file.metadata()?;
     let mut text = String::new();
@@ -107,8 +114,21 @@ pub fn read_nofollow(path: &Path) -> std::io::Result<(std::fs::Metadata, String)
 /// A secret file's bytes: refused when it is a symlink, another user's, or readable by group or
 /// others (the message says which, and the fix).
 pub fn read_private_file(path: &Path) -> Result<crate::secret::SecretBytes, String> {
+    private_contents(path, read_nofollow(path))
+}
+
+/// The same for a file in the user's own dotfiles that a dotfile manager may have made a
+/// symlink: it is followed, and the file it leads to must be the user's and private.
+pub fn read_private_file_following(path: &Path) -> Result<crate::secret::SecretBytes, String> {
+    private_contents(path, read_whole(path, rustix::fs::OFlags::empty()))
+}
+
+fn private_contents(
+    path: &Path,
+    read: std::io::Result<(std::fs::Metadata, String)>,
+) -> Result<crate::secret::SecretBytes, String> {
     let shown = path.display();
-    let (meta, text) = read_nofollow(path).map_err(|err| format!("cannot read {shown}: {err}"))?;
+    let (meta, text) = read.map_err(|err| format!("cannot read {shown}: {err}"))?;
     let text = crate::secret::SecretString::from(text);
     if meta.uid() != rustix::process::geteuid().as_raw() {
         return Err(format!(

@@ -193,6 +193,11 @@ fn the_database_password_comes_from_password_file_pgpass_or_pgpassword() {
     with(&[], &["list"]).fails_with(1, "chmod 600");
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
     with(&[], &["list"]).ok();
+    // A dotfile manager's symlink to a private file of the user's is followed.
+    let kept = vault.root.path().join("dotfiles-pgpass");
+    std::fs::rename(&pgpass, &kept).unwrap();
+    std::os::unix::fs::symlink(&kept, &pgpass).unwrap();
+    with(&[], &["list"]).ok();
     // PGPASSFILE names another file; a wrong password there is reported as such.
     let other = vault.root.path().join("other.pgpass");
     write_private(&other, "*:*:*:*:wrong\n");

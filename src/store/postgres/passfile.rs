@@ -1,8 +1,9 @@
 //! libpq's own password sources, for a database address that names no password and a host with
 //! no `[fleet] password_file`: `PGPASSWORD`, then the password file (`PGPASSFILE`, else
 //! `~/.pgpass`), matched line by line as libpq matches it — so a host already set up for psql
-//! needs nothing more. Unlike libpq, a password file that is a symlink, another user's, or
-//! readable by others is refused with the fix, not skipped with a warning.
+//! needs nothing more. Unlike libpq, a password file that is another user's or readable by
+//! others is refused with the fix, not skipped with a warning (a symlink to a private file of the
+//! user's own, as dotfile managers make, is followed).
 
 use std::path::PathBuf;
 
@@ -20,10 +21,11 @@ pub(super) fn password(config: &postgres::Config) -> Result<Option<SecretString>
     let Some(path) = file_path() else {
         return Ok(None);
     };
-    if std::fs::symlink_metadata(&path).is_err() {
+    if !path.exists() {
         return Ok(None);
     }
-    let text = crate::files::read_private_file(&path).map_err(StoreError::PasswordFile)?;
+    let text =
+        crate::files::read_private_file_following(&path).map_err(StoreError::PasswordFile)?;
     let text = std::str::from_utf8(text.expose())
         .map_err(|_| StoreError::PasswordFile(format!("{} is not text", path.display())))?;
     let Some(user) = config.get_user() else {
