@@ -14,7 +14,7 @@ pub(super) struct RotateArgs {
 }
 
 pub(super) fn run(context: &Context, args: RotateArgs) -> Result<(), Error> {
-    let store = rotation::share(context.open_any()?);
+    let store = context.open_any()?.shared();
     let report = block_on(rotation::rotate(
         &store,
         &http_client(),

@@ -17,7 +17,7 @@ use crate::account::{AccountState, Deadline, Grant};
 use crate::clock::now_unix;
 use crate::error::Error;
 use crate::refresh::{self, Begun, Need, PendingCall};
-use crate::store::{AnyGuard, AnyStore, RotationDue, StoreError};
+use crate::store::{AnyGuard, AnyStore, RotationDue, SharedStore, StoreError};
 
 /// Daemon-wide settings for refreshes.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +27,7 @@ pub struct RefreshSettings {
 }
 
 pub struct Tokens {
-    store: crate::rotation::SharedStore,
+    store: SharedStore,
     http: reqwest::Client,
     table: AccountTable,
     notifier: Notifier,
@@ -51,7 +51,7 @@ impl Tokens {
         let tokens = Tokens {
             data_version: Mutex::new(store.data_version()?),
             vault_id: store.vault_id()?,
-            store: crate::rotation::share(store),
+            store: store.shared(),
             http: crate::oauth::token::http_client(),
             table: AccountTable::new(owner_uid),
             notifier: Notifier {

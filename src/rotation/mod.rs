@@ -15,10 +15,8 @@ mod api;
 mod google;
 mod microsoft;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use thiserror::Error;
 
 use crate::account::{Account, Grant, SecretKind};
@@ -28,7 +26,9 @@ use crate::oauth::service_account::{ServiceAccountKey, jwt_bearer_grant};
 use crate::oauth::{Client, Outcome};
 use crate::refresh::stored_client;
 use crate::secret::SecretString;
-use crate::store::{AnyStore, RefreshStore, RotatedKey, RotationRecord, RotationStep, StoreError};
+use crate::store::{
+    AnyStore, RefreshStore, RotatedKey, RotationRecord, RotationStep, SharedStore, StoreError,
+};
 use api::{ApiError, Session};
 
 /// How long a key just created may be refused while the provider spreads it (Google's
@@ -42,14 +42,6 @@ const CLOCK_SLACK: i64 = 600;
 
 /// `Endpoints::provider` of a Microsoft account.
 const MICROSOFT: &str = "microsoft";
-
-/// The store a rotation works with between its network calls: the CLI's own or the daemon's.
-pub type SharedStore = Arc<Mutex<AnyStore>>;
-
-/// A store to share between tasks.
-pub fn share(store: AnyStore) -> SharedStore {
-    Arc::new(Mutex::new(store))
-}
 
 /// A key as the provider lists it.
 pub struct RemoteKey {

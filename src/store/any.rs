@@ -17,6 +17,10 @@ pub enum AnyStore {
     Fleet(PgStore),
 }
 
+/// A store the tasks of one process share: the daemon's, or a rotation's between its network
+/// calls. The lock hands itself to a waiter that has waited (eventual fairness).
+pub type SharedStore = std::sync::Arc<parking_lot::Mutex<AnyStore>>;
+
 /// What excludes other refreshes of an account: a lock on this host's vault file, or the
 /// fleet's lease.
 pub enum AnyGuard {
@@ -41,6 +45,10 @@ impl RefreshGuard for AnyGuard {
 }
 
 impl AnyStore {
+    pub fn shared(self) -> SharedStore {
+        std::sync::Arc::new(parking_lot::Mutex::new(self))
+    }
+
     /// The embedded vault, for what fleet mode does not do yet.
     pub fn local(&self) -> Option<&Store> {
         match self {

@@ -21,7 +21,7 @@ mod schema;
 mod sealing;
 
 pub use accounts::{NewAccount, SummaryRow};
-pub use any::{AnyGuard, AnyStore, RotationGuard};
+pub use any::{AnyGuard, AnyStore, RotationGuard, SharedStore};
 pub use client_secrets::SecretRotation;
 pub use commits::{Failure, RefreshGuard, RefreshStore, TokenUpdate};
 pub use lock::{AccountLock, LOCK_FILE, Purpose};
