@@ -181,6 +181,14 @@ fn the_database_password_comes_from_password_file_pgpass_or_pgpassword() {
     };
     with(&[], &["fleet", "init"]).fails_with(5, "or in ~/.pgpass (PGPASSFILE)");
     with(&[("PGPASSWORD", PASSWORD)], &["fleet", "init"]).ok();
+    // An address without a user means PGUSER, else this user (root here, no role), as for psql.
+    let userless = format!("postgres://127.0.0.1:{}/postgres", pg.port);
+    let env = [
+        ("VAULT_DATABASE_URL", userless.as_str()),
+        ("PGPASSWORD", PASSWORD),
+    ];
+    with(&env, &["list"]).fails_with(5, "password authentication failed for user \"root\"");
+    with(&[env[0], env[1], ("PGUSER", "vault")], &["list"]).ok();
 
     // ~/.pgpass, its first matching line (the colon in the password escaped).
     let lines = format!(

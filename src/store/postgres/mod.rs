@@ -109,6 +109,18 @@ impl FleetDb {
                 "the database address is not one PostgreSQL takes: {err}"
             ))
         })?;
+        if config.get_user().is_none() {
+            // As libpq: PGUSER, else the name of the user running this.
+            let user = std::env::var("PGUSER")
+                .ok()
+                .filter(|user| !user.is_empty())
+                .or_else(|| {
+                    crate::users::user_name(&rustix::process::geteuid().as_raw().to_string()).ok()
+                });
+            if let Some(user) = user {
+                config.user(&user);
+            }
+        }
         if config.get_connect_timeout().is_none() {
             // An unreachable database must not hold a command for minutes of TCP retries.
             config.connect_timeout(CONNECT_TIMEOUT);
