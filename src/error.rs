@@ -187,6 +187,7 @@ impl Error {
             Error::Store(
                 StoreError::Database(_)
                 | StoreError::DatabaseLost(_)
+                | StoreError::UntrustedCertificate(_)
                 | StoreError::KeyChanged
                 | StoreError::RekeyUnconfirmed(_)
                 | StoreError::Busy,

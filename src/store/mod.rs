@@ -113,6 +113,10 @@ pub enum StoreError {
         "the connection to the fleet database was lost ({0}). Check that PostgreSQL is reachable; try again"
     )]
     DatabaseLost(String),
+    #[error(
+        "the fleet database's certificate is not one this host trusts ({0}): name the CA it chains to in [fleet] ca_file (or sslrootcert= in the address) — managed databases publish theirs — and use the host name the certificate is for"
+    )]
+    UntrustedCertificate(String),
     #[error("the PostgreSQL password file: {0}")]
     PasswordFile(String),
     #[error(

@@ -703,13 +703,35 @@ fn the_fleet_database_is_reached_over_verified_tls() {
     };
     // The server takes TLS only: plain text is refused, so what works below is TLS.
     over("sslmode=disable").fails_with(5, "the fleet database");
-    // A certificate that does not chain to the CA given is refused before anything is sent.
+    // A certificate that does not chain to the CA given (or to the public roots, with none
+    // given) is refused before anything is sent, and said to be that, not a lost connection.
     let other = pg.unrelated_ca();
+    let untrusted = "the fleet database's certificate is not one this host trusts";
     over(&format!(
         "sslmode=verify-full&sslrootcert={}",
         other.display()
     ))
-    .fails_with(5, "the fleet database");
+    .fails_with(5, untrusted);
+    let public_roots_only = over("sslmode=verify-full");
+    public_roots_only.fails_with(5, untrusted);
+    assert!(
+        !public_roots_only.stderr.contains("was lost"),
+        "{}",
+        public_roots_only.stderr
+    );
+    // The right CA, but an address the certificate is not for (it is for localhost).
+    let mut by_address = vault.command(&["fleet", "init"]);
+    by_address.env(
+        "VAULT_DATABASE_URL",
+        format!(
+            "postgres://vault@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg.port,
+            ca.display()
+        ),
+    );
+    vault
+        .run_command(by_address, None)
+        .fails_with(5, "use the host name the certificate is for");
     over(&format!("sslmode=verify-full&sslrootcert={}", ca.display())).ok();
     // The same through config.toml's ca_file, with the host name checked.
     std::fs::write(

@@ -354,11 +354,14 @@ impl Db {
 fn database_error(err: &postgres::Error) -> StoreError {
     // The driver's message names the server's complaint, never a parameter's value. A closed
     // connection or an I/O failure is the connection's, not the statement's: worth trying
-    // again.
+    // again. A certificate this host does not trust is said as such (no statement ran).
+    if untrusted_certificate(err).is_some() {
+        return StoreError::UntrustedCertificate(describe(err));
+    }
     let lost = err.is_closed()
         || std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>());
     let text = describe(err);
-    let text = match password_hint(err) {
+    let text = match hint(err) {
         Some(hint) => format!("{text}; {hint}"),
         None => text,
     };
@@ -366,6 +369,15 @@ fn database_error(err: &postgres::Error) -> StoreError {
         StoreError::DatabaseLost(text)
     } else {
         StoreError::Database(text)
+    }
+}
+
+/// The certificate problem of a TLS handshake that failed on the server's certificate.
+fn untrusted_certificate(err: &postgres::Error) -> Option<&rustls::CertificateError> {
+    let io = std::error::Error::source(err)?.downcast_ref::<std::io::Error>()?;
+    match io.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(problem) => Some(problem),
+        _ => None,
     }
 }
 
@@ -380,8 +392,8 @@ fn describe(err: &postgres::Error) -> String {
     }
 }
 
-/// What to do when the server asked for a password and none was given, or refused the one given.
-fn password_hint(err: &postgres::Error) -> Option<&'static str> {
+/// What to do about a refused or missing password.
+fn hint(err: &postgres::Error) -> Option<&'static str> {
     // The driver tells a missing password only by its cause's words.
     let missing =
         std::error::Error::source(err).is_some_and(|cause| cause.to_string() == "password missing");
@@ -1283,7 +1295,12 @@ impl PgStore {
                 Ok(Some(previous))
             });
             match attempt {
-                Err(StoreError::DatabaseLost(_)) if boottime() < give_up => {
+                // A certificate not trusted may be a failover's passing state, and trying again
+                // costs nothing (no statement ran): the commit carries the only copy of a
+                // rotated token.
+                Err(StoreError::DatabaseLost(_) | StoreError::UntrustedCertificate(_))
+                    if boottime() < give_up =>
+                {
                     std::thread::sleep(COMMIT_RETRY);
                 }
                 other => break other?,
