@@ -888,7 +888,7 @@ fn jwt_bearer(inner: &mut Inner, form: &HashMap<String, String>) -> Response {
     if header["alg"] != "RS256"
         || claims["iss"] != inner.sa_email.as_str()
         || !audiences.iter().any(|audience| claims["aud"] == *audience)
-        || exp - iat > 3600
+        || exp.saturating_sub(iat) > 3600
         || exp <= now()
         || iat > now() + 60
     {
