@@ -21,8 +21,12 @@ pub(super) fn examine(fleet: &FleetDb, places: &Places<'_>) -> (Vec<Finding>, Op
             return (vec![finding], None);
         }
     };
+    let password = fleet.password_from().map_or_else(
+        || "no password".to_owned(),
+        |from| format!("password from {from}"),
+    );
     let mut findings = vec![fine(format!(
-        "the fleet database {} opens as host {}, with this host's master key",
+        "the fleet database {} opens as host {}, with this host's master key ({password})",
         fleet.shown(),
         store.host()
     ))];

@@ -206,6 +206,12 @@ fn the_database_password_comes_from_password_file_pgpass_or_pgpassword() {
     std::fs::rename(&pgpass, &kept).unwrap();
     std::os::unix::fs::symlink(&kept, &pgpass).unwrap();
     with(&[], &["list"]).ok();
+    let doctor = with(&[], &["doctor"]);
+    let from = format!(
+        "opens as host host-a, with this host's master key (password from {})",
+        pgpass.display()
+    );
+    assert!(doctor.stdout.contains(&from), "{}", doctor.stdout);
     // PGPASSFILE names another file; a wrong password there is reported as such.
     let other = vault.root.path().join("other.pgpass");
     write_private(&other, "*:*:*:*:wrong\n");
@@ -228,6 +234,14 @@ fn the_database_password_comes_from_password_file_pgpass_or_pgpassword() {
     )
     .unwrap();
     vault.run(&["list"]).ok();
+    let doctor = vault.run(&["doctor"]);
+    assert!(
+        doctor
+            .stdout
+            .contains("(password from [fleet] password_file)"),
+        "{}",
+        doctor.stdout
+    );
     std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     vault.run(&["list"]).fails_with(1, "chmod 600");
 }

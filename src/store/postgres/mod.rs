@@ -89,6 +89,8 @@ pub struct FleetDb {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// The database as messages name it: never its password.
     shown: String,
+    /// Where its password came from (`vault doctor` says), if there is one.
+    password_from: Option<String>,
     pub host: String,
 }
 
@@ -125,14 +127,17 @@ impl FleetDb {
             // An unreachable database must not hold a command for minutes of TCP retries.
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let password = match password {
-            Some(password) => Some(password.clone()),
-            None if config.get_password().is_none() => passfile::password(&config)?,
-            None => None,
+        let password_from = match password {
+            Some(password) => {
+                config.password(password.expose().as_bytes());
+                Some("[fleet] password_file".to_owned())
+            }
+            None if config.get_password().is_some() => Some("the address".to_owned()),
+            None => passfile::password(&config)?.map(|(password, from)| {
+                config.password(password.expose().as_bytes());
+                from
+            }),
         };
-        if let Some(password) = password {
-            config.password(password.expose().as_bytes());
-        }
         if extras.verify || (!extras.sslmode_given && !all_local(&config)) {
             // TLS always checks the certificate chain and the host name: `verify-full`.
             config.ssl_mode(postgres::config::SslMode::Require);
@@ -144,6 +149,7 @@ impl FleetDb {
             config,
             tls,
             shown,
+            password_from,
             host: host.to_owned(),
         })
     }
@@ -151,6 +157,12 @@ impl FleetDb {
     /// The database as messages may name it.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// Where the database password came from ("the address", "[fleet] password_file",
+    /// "PGPASSWORD" or the password file's path), if there is one.
+    pub fn password_from(&self) -> Option<&str> {
+        self.password_from.as_deref()
     }
 }
 

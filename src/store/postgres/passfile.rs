@@ -10,13 +10,15 @@ use std::path::PathBuf;
 use super::StoreError;
 use crate::secret::{Secret, SecretString};
 
-/// The password libpq would use to reach `config`'s database, if any.
-pub(super) fn password(config: &postgres::Config) -> Result<Option<SecretString>, StoreError> {
+/// The password libpq would use to reach `config`'s database, if any, and where it came from.
+pub(super) fn password(
+    config: &postgres::Config,
+) -> Result<Option<(SecretString, String)>, StoreError> {
     if let Some(password) = std::env::var("PGPASSWORD")
         .ok()
         .filter(|set| !set.is_empty())
     {
-        return Ok(Some(Secret::new(password)));
+        return Ok(Some((Secret::new(password), "PGPASSWORD".to_owned())));
     }
     let Some(path) = file_path() else {
         return Ok(None);
@@ -51,7 +53,7 @@ pub(super) fn password(config: &postgres::Config) -> Result<Option<SecretString>
             .lines()
             .find_map(|line| matching_password(line, &wanted))
         {
-            return Ok(Some(found));
+            return Ok(Some((found, path.display().to_string())));
         }
     }
     Ok(None)
