@@ -312,15 +312,16 @@ impl Context {
             (None, Some(url)) => url,
             (None, None) => return Ok(None),
         };
+        // An address with a password (VAULT_DATABASE_URL only) needs no password file.
         let password = match &config.fleet.password_file {
-            Some(path) => Some(
+            Some(path) if !carries_password(&url) => Some(
                 crate::files::read_private_file(path)
                     .map_err(|err| Error::Input(format!("[fleet] password_file: {err}")))?
                     .into_string()
                     .ok_or_else(|| Error::Input("[fleet] password_file is not text".into()))?
                     .trimmed(),
             ),
-            None => None,
+            _ => None,
         };
         let host = std::env::var("VAULT_FLEET_HOST")
             .ok()

@@ -244,6 +244,18 @@ fn the_database_password_comes_from_password_file_pgpass_or_pgpassword() {
     );
     std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     vault.run(&["list"]).fails_with(1, "chmod 600");
+    // The address's own password comes first (the password file is not even read).
+    let with_password = format!(
+        "postgres://vault:{}@127.0.0.1:{}/postgres",
+        PASSWORD.replace(':', "%3A"),
+        pg.port
+    );
+    let doctor = with(&[("VAULT_DATABASE_URL", &with_password)], &["doctor"]);
+    assert!(
+        doctor.stdout.contains("(password from the address)"),
+        "{}",
+        doctor.stdout
+    );
 }
 
 /// `vault fleet join` on `host` of `vault` (its own master key), spawned: returns the process

@@ -127,12 +127,13 @@ impl FleetDb {
             // An unreachable database must not hold a command for minutes of TCP retries.
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // The address's own password first, as libpq.
         let password_from = match password {
+            _ if config.get_password().is_some() => Some("the address".to_owned()),
             Some(password) => {
                 config.password(password.expose().as_bytes());
                 Some("[fleet] password_file".to_owned())
             }
-            None if config.get_password().is_some() => Some("the address".to_owned()),
             None => passfile::password(&config)?.map(|(password, from)| {
                 config.password(password.expose().as_bytes());
                 from
